@@ -1,0 +1,167 @@
+"""`python -m fastmnist ...`: train, evaluate, list backends, report benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from . import data, dispatch
+from .errors import FastMnistError, TrainingDiverged
+from .model import load
+from .recipes import PRESETS
+from .train import DTYPES, train
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), parse_value(raw.strip())
+
+
+def parse_value(raw: str):
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null", "full"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fastmnist", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a preset and print its metrics")
+    t.add_argument("--preset", default="branchnet", help=f"one of {', '.join(PRESETS)} (default branchnet)")
+    t.add_argument("--backend", default="auto", help="backend name or auto (see `fastmnist backends`)")
+    t.add_argument("--iterations", type=_count, help="override the preset's iteration count")
+    t.add_argument("--dtype", default="float32", choices=DTYPES)
+    t.add_argument("--seed", type=_count, help="random seed (default: the preset's, as in its notebook)")
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--keep-prob", type=float, help="keep probability of every hidden unit (dropout)")
+    t.add_argument("--batch-size", type=_count, help="minibatch size (0 = full batch)")
+    t.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other recipe setting, e.g. --set reg_fact_3=2.0 (repeatable)")
+    t.add_argument("--data", help="directory with the MNIST files (default: $FASTMNIST_DATA, then the cache)")
+    t.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    t.add_argument("--out", help="save the trained model to this .npz file")
+    t.add_argument("--quiet", action="store_true", help="no progress bar and no per-report lines")
+
+    e = sub.add_parser("eval", help="evaluate a saved model on the test (and validation) images")
+    e.add_argument("model")
+    e.add_argument("--data", help="directory with the MNIST files")
+    e.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+
+    sub.add_parser("backends", help="list the backends and whether each can run here")
+
+    r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
+    r.add_argument("json")
+    r.add_argument("--png", help="also write a bar chart here (needs matplotlib)")
+    return p
+
+
+def format_row(row: dict) -> str:
+    """One history row in the notebooks' style: I:10 Train-Err:0.198 Train-Acc:0.94 Test-Err:..."""
+    parts = [f"I:{row['iteration']}"]
+    if row.get("train_err") != row["loss"]:
+        parts.append(f"J:{row['loss']:.4f}")
+    for name in ("train", "val", "test"):
+        if f"{name}_acc" in row:
+            label = name.capitalize()
+            parts.append(f"{label}-Err:{_truncate(row[f'{name}_err'])} {label}-Acc:{round(row[f'{name}_acc'], 4)}")
+    return " ".join(parts)
+
+
+def _truncate(x: float) -> str:
+    """Three decimals, cut rather than rounded, as the notebooks' str(err)[0:5] prints them."""
+    return f"{math.floor(x * 1000) / 1000:.3f}" if math.isfinite(x) else str(x)
+
+
+def _cmd_train(args) -> int:
+    overrides = dict(args.set)
+    for key, value in (("lr", args.lr), ("keep_prob", args.keep_prob)):
+        if value is not None:
+            overrides[key] = value
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size or None
+    from tqdm.auto import tqdm
+
+    def show(row):
+        if not args.quiet:
+            tqdm.write(format_row(row))
+
+    result = train(args.preset, backend=args.backend, dtype=args.dtype, iterations=args.iterations,
+                   seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), callback=show, data_path=args.data,
+                   dataset=args.dataset, **overrides)
+    print(result.summary())
+    if args.out:
+        print(f"saved {result.model.save(args.out)}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    model = load(args.model)
+    splits = data.load_splits(model.recipe.split, args.dataset, args.data)
+    print(f"{args.model}: recipe {model.recipe.name}, trained on {model.meta.get('backend', '?')} "
+          f"({model.meta.get('dtype', '?')})")
+    for name, split in (("val", splits.val), ("test", splits.test)):
+        if split is not None:
+            print(f"{name} accuracy {model.accuracy(split.images, split.labels):.4f} ({len(split)} images)")
+    return 0
+
+
+def _cmd_backends(args) -> int:
+    infos = dispatch.backends()
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        status = "available" if i.available else f"unavailable: {i.reason}"
+        print(f"{i.name:<{width}}  {i.device:<3}  {status}\n{'':<{width}}       {i.description}")
+    print(f"auto -> {dispatch.resolve_name('auto')}")
+    return 0
+
+
+def _cmd_bench_report(args) -> int:
+    from .bench_report import render
+    print(render(args.json, args.png))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingDiverged as exc:
+        print(f"fastmnist: {exc}", file=sys.stderr)
+        return 1
+    except FastMnistError as exc:
+        print(f"fastmnist: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastmnist: interrupted", file=sys.stderr)
+        return 130

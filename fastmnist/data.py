@@ -1,0 +1,242 @@
+"""MNIST and Fashion-MNIST as uint8 arrays: find, download, verify, parse and split the IDX files."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+import pooch
+
+from fastmnist.errors import DataError
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASETS = ("mnist", "fashion-mnist")
+SPLITS = ("first-1000", "50k-10k-10k", "full")
+
+MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+GZ_MD5 = {
+    "mnist": dict(zip(FILES, (
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        "9fb629c4189551a2d022fa330f9573f3",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+    ))),
+    "fashion-mnist": dict(zip(FILES, (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bef4ecab320f06d8554ea6380940ec79",
+        "bb300cfdad3c16e7a12a480ee83cd310",
+    ))),
+}
+CONTENT_MD5 = {
+    "mnist": dict(zip(FILES, (
+        "6bbc9ace898e44ae57da46a324031adb",
+        "a25bea736e30d166cdddb491f175f624",
+        "2646ac647ad5339dbf082846283269ea",
+        "27ae3e4e09519cfbb04c329615203637",
+    ))),
+    "fashion-mnist": {},
+}
+
+_IDX = {"images": (2051, 3), "labels": (2049, 1)}
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One labelled set: images (N, 784) and labels (N,), both read-only uint8."""
+
+    images: numpy.ndarray
+    labels: numpy.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True, eq=False)
+class Splits:
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+
+
+def default_cache_dir() -> Path:
+    """$FASTMNIST_CACHE if set, else the per-user cache directory pooch picks for "fastmnist"."""
+    return Path(os.environ.get("FASTMNIST_CACHE") or pooch.os_cache("fastmnist"))
+
+
+def load_arrays(dataset: str = "mnist", path: str | os.PathLike | None = None, *,
+                download: bool = True) -> tuple[Split, Split]:
+    """The 60,000 training and 10,000 test examples of `dataset`.
+
+    Files (each `NAME` or `NAME.gz`) are taken from the first of: the `path` directory, $FASTMNIST_DATA,
+    the cache directory (downloaded into it if absent and `download`). A place that is named but lacks
+    the files is an error, never a reason to look further.
+
+    Every file is checked for structure (gzip stream, IDX magic, 28x28 dims, payload length, labels 0..9,
+    matching counts). MNIST files are also checked against the known MD5 of their uncompressed content,
+    wherever they came from. Fashion-MNIST has no known uncompressed checksum, so local Fashion-MNIST
+    files get only the structural checks (downloads are checked by pooch against the mirror's .gz MD5);
+    they are, however, refused if they turn out to be the MNIST files.
+    """
+    _check_name("dataset", dataset, DATASETS)
+    found = _locate(dataset, path, download)
+    return _load_pair(dataset, found, "train"), _load_pair(dataset, found, "t10k")
+
+
+def load_splits(split: str = "50k-10k-10k", dataset: str = "mnist", path: str | os.PathLike | None = None, *,
+                download: bool = True) -> Splits:
+    """Train, val and test sets of `dataset`, loaded as by `load_arrays`.
+
+    "first-1000": the first 1,000 training examples, no val; "50k-10k-10k": the first 50,000 training
+    examples train, the last 10,000 validate; "full": all 60,000 train, no val. Test is always the 10,000
+    test examples.
+    """
+    _check_name("split", split, SPLITS)
+    train, test = load_arrays(dataset, path, download=download)
+    if split == "first-1000":
+        return Splits(split, _take(train, slice(None, 1000)), None, test)
+    if split == "50k-10k-10k":
+        return Splits(split, _take(train, slice(None, 50_000)), _take(train, slice(50_000, None)), test)
+    return Splits(split, train, None, test)
+
+
+def to_float(images_uint8, dtype="float32", xp=numpy):
+    """images / 255 as a new float32 or float64 array of the array module `xp` (numpy or cupy)."""
+    try:
+        resolved = None if dtype is None else numpy.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in (numpy.float32, numpy.float64):
+        raise ValueError(f"to_float: dtype {dtype!r} is not float32 or float64")
+    out = xp.asarray(images_uint8).astype(resolved)
+    out /= 255
+    return out
+
+
+def _check_name(what: str, name: str, valid: tuple[str, ...]) -> None:
+    if name not in valid:
+        raise DataError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+
+
+def _take(split: Split, rows: slice) -> Split:
+    return Split(split.images[rows], split.labels[rows])
+
+
+def _files_in(directory: Path) -> dict[str, Path]:
+    found = {}
+    for name in FILES:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                found[name] = candidate
+                break
+    return found
+
+
+def _locate(dataset: str, path, download: bool) -> dict[str, Path]:
+    for directory, place in ((path, "path argument"), (os.environ.get("FASTMNIST_DATA"), "FASTMNIST_DATA")):
+        if directory:
+            found = _files_in(Path(directory))
+            missing = [name for name in FILES if name not in found]
+            if missing:
+                raise _not_found(dataset, [f"{place} {directory} (missing {', '.join(missing)})"])
+            return found
+
+    cache = default_cache_dir() / dataset
+    found = _files_in(cache)
+    missing = [name for name in FILES if name not in found]
+    if not missing:
+        return found
+    reason = "download=False"
+    if download:
+        try:
+            return found | {name: _download(dataset, name, cache) for name in missing}
+        except DataError as exc:
+            reason = f"download failed: {exc}"
+    raise _not_found(dataset, ["no path argument", "FASTMNIST_DATA not set", f"cache {cache} ({reason})"])
+
+
+def _not_found(dataset: str, places: list[str]) -> DataError:
+    return DataError(f"{dataset} data not found: need {', '.join(FILES)} (plain or .gz); "
+                     f"searched {'; '.join(places)}; set FASTMNIST_DATA to a directory holding them")
+
+
+def _download(dataset: str, name: str, cache: Path) -> Path:
+    failures = []
+    for mirror in MIRRORS[dataset]:
+        url = f"{mirror}{name}.gz"
+        try:
+            return Path(pooch.retrieve(url, known_hash=f"md5:{GZ_MD5[dataset][name]}", path=cache,
+                                       fname=f"{name}.gz", progressbar=False))
+        except Exception as exc:
+            failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
+    raise DataError(", ".join(failures))
+
+
+def _load_pair(dataset: str, found: dict[str, Path], prefix: str) -> Split:
+    images_name, labels_name = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+    images = _read(dataset, found[images_name], images_name, "images")
+    labels = _read(dataset, found[labels_name], labels_name, "labels")
+    if len(images) != len(labels):
+        raise DataError(f"{found[images_name]}: {len(images)} images but {found[labels_name]} has {len(labels)} labels")
+    return Split(images, labels)
+
+
+def _read(dataset: str, path: Path, name: str, kind: str) -> numpy.ndarray:
+    resolved = path.resolve()
+    stat = resolved.stat()
+    array, digest = _parse(resolved, kind, stat.st_mtime_ns, stat.st_size)
+    expected = CONTENT_MD5[dataset].get(name)
+    if expected and digest != expected:
+        raise DataError(f"{path}: checksum mismatch, MD5 of uncompressed content expected {expected}, got {digest}")
+    if not expected and digest == CONTENT_MD5["mnist"].get(name):
+        raise DataError(f"{path}: this is the MNIST file, not {dataset}'s")
+    return array
+
+
+@functools.lru_cache(maxsize=16)
+def _parse(path: Path, kind: str, _mtime_ns: int, _size: int) -> tuple[numpy.ndarray, str]:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+    digest = hashlib.md5(raw).hexdigest()
+
+    magic, ndim = _IDX[kind]
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for the {header}-byte IDX header")
+    got, *dims = struct.unpack(f">{1 + ndim}i", raw[:header])
+    if got != magic:
+        raise DataError(f"{path}: wrong magic number {got}, expected {magic} for {kind}")
+    if kind == "images" and dims[1:] != [28, 28]:
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    payload = len(raw) - header
+    if payload != math.prod(dims):
+        problem = "truncated" if payload < math.prod(dims) else "trailing bytes"
+        raise DataError(f"{path}: {problem}, header says {math.prod(dims)} payload bytes, file has {payload}")
+
+    array = numpy.frombuffer(raw, numpy.uint8, offset=header)
+    if kind == "images":
+        array = array.reshape(dims[0], 28 * 28)
+    elif array.max(initial=0) > 9:
+        raise DataError(f"{path}: label {array.max()} out of range 0..9")
+    array.flags.writeable = False
+    return array, digest

@@ -1,0 +1,153 @@
+"""A trained network: its recipe and parameters, prediction, and saving to / loading from .npz."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FastMnistError, ModelFileError, RecipeError
+from .kernels.net import Net
+from .kernels.reference import ReferenceBackend
+from .recipes import Recipe
+
+FORMAT = "fastmnist-model"
+VERSION = 1
+_host = ReferenceBackend()
+
+
+class Model:
+    def __init__(self, recipe: Recipe, weights: list, biases: list, meta: dict | None = None):
+        self.recipe = recipe
+        self.weights = [np.ascontiguousarray(w) for w in weights]
+        self.biases = [None if b is None else np.ascontiguousarray(b) for b in biases]
+        self.meta = dict(meta or {})
+        self._check_shapes()
+
+    def _check_shapes(self):
+        layers = self.recipe.layers
+        if len(self.weights) != len(layers) or len(self.biases) != len(layers):
+            raise ModelFileError(f"model has {len(self.weights)} weight arrays but recipe {self.recipe.name!r} has {len(layers)} layers")
+        for li, (n_in, layer) in enumerate(zip(self.recipe.layer_inputs(), layers)):
+            W, b = self.weights[li], self.biases[li]
+            if W.shape != (n_in, layer.units):
+                raise ModelFileError(f"layer {li} weights have shape {W.shape}, recipe needs {(n_in, layer.units)}")
+            if (b is None) == layer.bias or (b is not None and b.shape != (layer.units,)):
+                raise ModelFileError(f"layer {li} bias does not match the recipe")
+
+    @property
+    def dtype(self):
+        return self.weights[0].dtype
+
+    def _net(self) -> Net:
+        return Net(self.weights, self.biases, [layer.segments() for layer in self.recipe.layers],
+                   self.recipe.loss, self.recipe.loss_eps)
+
+    # -- prediction -------------------------------------------------------------------------------
+    def scores(self, images) -> np.ndarray:
+        """Output-layer values (before any softmax), one row per image."""
+        return _host.forward(self._net(), as_inputs(images, self.dtype))
+
+    def predict_proba(self, images) -> np.ndarray:
+        """Class probabilities: the softmax of the output layer (for mse recipes, a monotone map of the
+        raw outputs whose argmax is the prediction)."""
+        s = self.scores(images).astype(np.float64)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, images) -> np.ndarray:
+        return self.scores(images).argmax(axis=1)
+
+    def accuracy(self, images, labels) -> float:
+        return float((self.predict(images) == np.asarray(labels)).mean())
+
+    # -- files ------------------------------------------------------------------------------------
+    def _arrays(self) -> dict:
+        out = {}
+        for li, (W, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"W{li}"] = W
+            if b is not None:
+                out[f"b{li}"] = b
+        return out
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        recipe_json = self.recipe.to_json()
+        meta_json = json.dumps(self.meta, sort_keys=True, default=str)
+        arrays = self._arrays()
+        header = {"format": np.array(FORMAT), "version": np.array(VERSION), "recipe": np.array(recipe_json),
+                  "meta": np.array(meta_json), "checksum": np.array(_checksum(recipe_json, meta_json, arrays))}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **header, **arrays)
+        tmp.replace(path)
+        return path
+
+
+def load(path) -> Model:
+    """Load a model written by `Model.save`; a foreign, damaged or altered file raises ModelFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{path}: not a fastmnist model file ({exc})") from None
+    if str(data.get("format", "")) != FORMAT:
+        raise ModelFileError(f"{path}: not a fastmnist model file (no '{FORMAT}' marker)")
+    if int(data.get("version", -1)) != VERSION:
+        raise ModelFileError(f"{path}: model format version {data.get('version')} is not supported (expected {VERSION})")
+    recipe_json, meta_json = str(data["recipe"]), str(data["meta"])
+    arrays = {k: v for k, v in data.items() if k[0] in "Wb" and k[1:].isdigit()}
+    if str(data["checksum"]) != _checksum(recipe_json, meta_json, arrays):
+        raise ModelFileError(f"{path}: checksum mismatch: the file was altered or damaged")
+    try:
+        recipe = Recipe.from_json(recipe_json)
+    except RecipeError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    n = len(recipe.layers)
+    try:
+        weights = [arrays[f"W{i}"] for i in range(n)]
+    except KeyError as exc:
+        raise ModelFileError(f"{path}: missing array {exc}") from None
+    biases = [arrays.get(f"b{i}") for i in range(n)]
+    for a in weights + [b for b in biases if b is not None]:
+        if not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{path}: parameters contain NaN or infinity")
+    return Model(recipe, weights, biases, json.loads(meta_json))
+
+
+def _checksum(recipe_json: str, meta_json: str, arrays: dict) -> str:
+    h = hashlib.sha256()
+    h.update(recipe_json.encode())
+    h.update(meta_json.encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def as_inputs(images, dtype=np.float32) -> np.ndarray:
+    """Images as (N, 784) floats in [0, 1] from (N, 784) or (N, 28, 28), uint8 0..255 or floats in [0, 1]."""
+    a = np.asarray(images)
+    if a.ndim == 3 and a.shape[1:] == (28, 28):
+        a = a.reshape(a.shape[0], 784)
+    if a.ndim != 2 or a.shape[1] != 784:
+        raise FastMnistError(f"images must have shape (N, 784) or (N, 28, 28), got {a.shape}")
+    if a.dtype == np.uint8:
+        return (a / 255).astype(dtype)
+    if a.dtype.kind != "f":
+        raise FastMnistError(f"images must be uint8 (0..255) or floats in [0, 1], got dtype {a.dtype}")
+    if a.size and not np.all(np.isfinite(a)):
+        raise FastMnistError("images contain NaN or infinite values")
+    if a.size and (a.min() < 0 or a.max() > 1):
+        raise FastMnistError(f"float images must lie in [0, 1], got values in [{a.min():g}, {a.max():g}] (pass uint8 for 0..255)")
+    return np.ascontiguousarray(a, dtype=dtype)

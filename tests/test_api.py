@@ -1,0 +1,140 @@
+"""fastmnist.train, the model it returns, saving and loading, and the backend registry."""
+
+import numpy as np
+import pytest
+
+import fastmnist
+from fastmnist import data, dispatch
+from fastmnist.errors import BackendUnavailable, FastMnistError, ModelFileError, TrainingDiverged
+
+
+@pytest.fixture(scope="module")
+def result():
+    return fastmnist.train("grokking-3layer", backend="numpy", dtype="float32", iterations=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return data.load_splits("first-1000").test
+
+
+def test_result_holds_model_history_and_timings(result):
+    assert [r["iteration"] for r in result.history] == [0, 2]
+    assert set(result.history[0]) >= {"loss", "train_err", "train_acc", "test_err", "test_acc", "elapsed_s"}
+    assert result.timings["train_s"] > 0 and result.timings["per_iteration_s"] > 0
+    assert result.backend == "numpy" and result.dtype == "float32"
+    assert result.model.dtype == np.float32
+    assert "grokking-3layer on numpy (float32): 3 iterations" in result.summary()
+
+
+def test_predict_accepts_uint8_float_and_square_images(result, test_split):
+    images = test_split.images[:200]
+    labels = result.model.predict(images)
+    assert labels.shape == (200,) and labels.dtype.kind == "i"
+    assert np.array_equal(labels, result.model.predict(images.reshape(200, 28, 28)))
+    assert np.array_equal(labels, result.model.predict(images / 255.0))
+    accuracy = (result.model.predict(test_split.images) == test_split.labels).mean()
+    assert accuracy == pytest.approx(result.history[-1]["test_acc"], abs=1e-3)
+    proba = result.model.predict_proba(images)
+    assert proba.shape == (200, 10) and np.allclose(proba.sum(axis=1), 1)
+    assert np.array_equal(proba.argmax(axis=1), labels)
+
+
+@pytest.mark.parametrize("images, words", [
+    (np.zeros((3, 785), np.uint8), "shape"),
+    (np.zeros((3, 28, 27), np.uint8), "shape"),
+    (np.zeros((3, 784), np.int32), "dtype int32"),
+    (np.full((3, 784), 2.0), r"\[0, 1\]"),
+    (np.full((3, 784), np.nan), "NaN"),
+])
+def test_predict_rejects_bad_images(result, images, words):
+    with pytest.raises(FastMnistError, match=words):
+        result.model.predict(images)
+
+
+def test_save_and_load_round_trip(result, tmp_path, test_split):
+    path = result.model.save(tmp_path / "m.npz")
+    loaded = fastmnist.load(path)
+    assert loaded.recipe == result.model.recipe
+    assert loaded.meta["backend"] == "numpy"
+    assert np.array_equal(loaded.predict(test_split.images), result.model.predict(test_split.images))
+
+
+def test_loading_a_tampered_file_fails(result, tmp_path):
+    path = result.model.save(tmp_path / "m.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["W0"] = arrays["W0"] + np.float32(1e-3)
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        fastmnist.load(tmp_path / "t.npz")
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"not a zip at all", "not a fastmnist model file"),
+    (None, "no 'fastmnist-model' marker"),
+])
+def test_loading_a_foreign_file_fails(tmp_path, content, words):
+    path = tmp_path / "f.npz"
+    if content is None:
+        np.savez(path, W0=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=words):
+        fastmnist.load(path)
+
+
+def test_loading_a_missing_file_fails(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        fastmnist.load(tmp_path / "absent.npz")
+
+
+def test_divergence_names_the_iteration():
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at iteration 0") as info:
+        fastmnist.train("grokking-3layer", backend="numpy", iterations=2, lr=1e6, progress=False)
+    assert info.value.history == []
+
+
+def test_callback_sees_rows_and_can_stop():
+    seen = []
+    result = fastmnist.train("grokking-3layer", backend="numpy", iterations=30, progress=False,
+                             callback=lambda row: seen.append(row) or row["iteration"] >= 10)
+    assert [r["iteration"] for r in seen] == [0, 10]
+    assert result.stopped_early and result.model.recipe.iterations == 11
+
+
+def test_same_seed_same_result_and_seed_changes_it():
+    runs = [fastmnist.train("grokking-dropout", backend="numpy", iterations=1, seed=s, progress=False,
+                            hidden=20).history[0]["test_acc"] for s in (5, 5, 6)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_backends_lists_each_with_availability():
+    infos = {i.name: i for i in fastmnist.backends()}
+    assert infos["numpy"].available and infos["numpy"].reason == ""
+    for info in infos.values():
+        assert info.available or info.reason
+
+
+def test_unknown_and_unavailable_backends_say_why():
+    with pytest.raises(BackendUnavailable, match="unknown backend 'tpu'"):
+        fastmnist.train("grokking-3layer", backend="tpu", progress=False)
+    dispatch.register("broken-test", lambda: (_ for _ in ()).throw(ImportError("libfoo.so missing")), "test")
+    try:
+        info = {i.name: i for i in fastmnist.backends()}["broken-test"]
+        assert not info.available and info.reason == "libfoo.so missing"
+        with pytest.raises(BackendUnavailable, match="'broken-test' is unavailable: libfoo.so missing"):
+            dispatch.get_backend("broken-test")
+    finally:
+        dispatch._REGISTRY.pop("broken-test")
+
+
+def test_auto_picks_the_first_available_in_speed_order():
+    available = [i.name for i in fastmnist.backends() if i.available]
+    expected = next(n for n in dispatch.AUTO_ORDER if n in available)
+    assert dispatch.get_backend("auto").name == expected
+
+
+def test_bad_dtype():
+    with pytest.raises(FastMnistError, match="unsupported dtype 'float16'"):
+        fastmnist.train("grokking-3layer", backend="numpy", dtype="float16", progress=False)

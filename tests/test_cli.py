@@ -1,0 +1,60 @@
+"""`python -m fastmnist`: real subprocesses, checked for exit status and what a user reads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CWD = os.path.dirname(os.path.abspath(__file__))  # not the repository root: test the installed package
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "fastmnist", *args], capture_output=True, text=True, cwd=CWD,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_train_save_and_eval(tmp_path):
+    out = tmp_path / "model.npz"
+    r = run("train", "--preset", "grokking-3layer", "--backend", "numpy", "--iterations", "1",
+            "--dtype", "float64", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in r.stdout
+    assert "grokking-3layer on numpy (float64): 1 iterations" in r.stdout and out.exists()
+    e = run("eval", str(out))
+    assert e.returncode == 0 and "test accuracy 0.6493 (10000 images)" in e.stdout
+
+
+def test_backends_lists_numpy():
+    r = run("backends")
+    assert r.returncode == 0 and "numpy" in r.stdout and "available" in r.stdout and "auto -> " in r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--backend", "nope"], "unknown backend 'nope'"),
+    (["train", "--iterations", "-5"], "must be >= 0"),
+    (["train", "--keep-prob", "1.5"], "keep probability must be in (0, 1]"),
+    (["train", "--keep-prob", "0"], "keep probability must be in (0, 1]"),
+    (["train", "--lr", "-0.1"], "learning rate must be positive"),
+    (["train", "--set", "bogus=1"], "unknown setting 'bogus'"),
+    (["train", "--dtype", "float16"], "invalid choice"),
+    (["eval", "missing.npz"], "no such model file"),
+])
+def test_bad_arguments_give_one_line_and_status_2(args, words):
+    r = run(*args)
+    assert r.returncode == 2
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_missing_data_gives_one_line_and_status_2(tmp_path):
+    r = run("train", "--iterations", "1", env={"FASTMNIST_DATA": str(tmp_path), "FASTMNIST_CACHE": str(tmp_path)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "FASTMNIST_DATA" in r.stderr
+
+
+def test_divergence_stops_with_the_iteration():
+    r = run("train", "--preset", "grokking-3layer", "--backend", "numpy", "--lr", "1e6", "--iterations", "2")
+    assert r.returncode == 1 and "loss became" in r.stderr and "at iteration 0" in r.stderr
+    assert "Traceback" not in r.stderr and "RuntimeWarning" not in r.stderr

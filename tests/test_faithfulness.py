@@ -1,0 +1,63 @@
+"""The seeds' printed numbers, reproduced on the reference backend in float64 with the seeds' own seeding."""
+
+import pytest
+
+import fastmnist
+
+
+def first_row(preset, **kw):
+    return fastmnist.train(preset, backend="numpy", dtype="float64", iterations=1, progress=False, **kw).history[0]
+
+
+def test_grokking_3layer_iteration_0():
+    row = first_row("grokking-3layer")
+    assert row["train_err"] == pytest.approx(0.729, abs=1e-3)
+    assert row["train_acc"] == 0.527
+    assert row["test_err"] == pytest.approx(0.593, abs=1e-3)
+    assert row["test_acc"] == 0.6493
+
+
+def test_grokking_dropout_iteration_0():
+    row = first_row("grokking-dropout")
+    assert row["test_err"] == pytest.approx(0.638, abs=1e-3)
+    assert row["test_acc"] == 0.6325
+    assert row["train_err"] == pytest.approx(0.902, abs=1e-3)
+    assert row["train_acc"] == 0.395
+
+
+def test_grokking_batch_iteration_0_reproduces_the_repeated_update():
+    row = first_row("grokking-batch")
+    assert row["test_err"] == pytest.approx(0.824, abs=1e-3)
+    assert row["test_acc"] == 0.3752
+    assert row["train_err"] == pytest.approx(1.286, abs=1e-3)
+    assert row["train_acc"] == 0.151
+
+
+def test_grokking_batch_corrected_update_differs():
+    row = first_row("grokking-batch", repeat_update=False)
+    assert row["test_acc"] != 0.3752 and 0 < row["test_acc"] < 1
+
+
+def test_branchnet_after_51_iterations_matches_the_notebook_log():
+    result = fastmnist.train("branchnet", backend="numpy", dtype="float64", iterations=51, progress=False)
+    rows = {r["iteration"]: r for r in result.history}
+    assert set(rows) == {0, 50}, "branchnet reports every 50 iterations, as the notebook prints"
+    r = rows[50]
+    assert r["train_acc"] == pytest.approx(0.911, abs=0.02)
+    assert r["val_acc"] == pytest.approx(0.920, abs=0.02)
+    assert r["test_acc"] == pytest.approx(0.915, abs=0.02)
+
+
+@pytest.mark.slow
+def test_grokking_3layer_350_iterations_on_the_reference_backend():
+    result = fastmnist.train("grokking-3layer", backend="numpy", dtype="float64", progress=False)
+    last = result.history[-1]
+    assert last["iteration"] == 349
+    assert last["train_acc"] == 0.999 and last["test_acc"] == 0.829
+
+
+@pytest.mark.slow
+def test_branchnet_full_run_reaches_98_3_percent():
+    result = fastmnist.train("branchnet", backend="auto", dtype="float32", progress=False)
+    assert result.history[-1]["iteration"] == 9999
+    assert result.history[-1]["test_acc"] >= 0.983

@@ -1,0 +1,66 @@
+import pytest
+
+from fastmnist import PRESETS, RecipeError, get_preset
+from fastmnist.recipes import Recipe
+
+
+def test_presets_carry_the_seeds_settings():
+    g = get_preset("grokking-3layer")
+    assert (g.layers[0].units, g.optimizer.lr, g.iterations, g.batch_size, g.seed) == (40, 0.005, 350, 1, 1)
+    d = get_preset("grokking-dropout")
+    assert (d.layers[0].units, d.iterations, d.layers[0].branches[0].keep_prob, d.dropout) == (100, 300, 0.5, "element")
+    b = get_preset("grokking-batch")
+    assert (b.batch_size, b.optimizer.lr, b.repeat_update) == (100, 0.001, True)
+    assert "batch_size times" in b.description
+    n = get_preset("branchnet")
+    assert [br.units for layer in n.layers for br in layer.branches] == [128, 64, 48, 10]
+    assert [br.activation for br in n.layers[0].branches] == ["relu", "tanh"]
+    assert all(br.keep_prob == 0.8 for layer in n.hidden_layers for br in layer.branches)
+    assert [br.l2 for layer in n.layers for br in layer.branches] == [1.19, 1.05, 1.07, 2.22]
+    assert (n.optimizer.kind, n.optimizer.eps, n.iterations, n.batch_size) == ("adam_like", 1e-7, 10000, None)
+
+
+def test_l2_schedule_starts_at_iteration_0():
+    n = get_preset("branchnet")
+    assert n.l2_multiplier(0) == pytest.approx(2 ** 0.5 / 2)
+    assert n.l2_multiplier(1) == 1.0
+    assert n.l2_multiplier(3000) == pytest.approx(5 ** 0.5 / 2)
+
+
+def test_recipe_round_trips_through_json():
+    for recipe in PRESETS.values():
+        assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_overrides_by_seed_names():
+    n = get_preset("branchnet").with_overrides(keep_prob_12=0.85, reg_fact_3=1.5, lr=0.01)
+    assert n.layers[0].branches[1].keep_prob == 0.85 and n.layers[0].branches[0].keep_prob == 0.8
+    assert n.layers[2].branches[0].l2 == 1.5 and n.optimizer.lr == 0.01
+    k = get_preset("branchnet").with_overrides(keep_prob=0.9)
+    assert all(b.keep_prob == 0.9 for layer in k.hidden_layers for b in layer.branches)
+    assert get_preset("grokking-3layer").with_overrides(hidden=64).layers[0].units == 64
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"keep_prob": 0.0}, "keep probability"),
+    ({"keep_prob": 1.5}, "keep probability"),
+    ({"lr": 0}, "learning rate"),
+    ({"lr": -1e-3}, "learning rate"),
+    ({"iterations": -1}, "iterations"),
+    ({"batch_size": 0}, "batch size"),
+    ({"nonsense": 1}, "unknown setting"),
+    ({"optimizer_kind": "rmsprop"}, "unknown optimizer"),
+])
+def test_bad_overrides_are_rejected_with_a_named_problem(override, words):
+    with pytest.raises(RecipeError, match=words):
+        get_preset("branchnet").with_overrides(**override)
+
+
+def test_unknown_preset():
+    with pytest.raises(RecipeError, match="unknown preset 'x'; choose from grokking-3layer"):
+        get_preset("x")
+
+
+def test_corrupt_recipe_json():
+    with pytest.raises(RecipeError, match="not a valid recipe"):
+        Recipe.from_json('{"name": 3}')
