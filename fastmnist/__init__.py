@@ -6,10 +6,11 @@ from .errors import (BackendUnavailable, DataError, FastMnistError, ModelFileErr
                      TrainingDiverged)
 from .model import Model, load
 from .recipes import PRESETS, Recipe, get_preset
+from .sweep import sweep
 from .train import TrainResult, train
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "load", "backends", "get_backend", "register", "Model", "TrainResult", "Recipe",
+__all__ = ["train", "sweep", "load", "backends", "get_backend", "register", "Model", "TrainResult", "Recipe",
            "PRESETS", "get_preset", "FastMnistError", "DataError", "RecipeError", "BackendUnavailable",
            "TrainingDiverged", "ModelFileError"]

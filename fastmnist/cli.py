@@ -35,6 +35,14 @@ def _setting(text: str) -> tuple[str, object]:
     return key.strip(), parse_value(raw.strip())
 
 
+def _grid_axis(text: str) -> tuple[str, list]:
+    key, sep, raw = text.partition("=")
+    values = [v.strip() for v in raw.split(",")]
+    if not sep or not key.strip() or "" in values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+    return key.strip(), [parse_value(v) for v in values]
+
+
 def parse_value(raw: str):
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
     lowered = raw.lower()
@@ -76,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="mnist", choices=data.DATASETS)
 
     sub.add_parser("backends", help="list the backends and whether each can run here")
+
+    w = sub.add_parser("sweep", help="train many configurations in parallel (Dask), results kept as they finish")
+    w.add_argument("--preset", default="branchnet")
+    w.add_argument("--grid", type=_grid_axis, action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="one axis of the grid (repeatable); the sweep runs every combination")
+    w.add_argument("--backend", default="auto")
+    w.add_argument("--iterations", type=_count)
+    w.add_argument("--dtype", default="float32", choices=DTYPES)
+    w.add_argument("--seed", type=_count)
+    w.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
+    w.add_argument("--out", default="sweep.jsonl", help="results file, one JSON line per finished run")
+    w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
 
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
     r.add_argument("json")
@@ -143,13 +163,24 @@ def _cmd_backends(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import read_results, sweep, table
+    records = sweep(args.preset, dict(args.grid), backend=args.backend, iterations=args.iterations,
+                    client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
+                    progress=sys.stderr.isatty())
+    print(table(read_results(args.out)))
+    print(f"{len(records)} runs this time; all results in {args.out}")
+    return 0
+
+
 def _cmd_bench_report(args) -> int:
     from .bench_report import render
     print(render(args.json, args.png))
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
+            "sweep": _cmd_sweep}
 
 
 def main(argv=None) -> int:
