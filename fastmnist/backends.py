@@ -27,3 +27,31 @@ def _cupy():
 
 register("numpy", _numpy, "reference array code on NumPy (the CPU baseline)")
 register("cupy", _cupy, "reference array code on CuPy (the GPU baseline, as seed 004 ran)", device="gpu")
+
+
+def _numba_cuda():
+    import os
+
+    try:
+        from numba import cuda
+    except ImportError as exc:
+        raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
+    except Exception as exc:
+        raise RuntimeError(f"numba-cuda failed to import: {type(exc).__name__}: {exc}") from None
+    from .kernels.numba_cuda import NumbaCudaBackend, simulator_enabled
+
+    if simulator_enabled():
+        # The simulator runs every GPU thread in Python: fine for tests, never a backend to pick.
+        if os.environ.get("FASTMNIST_ALLOW_CUDASIM") != "1":
+            raise RuntimeError("numba-cuda is in its CPU simulator (NUMBA_ENABLE_CUDASIM=1); "
+                               "set FASTMNIST_ALLOW_CUDASIM=1 to use it anyway")
+    else:
+        try:
+            cuda.current_context()
+        except Exception as exc:
+            detail = " ".join(line.strip(" :") for line in str(exc).splitlines() if line.strip(" :"))
+            raise RuntimeError(f"no usable CUDA device: {detail or type(exc).__name__}") from None
+    return NumbaCudaBackend()
+
+
+register("numba-cuda", _numba_cuda, "hand-written numba-cuda kernels with a fused training step", device="gpu")

@@ -1,0 +1,331 @@
+"""The numba-cuda backend: hand-written CUDA kernels for every operation of the backend interface, and a
+fused training step that keeps every intermediate on the device and never waits for it.
+
+Arrays: on a GPU the backend's arrays are CuPy arrays (xp = cupy) and kernels receive zero-copy numba
+views of them. Under numba-cuda's simulator (NUMBA_ENABLE_CUDASIM=1, which the tests use) they are NumPy
+arrays and kernels receive the simulator's zero-copy wrappers. The kernels are the same; only the tile
+shape differs (the simulator runs every thread in Python).
+
+The first fused step packs a network's parameters, gradients and optimiser moments into flat buffers (one
+update launch for all of them): the Net's weights, biases and state become views of those buffers.
+
+Dropout masks come from a counter-based generator on the device, keyed by numbers drawn from the host
+generator once per mask: a run is reproducible from its seed, but its masks are not numpy's.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy
+
+from . import cuda_backward, cuda_dense, cuda_loss, cuda_optim, cuda_rng
+from .cuda_pack import pack
+from .cuda_tiles import GPU_TILING, SIM_TILING, activation_codes
+from .reference import ReferenceBackend
+
+
+def simulator_enabled() -> bool:
+    """Whether numba-cuda runs kernels in its CPU simulator (NUMBA_ENABLE_CUDASIM=1 at import)."""
+    try:
+        from numba.cuda.core import config
+    except ImportError:  # older layouts keep the flag in numba's own config
+        from numba.core import config
+    return bool(config.ENABLE_CUDASIM)
+
+
+class NumbaCudaBackend(ReferenceBackend):
+    name = "numba-cuda"
+    device = "gpu"
+
+    def __init__(self):
+        from numba import cuda
+
+        self._cuda = cuda
+        self.simulated = simulator_enabled()
+        if self.simulated:
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+            xp, self._view, self.stream = numpy, FakeCUDAArray, 0
+            self.tiling, self.threads, self.multiprocessors = SIM_TILING, 8, 2
+        else:
+            try:
+                import cupy
+            except ImportError as exc:
+                raise RuntimeError(f"numba-cuda needs CuPy for its arrays (pip install 'fastmnist[cuda]'): {exc}") \
+                    from None
+            xp = cupy
+            self._view = lambda a: cuda.as_cuda_array(a, sync=False)
+            ptr = cupy.cuda.get_current_stream().ptr
+            self.stream = cuda.external_stream(ptr) if ptr else 0
+            self.tiling, self.threads = GPU_TILING, 256
+            self.multiprocessors = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        super().__init__(xp, name="numba-cuda")
+        self.device = "gpu"
+        self._constants = {}
+        self._workspaces = {}
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def synchronize(self):
+        if not self.simulated:
+            self._cuda.synchronize()
+
+    def _dev(self, a):
+        """The kernel view of a backend array (None stays None)."""
+        return self._view(a) if isinstance(a, self.xp.ndarray) else a
+
+    def _device_array(self, a, dtype):
+        """`a` as a backend array of `dtype`, uploading host arrays."""
+        return self.xp.asarray(a).astype(dtype, copy=False)
+
+    def _constant(self, values, dtype):
+        """Kernel view of a small host vector, uploaded once per distinct content."""
+        host = numpy.ascontiguousarray(values, dtype=dtype)
+        key = (host.dtype.str, host.shape, host.tobytes())
+        hit = self._constants.get(key)
+        if hit is None:
+            if len(self._constants) > 1024:
+                self._constants.clear()
+            array = self.xp.asarray(host)
+            hit = self._constants[key] = (array, self._dev(array))
+        return hit[1]
+
+    def _codes(self, segments, units):
+        return self._constant(activation_codes(segments, units), numpy.int32)
+
+    def _mask(self, mask, dtype):
+        if mask is None:
+            return None
+        mask = self._device_array(mask, dtype)
+        return self._dev(mask.reshape(1, -1) if mask.ndim == 1 else mask)
+
+    def _l2(self, l2, dtype):
+        if l2 is None:
+            return None
+        if isinstance(l2, numpy.ndarray) and self.xp is not numpy:
+            return self._constant(l2, dtype)
+        return self._dev(self._device_array(l2, dtype))
+
+    def _accumulators(self):
+        return self.xp.zeros(1, numpy.float64), self.xp.zeros(1, numpy.int64)
+
+    def _weight_grad_parts(self, batch, W):
+        n_in, units = W.shape
+        splits = cuda_backward.weight_grad_splits(self.tiling, batch, n_in, units, 4 * self.multiprocessors)
+        return (self._dev(self.xp.empty((splits, n_in, units), W.dtype)),
+                self._dev(self.xp.empty((splits, units), W.dtype)))
+
+    def _loss_partials(self, rows):
+        blocks = cuda_loss.loss_blocks(rows, self.threads, 8 * self.multiprocessors)
+        return (self._dev(self.xp.empty(blocks, numpy.float64)), self._dev(self.xp.empty(blocks, numpy.int64)))
+
+    # -- interface operations ---------------------------------------------------------------------
+    def dense_forward(self, X, W, b, segments, mask=None):
+        m, n = X.shape[0], W.shape[1]
+        H = self.xp.empty((m, n), W.dtype)
+        A = H if mask is None else self.xp.empty((m, n), W.dtype)
+        cuda_dense.dense_forward(self._dev(X), self._dev(W), self._dev(b), self._codes(segments, n),
+                                 self._mask(mask, W.dtype), self._dev(H), self._dev(A), self.tiling, self.stream)
+        return A, H
+
+    def dense_backward(self, dA, X, W, H, segments, mask=None, l2=None, need_dx=True):
+        xp, dtype = self.xp, W.dtype
+        (m, n_in), n = X.shape, W.shape[1]
+        dX = xp.empty((m, n_in), dtype) if need_dx else None
+        dW, db = xp.empty((n_in, n), dtype), xp.empty(n, dtype)
+        args = (self._dev(dA), self._dev(H), self._codes(segments, n), self._mask(mask, dtype))
+        if need_dx:
+            cuda_backward.input_grad(*args, self._dev(W), self._dev(dX), self.tiling, self.stream)
+        cuda_backward.weight_grad(self._dev(X), *args, self._dev(W), self._l2(l2, dtype), self._dev(dW),
+                                  self._dev(db), *self._weight_grad_parts(m, W), self.tiling, self.stream)
+        return dX, dW, db
+
+    def loss(self, kind, out, labels, eps=0.0, need_grad=True):
+        if kind not in cuda_loss.LOSS_CODES:
+            raise ValueError(f"unknown loss {kind!r}")
+        grad = self.xp.empty(out.shape, out.dtype) if need_grad else None
+        totals, counts = self._accumulators()
+        cuda_loss.loss(cuda_loss.LOSS_CODES[kind], self._dev(out), self._dev(self._device_array(labels, numpy.int64)),
+                       eps, self._dev(grad), 1.0 / out.shape[0], *self._loss_partials(out.shape[0]),
+                       self._dev(totals), self._dev(counts), self.threads, stream=self.stream)
+        return totals[0], counts[0], grad
+
+    def l2_penalty(self, W, segments, factors):
+        out = self.xp.empty(1, numpy.float64)
+        cuda_loss.l2_penalty(self._dev(W), self._constant([s[0] for s in segments], numpy.int64),
+                             self._constant([s[1] for s in segments], numpy.int64),
+                             self._constant(factors, numpy.float64), self._dev(out), self.threads,
+                             self.stream)
+        return out[0]
+
+    def dropout_mask(self, rng, rows, keep_probs, kind, dtype):
+        """Masks drawn on the device from a key taken from `rng` (see cuda_rng); shapes and scaling as
+        the reference's."""
+        if kind not in ("unit", "element"):
+            raise ValueError(f"unknown dropout kind {kind!r}")
+        units = len(keep_probs)
+        fwd = self.xp.empty((1 if kind == "unit" else rows, units), dtype)
+        bwd = fwd if kind == "unit" else self.xp.empty_like(fwd)
+        cuda_rng.dropout(cuda_rng.draw_key(rng), self._constant(keep_probs, numpy.float64), self._dev(fwd),
+                         self._dev(bwd), kind == "unit", self.threads, self.stream)
+        return fwd, bwd
+
+    def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
+        """One launch when `params` and `grads` are a packed network's views; one per parameter else."""
+        if kind not in cuda_optim.OPTIMIZER_CODES:
+            raise ValueError(f"unknown optimizer {kind!r}")
+        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step, threads=self.threads, stream=self.stream)
+        ws = self._workspace_holding(params, grads)
+        if ws is not None:
+            ws.update(kind, hyper)
+            return
+        for p, g, (v, s) in zip(params, grads, state):
+            if not p.flags.c_contiguous:
+                raise ValueError("update needs C-contiguous parameters")
+            flat = [self._dev(a.reshape(-1)) for a in (p, self._device_array(g, p.dtype), v, s) if a is not None]
+            flat += [flat[0]] * (4 - len(flat))          # SGD: moments unused
+            cuda_optim.update(cuda_optim.OPTIMIZER_CODES[kind], *flat, **hyper)
+
+    # -- fused training ---------------------------------------------------------------------------
+    def train_step(self, net, X, labels, rng):
+        """One fused forward/backward/update. Returns (summed loss, number correct) as device scalars."""
+        totals, counts = self._accumulators()
+        self._workspace(net).step(X, labels, rng, self._dev(totals), self._dev(counts))
+        return totals[0], counts[0]
+
+    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
+        n = X.shape[0]
+        batch_size = n if batch_size is None else batch_size
+        ws = self._workspace(net)
+        totals, counts = self._accumulators()
+        order = None if order is None else self.xp.asarray(order)      # one upload per epoch
+        for start in range(0, n - batch_size + 1, batch_size):
+            rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+            ws.step(X[rows], labels[rows], rng, self._dev(totals), self._dev(counts))
+        return totals[0], counts[0]
+
+    def _workspace(self, net) -> "_Workspace":
+        ws = self._workspaces.get(id(net))
+        if ws is None or not ws.serves(net):
+            self._workspaces = {k: w for k, w in self._workspaces.items() if w.net() is not None}
+            ws = self._workspaces[id(net)] = _Workspace(self, net)
+        return ws
+
+    def _workspace_holding(self, params, grads):
+        for ws in self._workspaces.values():
+            if ws.packed.holds(params) and all(g is h for g, h in zip(grads, ws.packed.grad_views)):
+                return ws
+        return None
+
+
+class _Workspace:
+    """What the fused step keeps for one network: its parameters, gradients and moments packed into
+    flat buffers (the Net's arrays become views of them), per-layer constants, per-batch-size buffers,
+    and the kernel views of all of these, made once."""
+
+    def __init__(self, be: NumbaCudaBackend, net):
+        self.be, self.net = be, weakref.ref(net)
+        self.packed = p = pack(be.xp, net.params(), net.state, moments=net.optimizer != "sgd")
+        views = iter(p.param_views)
+        grads = iter(p.grad_views)
+        self.dW, self.db = [], []
+        for li in range(len(net.weights)):
+            net.weights[li] = next(views)
+            self.dW.append(be._dev(next(grads)))
+            if net.biases[li] is not None:
+                net.biases[li] = next(views)
+                self.db.append(be._dev(next(grads)))
+            else:
+                self.db.append(be._dev(be.xp.empty(net.weights[li].shape[1], net.dtype)))
+        net.state = list(p.state_views)
+        dev = be._dev
+        self.flat = [dev(a) for a in (p.params, p.grads, p.v if p.v is not None else p.params,
+                                      p.s if p.s is not None else p.params)]
+        self.W = [dev(w) for w in net.weights]
+        self.b = [dev(b) for b in net.biases]
+        self.codes = [be._codes(seg, w.shape[1]) for seg, w in zip(net.segments, net.weights)]
+        keeps = net.keep or [None] * len(net.weights)
+        self.keep = [None if k is None else be._constant(k, numpy.float64) for k in keeps]
+        self.buffers = {}
+
+    def serves(self, net) -> bool:
+        p = self.packed
+        return (self.net() is net and p.holds(net.params())
+                and all(a is b for (a, _), (b, _) in zip(net.state, p.state_views)))
+
+    def update(self, kind, hyper):
+        cuda_optim.update(cuda_optim.OPTIMIZER_CODES[kind], *self.flat, **hyper)
+
+    def _buffers(self, rows):
+        bufs = self.buffers.get(rows)
+        if bufs is None:
+            if len(self.buffers) >= 4:
+                self.buffers.clear()
+            bufs = self.buffers[rows] = _Buffers(self, rows)
+        return bufs
+
+    def step(self, X, labels, rng, totals, counts):
+        be, net = self.be, self.net()
+        rows = X.shape[0]
+        bufs = self._buffers(rows)
+        stream, tiling = be.stream, be.tiling
+        acts = [be._dev(X)]
+        for li in range(len(self.W)):
+            fwd, bwd = bufs.fwd[li], bufs.bwd[li]
+            if fwd is not None:
+                cuda_rng.dropout(cuda_rng.draw_key(rng), self.keep[li], fwd, bwd, net.dropout == "unit", be.threads,
+                                 stream)
+            cuda_dense.dense_forward(acts[-1], self.W[li], self.b[li], self.codes[li], fwd, bufs.H[li], bufs.A[li],
+                                     tiling, stream)
+            acts.append(bufs.A[li])
+        cuda_loss.loss(cuda_loss.LOSS_CODES[net.loss], acts[-1], be._dev(labels), net.loss_eps, bufs.grad,
+                       1.0 / rows, bufs.part_loss, bufs.part_correct, totals, counts, be.threads,
+                       accumulate=True, stream=stream)
+        l2 = []
+        for li in range(len(self.W)):
+            c = net.l2_coefficients(li, rows)
+            l2.append(None if c is None else be._constant(c, net.dtype))
+        for _ in range(rows if net.repeat_update else 1):
+            dA = bufs.grad
+            for li in reversed(range(len(self.W))):
+                args = (dA, bufs.H[li], self.codes[li], bufs.bwd[li])
+                if li > 0:
+                    cuda_backward.input_grad(*args, self.W[li], bufs.dX[li], tiling, stream)
+                cuda_backward.weight_grad(acts[li], *args, self.W[li], l2[li], self.dW[li], self.db[li],
+                                          bufs.dW_parts[li], bufs.db_parts[li], tiling, stream)
+                dA = bufs.dX[li]
+            net.step += 1
+            self.update(net.optimizer, dict(lr=net.lr, beta1=net.beta1, beta2=net.beta2, eps=net.eps,
+                                            step=net.step, threads=be.threads, stream=stream))
+
+
+class _Buffers:
+    """The fused step's intermediates for one batch size, as kernel views."""
+
+    def __init__(self, ws: _Workspace, rows: int):
+        be, net = ws.be, ws.net()
+        xp, dtype, dev = be.xp, net.dtype, be._dev
+
+        def empty(*shape, dt=dtype):
+            return dev(xp.empty(shape, dt))
+
+        self.H, self.A, self.fwd, self.bwd, self.dX, self.dW_parts, self.db_parts = ([] for _ in range(7))
+        for li, W in enumerate(net.weights):
+            n_in, units = W.shape
+            self.H.append(empty(rows, units))
+            masked = ws.keep[li] is not None
+            if not masked:
+                fwd = bwd = None
+            elif net.dropout == "unit":
+                fwd = bwd = empty(1, units)
+            else:
+                fwd, bwd = empty(rows, units), empty(rows, units)
+            self.fwd.append(fwd)
+            self.bwd.append(bwd)
+            self.A.append(empty(rows, units) if masked else self.H[-1])
+            self.dX.append(empty(rows, n_in) if li > 0 else None)
+            parts, db_parts = be._weight_grad_parts(rows, W)
+            self.dW_parts.append(parts)
+            self.db_parts.append(db_parts)
+        self.grad = empty(rows, net.weights[-1].shape[1])
+        self.part_loss, self.part_correct = be._loss_partials(rows)

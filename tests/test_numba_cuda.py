@@ -1,0 +1,448 @@
+"""The numba-cuda backend against the reference backend.
+
+Without a GPU (CI) every kernel runs in numba-cuda's CPU simulator (tests/conftest.py sets
+NUMBA_ENABLE_CUDASIM=1) on tiny shapes that are not multiples of the tiles. With FASTMNIST_REAL_GPU=1 on
+a machine with a GPU the same tests run on the device at full size (bench/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastmnist.kernels import cuda_backward, cuda_dense, cuda_rng
+from fastmnist.kernels.cuda_tiles import GPU_TILING, SIM_TILING, activation_codes
+from fastmnist.kernels.net import Net
+from fastmnist.kernels.numba_cuda import NumbaCudaBackend, simulator_enabled
+from fastmnist.kernels.reference import ReferenceBackend
+
+SIMULATED = simulator_enabled()
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+DTYPES = [np.float64, np.float32]
+# (rows, inputs, units): batch 1, partial tiles in every dimension, more than one tile.
+SHAPES = ([(1, 5, 3), (7, 10, 8), (10, 15, 13)] if SIMULATED
+          else [(1, 784, 192), (1000, 784, 192), (50000, 784, 192), (50000, 192, 48), (4099, 37, 10)])
+SEGMENT_KINDS = ("relu", "tanh", "identity")
+
+ref = ReferenceBackend()
+
+
+@pytest.fixture(scope="module")
+def be():
+    if not SIMULATED and os.environ.get("FASTMNIST_REAL_GPU") != "1":
+        pytest.fail("numba.cuda was imported before tests/conftest.py set NUMBA_ENABLE_CUDASIM=1: run the tests "
+                    "directory first, or set the variable yourself (FASTMNIST_REAL_GPU=1 tests on a real GPU)")
+    if SIMULATED:
+        # The simulator hands the GIL between its per-thread Python threads: a short switch interval
+        # makes it several times faster.
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(5e-4)
+        yield NumbaCudaBackend()
+        sys.setswitchinterval(old)
+    else:
+        yield NumbaCudaBackend()
+
+
+def segments_for(units):
+    """Up to three branches (relu, tanh, identity) splitting `units`."""
+    cuts = sorted({0, units, units // 3, (2 * units) // 3})
+    return tuple((a, b, SEGMENT_KINDS[i % 3]) for i, (a, b) in enumerate(zip(cuts, cuts[1:])))
+
+
+def rel_err(be, got, want):
+    got = be.to_numpy(got).astype(np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape
+    assert np.all(np.isfinite(got)), "non-finite values"
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
+
+
+def close(be, got, want, dtype):
+    err = rel_err(be, got, want)
+    assert err <= TOL[dtype], f"relative error {err:.3g}"
+
+
+def make_mask(rng, kind, rows, units):
+    if kind is None:
+        return None, None
+    keep = rng.uniform(0.4, 0.9, units)
+    if kind == "unit":
+        fwd = ((rng.random_sample(units) < keep) / keep).reshape(1, -1)
+        return fwd, fwd
+    kept = rng.random_sample((rows, units)) < keep
+    return kept / keep, kept.astype(np.float64)
+
+
+def dense_inputs(seed, shape, dtype):
+    rng = np.random.RandomState(seed)
+    m, k, n = shape
+    X, W, b = rng.standard_normal((m, k)), rng.standard_normal((k, n)) * 0.3, rng.standard_normal(n)
+    return rng, X.astype(dtype), W.astype(dtype), b.astype(dtype)
+
+
+# -- dense layers -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
+def test_dense_forward_matches_reference(be, dtype, shape, mask_kind):
+    rng, X, W, b = dense_inputs(1, shape, dtype)
+    seg = segments_for(shape[2])
+    fwd, _ = make_mask(rng, mask_kind, shape[0], shape[2])
+    fwd = None if fwd is None else fwd.astype(dtype)
+    A, H = be.dense_forward(be.asarray(X), be.asarray(W), be.asarray(b), seg, None if fwd is None else be.asarray(fwd))
+    A0, H0 = ref.dense_forward(X, W, b, seg, fwd)
+    close(be, H, H0, dtype)
+    close(be, A, A0, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
+def test_dense_backward_matches_reference(be, dtype, shape, mask_kind):
+    rng, X, W, _ = dense_inputs(2, shape, dtype)
+    seg = segments_for(shape[2])
+    _, H = ref.dense_forward(X, W, None, seg)
+    dA = rng.standard_normal(H.shape).astype(dtype)
+    _, bwd = make_mask(rng, mask_kind, shape[0], shape[2])
+    bwd = None if bwd is None else bwd.astype(dtype)
+    l2 = None if mask_kind == "unit" else rng.uniform(0, 0.1, shape[2]).astype(dtype)
+    got = be.dense_backward(be.asarray(dA), be.asarray(X), be.asarray(W), be.asarray(H), seg,
+                            None if bwd is None else be.asarray(bwd), None if l2 is None else be.asarray(l2))
+    want = ref.dense_backward(dA, X, W, H, seg, bwd, l2)
+    for g, w in zip(got, want):
+        close(be, g, w, dtype)
+
+
+def test_dense_ops_accept_strided_inputs(be):
+    """Transposed and sliced operands, made on the device, as views of larger arrays."""
+    (m, k, n), dtype, xp = SHAPES[1], np.float64, be.xp
+    rng = np.random.RandomState(3)
+    bases = [rng.standard_normal(s) for s in ((k, 2 * m), (k, n + 3), (m, 2 * n), (m, n + 1))]
+    cut = [lambda a: a[:, ::2].T, lambda a: a[:, 1:n + 1],
+           lambda a: a[:, ::2], lambda a: a[:, :n]]
+    X, W, dA, fwd = (f(a) for f, a in zip(cut, bases))
+    fwd = (fwd > 0) * 1.25
+    Xd, Wd, dAd = (f(xp.asarray(a)) for f, a in zip(cut[:3], bases))
+    fwd_d = (cut[3](xp.asarray(bases[3])) > 0) * 1.25
+    assert not any(a.flags.c_contiguous for a in (X, W, dA, Xd, Wd, dAd))
+    b, seg = rng.standard_normal(n), segments_for(n)
+    A, H = be.dense_forward(Xd, Wd, xp.asarray(b), seg, fwd_d)
+    A0, H0 = ref.dense_forward(X, W, b, seg, fwd)
+    close(be, A, A0, dtype)
+    for g, w in zip(be.dense_backward(dAd, Xd, Wd, H, seg, fwd_d), ref.dense_backward(dA, X, W, H0, seg, fwd)):
+        close(be, g, w, dtype)
+    dX, dW, db = be.dense_backward(dAd, Xd, Wd, H, seg, need_dx=False)
+    assert dX is None
+    close(be, dW, ref.dense_backward(dA, X, W, H0, seg)[1], dtype)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7])
+def test_weight_gradient_split_over_the_batch(be, splits):
+    """The batch split of the weight-gradient product (slices of unequal length, empty ones included)."""
+    shape, dtype = (SHAPES[-1][0], 11, 13) if SIMULATED else (50000, 784, 192), np.float64
+    rng, X, W, _ = dense_inputs(4, shape, dtype)
+    seg = segments_for(shape[2])
+    _, H = ref.dense_forward(X, W, None, seg)
+    dA, l2 = rng.standard_normal(H.shape), rng.uniform(0, 0.1, shape[2])
+    xp, dev = be.xp, be._dev
+    dW, db = xp.empty(W.shape), xp.empty(shape[2])
+    parts, db_parts = xp.empty((splits,) + W.shape), xp.empty((splits, shape[2]))
+    cuda_backward.weight_grad(*map(dev, (xp.asarray(X), xp.asarray(dA), xp.asarray(H))),
+                              be._codes(seg, shape[2]), None, dev(xp.asarray(W)), dev(xp.asarray(l2)),
+                              dev(dW), dev(db), dev(parts), dev(db_parts), be.tiling, be.stream)
+    _, dW0, db0 = ref.dense_backward(dA, X, W, H, seg, None, l2)
+    close(be, dW, dW0, dtype)
+    close(be, db, db0, dtype)
+
+
+@pytest.mark.skipif(not SIMULATED, reason="on a GPU every test already runs with the GPU tiling")
+def test_gpu_tiling_in_the_simulator(be):
+    """The 64 x 64 tiles that a GPU runs, on one block of the simulator (the other tests use small tiles)."""
+    assert be.tiling == SIM_TILING
+    dtype, (m, k, n) = np.float64, (9, 21, 11)
+    rng, X, W, b = dense_inputs(5, (m, k, n), dtype)
+    seg = segments_for(n)
+    codes = activation_codes(seg, n)
+    fwd, bwd = make_mask(rng, "element", m, n)
+    H, A = np.empty((m, n)), np.empty((m, n))
+    cuda_dense.dense_forward(X, W, b, codes, fwd, H, A, GPU_TILING)
+    A0, H0 = ref.dense_forward(X, W, b, seg, fwd)
+    close(be, A, A0, dtype)
+    dA = rng.standard_normal((m, n))
+    dX, dW, db = np.empty((m, k)), np.empty((k, n)), np.empty(n)
+    cuda_backward.input_grad(dA, H0, codes, bwd, W, dX, GPU_TILING)
+    cuda_backward.weight_grad(X, dA, H0, codes, bwd, W, None, dW, db, np.empty((1, k, n)), np.empty((1, n)),
+                              GPU_TILING)
+    for g, w in zip((dX, dW, db), ref.dense_backward(dA, X, W, H0, seg, bwd)):
+        close(be, g, w, dtype)
+
+
+# -- losses ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind,eps", [("mse", 0.0), ("softmax_ce", 0.0), ("softmax_ce", 1e-7)])
+@pytest.mark.parametrize("rows", [1, 13] if SIMULATED else [1, 50000])
+def test_loss_matches_reference(be, dtype, kind, eps, rows):
+    rng = np.random.RandomState(6)
+    out = (rng.standard_normal((rows, 2 * 10)) * 3)[:, ::2].astype(dtype)     # strided rows
+    out[0, 3] += 500          # a large logit: the softmax must not overflow
+    labels = rng.randint(0, 10, rows)
+    labels[0] = 3
+    total, correct, grad = be.loss(kind, be.xp.asarray(out), be.asarray(labels, np.int64), eps)
+    t0, c0, g0 = ref.loss(kind, out.astype(np.float64), labels, eps)
+    assert int(correct) == int(c0)
+    assert abs(float(total) - t0) <= TOL[dtype] * max(abs(t0), 1.0)
+    close(be, grad, g0, dtype)
+    total2, correct2, grad2 = be.loss(kind, be.asarray(out), be.asarray(labels, np.int64), eps, need_grad=False)
+    assert grad2 is None and float(total2) == float(total) and int(correct2) == int(correct)
+
+
+def test_loss_propagates_nan(be):
+    out = np.zeros((3, 10))
+    out[1, 2] = np.nan
+    total, _, grad = be.loss("softmax_ce", be.asarray(out), be.asarray(np.array([0, 2, 1]), np.int64))
+    assert np.isnan(float(total))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_l2_penalty_matches_reference(be, dtype):
+    rng = np.random.RandomState(7)
+    W = rng.standard_normal((13, 11)).astype(dtype)
+    seg = segments_for(11)
+    factors = [1.19, 0.0, 2.5][:len(seg)]
+    got = be.l2_penalty(be.asarray(W), seg, factors)
+    want = ref.l2_penalty(W.astype(np.float64), seg, factors)
+    assert abs(float(got) - want) <= TOL[dtype] * want
+
+
+# -- dropout --------------------------------------------------------------------------------------------
+
+def philox_py(counter, key):
+    """Philox-4x32-10 in plain Python, the generator's definition."""
+    c, (k0, k1) = list(counter), key
+    mask = 0xFFFFFFFF
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & mask, (p0 >> 32) ^ c[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+    return c
+
+
+def test_philox_known_answers(be):
+    # Known-answer vectors of the Random123 distribution (kat_vectors, philox4x32 10 rounds).
+    cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+             ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+             ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+              (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
+    counters = np.array([c for c, _, _ in cases], dtype=np.uint64)
+    keys = np.array([k for _, k, _ in cases], dtype=np.uint64)
+    out = be.xp.zeros((len(cases), 4), np.uint64)
+    cuda_rng.philox_kernel[1, 4](be._dev(be.xp.asarray(counters)), be._dev(be.xp.asarray(keys)), be._dev(out))
+    want = np.array([w for _, _, w in cases], dtype=np.uint64)
+    np.testing.assert_array_equal(be.to_numpy(out), want)
+    for c, k, w in cases:
+        assert tuple(philox_py(c, k)) == w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["unit", "element"])
+def test_dropout_masks_follow_the_generator(be, dtype, kind):
+    rows, units = 7, 9
+    keep = np.r_[np.full(4, 0.3), np.full(units - 4, 0.9)]
+    fwd, bwd = be.dropout_mask(np.random.RandomState(3), rows, keep, kind, dtype)
+    fwd, bwd = be.to_numpy(fwd), be.to_numpy(bwd)
+    key = tuple(int(k) for k in np.random.RandomState(3).randint(0, 2 ** 32, size=2, dtype=np.uint64))
+    shape = (1, units) if kind == "unit" else (rows, units)
+    n = shape[0] * shape[1]
+    words = [w for g in range(-(-n // 4)) for w in philox_py((g, 0, 0, 0), key)][:n]
+    kept = (np.array(words, dtype=np.float64) * 2.0 ** -32).reshape(shape) < keep
+    assert fwd.dtype == dtype and fwd.shape == shape
+    np.testing.assert_array_equal(fwd, (kept / keep).astype(dtype))
+    np.testing.assert_array_equal(bwd, fwd if kind == "unit" else kept.astype(dtype))
+    assert 0 < kept.sum() < kept.size
+
+
+def test_dropout_masks_are_reproducible_from_the_seed(be):
+    draw = lambda seed: be.to_numpy(be.dropout_mask(np.random.RandomState(seed), 40, np.full(50, 0.5),
+                                                    "element", np.float32)[0])
+    a, b, c = draw(11), draw(11), draw(12)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert 0.4 < (a > 0).mean() < 0.6
+
+
+# -- optimiser ------------------------------------------------------------------------------------------
+
+PARAM_SHAPES = [(7, 5), (5,), (5, 3)]
+
+
+def random_params(dtype, seed=8):
+    rng = np.random.RandomState(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in PARAM_SHAPES]
+    grads = [rng.standard_normal(s).astype(dtype) for s in PARAM_SHAPES]
+    state = [(rng.standard_normal(s).astype(dtype) * 0.1, rng.random_sample(s).astype(dtype)) for s in PARAM_SHAPES]
+    return params, grads, state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["sgd", "adam_like", "adam"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_update_matches_reference(be, dtype, kind, packed):
+    params, grads, state = random_params(dtype)
+    hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
+    want = [p.copy() for p in params], [(v.copy(), s.copy()) for v, s in state]
+    ref.update(kind, want[0], grads, want[1], **hyper)
+    dev = [be.asarray(p) for p in params]
+    dev_state = [(be.asarray(v), be.asarray(s)) for v, s in state] if kind != "sgd" else [(None, None)] * 3
+    dev_grads = [be.asarray(g) for g in grads]
+    if packed:
+        net = Net([dev[0], dev[2]], [dev[1], None], [((0, 5, "relu"),), ((0, 3, "identity"),)], "mse",
+                  optimizer=kind, state=dev_state)
+        ws = be._workspace(net)
+        for view, g in zip(ws.packed.grad_views, dev_grads):
+            view[...] = g
+        dev, dev_grads, dev_state = net.params(), ws.packed.grad_views, net.state
+        assert be._workspace_holding(dev, dev_grads) is ws
+    be.update(kind, dev, dev_grads, dev_state, **hyper)
+    for p, w in zip(dev, want[0]):
+        close(be, p, w, dtype)
+    if kind != "sgd":
+        for (v, s), (v0, s0) in zip(dev_state, want[1]):
+            close(be, v, v0, dtype)
+            close(be, s, s0, dtype)
+
+
+# -- the fused training step ----------------------------------------------------------------------------
+
+def make_net(be, dtype, *, loss="softmax_ce", optimizer="adam_like", bias=True, keep=None, dropout="unit",
+             repeat=False, sizes=None, seed=9):
+    sizes = sizes or ((7, 9, 6, 4) if SIMULATED else (784, 192, 48, 10))
+    rng = np.random.RandomState(seed)
+    segs = [segments_for(n) for n in sizes[1:-1]] + [((0, sizes[-1], "identity"),)]
+    W = [be.asarray(rng.standard_normal((a, b)) * np.sqrt(2 / a), dtype) for a, b in zip(sizes, sizes[1:])]
+    b = [be.asarray(rng.standard_normal(n) * 0.1, dtype) if bias else None for n in sizes[1:]]
+    net = Net(W, b, segs, loss, 1e-7 if loss == "softmax_ce" else 0.0, optimizer, lr=0.01, dropout=dropout,
+              keep=[None if keep is None or li == len(W) - 1 else np.full(n, keep) for li, n in enumerate(sizes[1:])],
+              l2=[np.linspace(0.5, 2.0, n) for n in sizes[1:]], repeat_update=repeat)
+    net.state = ([(be.xp.zeros_like(p), be.xp.zeros_like(p)) for p in net.params()] if optimizer != "sgd"
+                 else [(None, None)] * len(net.params()))
+    return net
+
+
+def training_data(be, dtype, rows, inputs, classes, seed=10):
+    rng = np.random.RandomState(seed)
+    return (be.asarray(rng.random_sample((rows, inputs)), dtype), be.asarray(rng.randint(0, classes, rows), np.int64))
+
+
+# (dtype, epochs, net settings): branchnet-like (Adam-like, biases, L2) in both types, Adam, and seed 000's
+# batch loop (MSE, SGD, no biases, each batch's update applied batch-size times).
+FUSED_CASES = [
+    (np.float64, 2, dict()),
+    (np.float32, 1, dict()),
+    (np.float64, 1, dict(optimizer="adam")),
+    (np.float64, 1, dict(loss="mse", optimizer="sgd", bias=False, repeat=True)),
+]
+
+
+@pytest.mark.parametrize("dtype,epochs,settings", FUSED_CASES)
+def test_train_epoch_matches_reference_without_dropout(be, dtype, epochs, settings):
+    rows, batch = ((9, 4) if settings.get("repeat") else (13, 5)) if SIMULATED else (50000, None)
+    net, net0 = make_net(be, dtype, **settings), make_net(ref, dtype, **settings)
+    X, y = training_data(be, dtype, rows, net.weights[0].shape[0], net.weights[-1].shape[1])
+    X0, y0 = be.to_numpy(X), be.to_numpy(y)
+    for epoch in range(epochs):
+        order = np.random.RandomState(epoch).permutation(rows) if batch else None
+        total, correct = be.train_epoch(net, X, y, batch, np.random.RandomState(0), order)
+        t0, c0 = ref.train_epoch(net0, X0, y0, batch, np.random.RandomState(0), order)
+        assert int(correct) == int(c0)
+        assert abs(float(total) - float(t0)) <= 10 * TOL[dtype] * abs(float(t0))
+    assert net.step == net0.step
+    for p, p0 in zip(net.params(), net0.params()):
+        close(be, p, p0, dtype)
+
+
+def test_evaluate_in_chunks_matches_reference(be):
+    dtype = np.float64
+    net, net0 = make_net(be, dtype), make_net(ref, dtype)
+    rows = 13 if SIMULATED else 10000
+    X, y = training_data(be, dtype, rows, net.weights[0].shape[0], net.weights[-1].shape[1])
+    total, correct = be.evaluate(net, X, y, chunk=5 if SIMULATED else 4096)
+    t0, c0 = ref.evaluate(net0, be.to_numpy(X), be.to_numpy(y))
+    assert int(correct) == int(c0) and abs(float(total) - float(t0)) <= 1e-12 * abs(float(t0))
+
+
+@pytest.mark.parametrize("dropout", ["unit", "element"])
+def test_fused_step_equals_the_composed_operations_with_dropout(be, dropout):
+    """With dropout the masks are the device generator's, so the fused step is compared with the
+    reference's composition of this backend's operations (each checked above), from the same host rng."""
+    dtype = np.float64
+    net, net1 = (make_net(be, dtype, keep=0.7, dropout=dropout) for _ in range(2))
+    rows = 11 if SIMULATED else 50000
+    X, y = training_data(be, dtype, rows, net.weights[0].shape[0], net.weights[-1].shape[1])
+    t, c = be.train_step(net, X, y, np.random.RandomState(5))
+    t1, c1 = ReferenceBackend.train_step(be, net1, X, y, np.random.RandomState(5))
+    assert int(c) == int(c1) and abs(float(t) - float(t1)) <= 1e-12 * abs(float(t1))
+    for p, p1 in zip(net.params(), net1.params()):
+        close(be, p, p1, dtype)
+
+
+def test_train_step_returns_device_scalars_and_repacks_replaced_weights(be):
+    net = make_net(be, np.float64)
+    X, y = training_data(be, np.float64, 6, net.weights[0].shape[0], net.weights[-1].shape[1])
+    total, _ = be.train_step(net, X, y, np.random.RandomState(0))
+    if not SIMULATED:
+        assert isinstance(total, be.xp.ndarray)
+    first = be._workspace(net)
+    net.weights[0] = be.asarray(be.to_numpy(net.weights[0]) * 0)     # the caller swaps an array in
+    be.train_step(net, X, y, np.random.RandomState(0))
+    assert be._workspace(net) is not first
+    assert be._workspace(net).packed.holds(net.params())
+
+
+# -- availability ---------------------------------------------------------------------------------------
+
+def test_registry_hides_the_simulator_unless_allowed(monkeypatch):
+    import fastmnist
+    from fastmnist import dispatch
+
+    if not SIMULATED:
+        pytest.skip("this checks the simulator's registration")
+    monkeypatch.delenv("FASTMNIST_ALLOW_CUDASIM", raising=False)
+    dispatch._load.cache_clear()
+    info = {b.name: b for b in fastmnist.backends()}["numba-cuda"]
+    assert not info.available and "NUMBA_ENABLE_CUDASIM" in info.reason and info.device == "gpu"
+    assert fastmnist.get_backend("auto").name != "numba-cuda"
+    monkeypatch.setenv("FASTMNIST_ALLOW_CUDASIM", "1")
+    dispatch._load.cache_clear()
+    try:
+        assert fastmnist.get_backend("numba-cuda").name == "numba-cuda"
+    finally:
+        monkeypatch.delenv("FASTMNIST_ALLOW_CUDASIM")
+        dispatch._load.cache_clear()
+
+
+PROBE = """
+import json
+import fastmnist
+from numba import cuda
+info = {b.name: b for b in fastmnist.backends()}["numba-cuda"]
+print(json.dumps([cuda.is_available(), info.available, info.reason, fastmnist.get_backend("auto").name]))
+"""
+
+
+def test_backends_report_numba_cuda_as_the_machine_allows():
+    """Without the simulator, numba-cuda is available exactly when numba-cuda sees a GPU, and says why not;
+    the other backends still work."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTMNIST_ALLOW_CUDASIM")}
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    gpu, available, reason, auto = json.loads(out.stdout.strip().splitlines()[-1])
+    assert available == gpu
+    if not gpu:
+        assert reason.startswith("no usable CUDA device") and auto != "numba-cuda"
