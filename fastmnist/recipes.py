@@ -80,6 +80,8 @@ class Recipe:
     l2_every: int = 1000
     repeat_update: bool = False
     shuffle: bool = False
+    lr_decay: float = 1.0
+    target_accuracy: float | None = None
     seed: int = 0
     eval_every: int = 10
     train_metrics: str = "running"
@@ -136,6 +138,9 @@ class Recipe:
         check(self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         check(self.dropout in DROPOUT_KINDS, f"unknown dropout kind {self.dropout!r}; choose from {', '.join(DROPOUT_KINDS)}")
         check(self.l2_schedule in L2_SCHEDULES, f"unknown L2 schedule {self.l2_schedule!r}")
+        check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        check(self.target_accuracy is None or (_finite(self.target_accuracy) and 0 < self.target_accuracy <= 1),
+              f"target_accuracy must be in (0, 1] or None, got {self.target_accuracy!r}")
         check(self.train_metrics in ("running", "eval"), f"train_metrics must be 'running' or 'eval', got {self.train_metrics!r}")
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         return self

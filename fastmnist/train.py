@@ -28,6 +28,7 @@ class TrainResult:
     backend: str
     dtype: str
     stopped_early: bool = field(default=False)
+    target_iteration: int | None = None   # the iteration (epoch) whose evaluation reached target_accuracy
 
     @property
     def final(self) -> dict:
@@ -40,6 +41,9 @@ class TrainResult:
             if f.get(key) is not None:
                 parts.append(f"{key.replace('_acc', '')} accuracy {f[key]:.4f}")
         t = self.timings
+        if self.target_iteration is not None:
+            parts.append(f"reached {self.recipe.target_accuracy:.2%} test accuracy at iteration "
+                         f"{self.target_iteration} after {t['time_to_target_s']:.2f} s")
         parts.append(f"{t['train_s']:.2f} s training ({1e3 * t['per_iteration_s']:.2f} ms/iteration), "
                      f"{t['total_s']:.2f} s in all")
         return "; ".join(parts)
@@ -118,7 +122,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     X, y = sets["train"]
     batch = recipe.batch_size or X.shape[0]
     rows_used = (X.shape[0] // batch) * batch
-    history, pending, eval_s, stopped = [], [], 0.0, False
+    history, pending, eval_s, stopped, reached = [], [], 0.0, False, None
     t_loop = time.perf_counter()
 
     bar = tqdm(total=recipe.iterations, desc=f"{recipe.name} [{be.name}]", unit="it", disable=not progress,
@@ -132,6 +136,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 total, correct = be.train_epoch(net, X, y, recipe.batch_size, rng, order)
                 pending.append(total)
                 _advance_l2(net, recipe.l2_multiplier(it))
+                net.lr *= recipe.lr_decay
                 bar.update(1)
                 if not report:
                     continue
@@ -147,6 +152,9 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 if callback is not None and callback(dict(row)):
                     stopped = True
                     break
+                if recipe.target_accuracy is not None and row["test_acc"] >= recipe.target_accuracy:
+                    reached = row
+                    break
         finally:
             bar.close()
     be.synchronize()
@@ -157,10 +165,13 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     timings = {"data_s": t_data - t_start, "setup_s": t_loop - t_data, "train_s": train_s, "eval_s": eval_s,
                "total_s": t_end - t_start, "per_iteration_s": train_s / n_done if n_done else 0.0}
     meta = {"backend": be.name, "dtype": dtype, "iterations_done": n_done, "final": history[-1] if history else {}}
-    model = Model(recipe.with_overrides(iterations=n_done) if stopped else recipe,
+    if reached is not None:
+        timings["time_to_target_s"] = reached["elapsed_s"]
+    model = Model(recipe.with_overrides(iterations=n_done) if stopped or reached else recipe,
                   [be.to_numpy(w) for w in net.weights],
                   [None if b is None else be.to_numpy(b) for b in net.biases], meta)
-    return TrainResult(model, history, timings, recipe, be.name, dtype, stopped)
+    return TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
+                       None if reached is None else reached["iteration"])
 
 
 def _metrics(be, net, recipe, sets, iteration, train_loss, train_acc, penalty) -> dict:

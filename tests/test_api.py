@@ -138,3 +138,19 @@ def test_auto_picks_the_first_available_in_speed_order():
 def test_bad_dtype():
     with pytest.raises(FastMnistError, match="unsupported dtype 'float16'"):
         fastmnist.train("grokking-3layer", backend="numpy", dtype="float16", progress=False)
+
+
+def test_target_accuracy_stops_at_the_first_report_reaching_it():
+    result = fastmnist.train("grokking-3layer", backend="numpy", dtype="float64", iterations=30, progress=False,
+                             target_accuracy=0.7, eval_every=1)
+    accs = [r["test_acc"] for r in result.history]
+    assert accs[-1] >= 0.7 and all(a < 0.7 for a in accs[:-1])
+    assert result.target_iteration == result.history[-1]["iteration"] >= 1
+    assert 0 < result.timings["time_to_target_s"] <= result.timings["total_s"]
+    assert "reached 70.00% test accuracy" in result.summary()
+
+
+def test_lr_decay_changes_the_run():
+    plain = fastmnist.train("grokking-3layer", backend="numpy", iterations=2, progress=False).final
+    decayed = fastmnist.train("grokking-3layer", backend="numpy", iterations=2, lr_decay=0.5, progress=False).final
+    assert plain["iteration"] == decayed["iteration"] == 1 and plain["train_err"] != decayed["train_err"]
