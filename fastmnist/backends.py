@@ -10,6 +10,15 @@ def _numpy():
     return ReferenceBackend()
 
 
+def _numba_cpu():
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"numba is not installed: {exc}") from None
+    from .kernels.numba_cpu import NumbaCpuBackend
+    return NumbaCpuBackend()
+
+
 def _cupy():
     try:
         import cupy
@@ -26,6 +35,8 @@ def _cupy():
 
 
 register("numpy", _numpy, "reference array code on NumPy (the CPU baseline)")
+register("numba-cpu", _numba_cpu, "compiled Numba CPU kernels: fused layers, a sparse-input first layer, "
+         "a compiled batch-1 epoch")
 register("cupy", _cupy, "reference array code on CuPy (the GPU baseline, as seed 004 ran)", device="gpu")
 
 

@@ -1,0 +1,71 @@
+"""Compiled optimiser updates over all parameters in one call, in place.
+
+Each argument is a tuple of flat (1-D, C-contiguous) arrays of one dtype; scalars have that dtype, so the
+arithmetic rounds as the reference backend's does (numpy treats Python floats as weak scalars).
+adam_like is adam with c1 = c2 = 1 (no bias correction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu_chunks import chunk_bounds, chunks_for
+
+
+@njit(cache=True)
+def _sgd_range(p, g, lr, start, stop):
+    for i in range(start, stop):
+        p[i] -= lr * g[i]
+
+
+@njit(cache=True)
+def _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
+    for i in range(start, stop):
+        gi = g[i]
+        vi = v[i] * beta1 + one_minus_beta1 * gi
+        si = s[i] * beta2 + one_minus_beta2 * (gi * gi)
+        v[i] = vi
+        s[i] = si
+        p[i] -= lr * (vi / c1) / (np.sqrt(si / c2) + eps)
+
+
+@njit(cache=True, parallel=True)
+def _sgd_all(params, grads, lr, chunks):
+    for t in range(len(params)):
+        p, g = params[t], grads[t]
+        if chunks == 1:
+            _sgd_range(p, g, lr, 0, p.size)
+        else:
+            for c in prange(chunks):
+                start, stop = chunk_bounds(c, p.size, chunks)
+                _sgd_range(p, g, lr, start, stop)
+
+
+@njit(cache=True, parallel=True)
+def _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, chunks):
+    for t in range(len(params)):
+        p, g, v, s = params[t], grads[t], vs[t], ss[t]
+        if chunks == 1:
+            _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, 0, p.size)
+        else:
+            for c in prange(chunks):
+                start, stop = chunk_bounds(c, p.size, chunks)
+                _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                            start, stop)
+
+
+def _chunks(params):
+    size = sum(p.size for p in params)
+    return chunks_for(size, size)
+
+
+def sgd(params, grads, lr):
+    """p -= lr g for every parameter."""
+    _sgd_all(params, grads, lr, _chunks(params))
+
+
+def adam(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
+    """v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2; p -= lr (v / c1) / (sqrt(s / c2) + eps)."""
+    _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+              _chunks(params))
