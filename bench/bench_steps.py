@@ -1,0 +1,44 @@
+"""Whole training steps as fastmnist.train runs them: one iteration's `train_epoch` call on one batch of
+every preset, and the batch-1 epoch (1,000 samples) of grokking-3layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmnist.recipes import PRESETS
+
+EPOCH_PRESETS = ("grokking-3layer",)
+
+
+def step_flop(net, rows):
+    """Floating-point operations of the matrix products in one step on `rows` samples."""
+    shapes = [W.shape for W in net.weights]
+    forward = sum(2 * rows * k * n for k, n in shapes)
+    backward = sum(2 * rows * k * n * (2 if li else 1) for li, (k, n) in enumerate(shapes))
+    return forward + (rows if net.repeat_update else 1) * backward
+
+
+def _run(timed, be, dtype, mnist, recipe, net, rows, group):
+    X = be.asarray(mnist.images(rows, dtype, recipe.split), dtype)
+    y = be.asarray(mnist.labels(rows, recipe.split), np.int64)
+    steps = rows // (recipe.batch_size or rows)
+    total, correct = timed(group, be.train_epoch, net, X, y, recipe.batch_size, np.random.RandomState(5), None,
+                           flop=steps * step_flop(net, recipe.batch_size or rows), preset=recipe.name,
+                           rows=rows, batch=recipe.batch_size or rows)
+    assert np.isfinite(float(total)) and 0 <= int(correct) <= rows, f"loss {total}, correct {correct}"
+    for W in net.weights:
+        assert np.all(np.isfinite(be.to_numpy(W))), "training produced NaN or infinite weights"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_train_step(timed, be, dtype, new_net, mnist, preset):
+    recipe, net = new_net(preset)
+    rows = recipe.batch_size or len(mnist.split(recipe.split))
+    _run(timed, be, dtype, mnist, recipe, net, rows, "steps/train_step")
+
+
+@pytest.mark.parametrize("preset", EPOCH_PRESETS)
+def test_batch1_epoch(timed, be, dtype, new_net, mnist, preset):
+    recipe, net = new_net(preset, batch_size=1)
+    _run(timed, be, dtype, mnist, recipe, net, len(mnist.split(recipe.split)), "steps/epoch")

@@ -1,0 +1,178 @@
+"""What every benchmark shares: the backends and dtypes it runs on, real MNIST inputs, and the timer.
+
+Benchmarks take the fixtures `backend_name` and `dtype`; `pytest_generate_tests` parametrises them over
+every backend `fastmnist.backends()` reports available (optionally narrowed with
+FASTMNIST_BENCH_BACKENDS=numpy,numba-cpu) and both dtypes, so ids start `numpy-float32-...` and the suite
+grows by itself as backends land. Benchmarks that take `jit_backend` run on the available backends that
+compile kernels (every backend that is not the plain reference array code).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastmnist
+from fastmnist import data
+from fastmnist.kernels.reference import ReferenceBackend
+from fastmnist.train import DTYPES, build_net, init_params, make_recipe
+
+BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+
+
+def _wanted(names):
+    chosen = os.environ.get("FASTMNIST_BENCH_BACKENDS")
+    if not chosen:
+        return names
+    keep = {n.strip() for n in chosen.split(",") if n.strip()}
+    return [n for n in names if n in keep]
+
+
+def available_backends() -> list[str]:
+    return _wanted([info.name for info in fastmnist.backends() if info.available])
+
+
+def jit_backends() -> list[str]:
+    return [n for n in available_backends() if type(fastmnist.get_backend(n)) is not ReferenceBackend]
+
+
+def _no_jit_reason() -> str:
+    others = [f"{i.name}: {i.reason}" for i in fastmnist.backends()
+              if not i.available and i.name not in BASELINES.values()]
+    selected = " and selected by FASTMNIST_BENCH_BACKENDS" if os.environ.get("FASTMNIST_BENCH_BACKENDS") else ""
+    return (f"no numba backend is registered, available{selected} here"
+            + (f" ({'; '.join(others)})" if others else ""))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the parametrize markers, so ids read backend-dtype-case
+def pytest_generate_tests(metafunc):
+    for fixture, names in (("backend_name", available_backends), ("jit_backend", jit_backends)):
+        if fixture not in metafunc.fixturenames:
+            continue
+        combos = [pytest.param(b, d, id=f"{b}-{d}") for b in names() for d in DTYPES]
+        if not combos and fixture == "jit_backend":
+            combos = [pytest.param(None, None, id="none", marks=pytest.mark.skip(reason=_no_jit_reason()))]
+        metafunc.parametrize((fixture, "dtype"), combos)
+
+
+@pytest.fixture
+def be(backend_name):
+    return fastmnist.get_backend(backend_name)
+
+
+class Mnist:
+    """The real training images (the first rows of the seeds' splits) as floats, cached per dtype."""
+
+    def __init__(self):
+        self._splits = {}
+        self._floats = {}
+
+    def split(self, name="50k-10k-10k"):
+        if name not in self._splits:
+            self._splits[name] = data.load_splits(name).train
+        return self._splits[name]
+
+    def images(self, rows, dtype, split="50k-10k-10k"):
+        """The first `rows` training images as a host (rows, 784) array in [0, 1]."""
+        key = (split, np.dtype(dtype).name)
+        if key not in self._floats:
+            self._floats[key] = data.to_float(self.split(split).images, dtype)
+        assert rows <= self._floats[key].shape[0], f"only {self._floats[key].shape[0]} images in {split}"
+        return self._floats[key][:rows]
+
+    def labels(self, rows, split="50k-10k-10k"):
+        return self.split(split).labels[:rows].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return Mnist()
+
+
+def fresh_net(backend, preset, dtype, **overrides):
+    """(recipe, a newly initialised Net for `preset`), built exactly as fastmnist.train builds them."""
+    recipe = make_recipe(preset, **overrides)
+    return recipe, build_net(backend, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
+
+
+@pytest.fixture
+def new_net(be, dtype):
+    """new_net(preset, **overrides) -> (recipe, Net) on the benchmark's backend and dtype."""
+    return lambda preset, **overrides: fresh_net(be, preset, dtype, **overrides)
+
+
+@pytest.fixture(scope="session")
+def layer_inputs(mnist):
+    """layer_inputs(preset, layer, rows, dtype): realistic host inputs to a layer of an initialised `preset`:
+    real images for the first layer, the activations of the layers before it (no dropout) for the others."""
+    host = ReferenceBackend()
+    cache = {}
+
+    def get(preset, layer, rows, dtype):
+        dtype = np.dtype(dtype).name
+        key = (preset, layer, dtype)
+        if key not in cache or cache[key].shape[0] < rows:
+            if layer == 0:
+                cache[key] = mnist.images(rows, dtype)
+            else:
+                _, net = fresh_net(host, preset, dtype)
+                X = get(preset, layer - 1, rows, dtype)
+                cache[key], _ = host.dense_forward(X, net.weights[layer - 1], net.biases[layer - 1],
+                                                   net.segments[layer - 1])
+        return cache[key][:rows]
+
+    return get
+
+
+class Timer:
+    """Times `fn(*args)` on a backend with pytest-benchmark and records what was measured.
+
+    The device is synchronised inside the timed region; a first untimed call (only when timing is on)
+    keeps JIT compilation and first-touch costs out of the rounds. With the work in floating-point
+    operations and bytes moved, the achieved GFLOP/s and GB/s (at the median time) go into extra_info.
+    """
+
+    def __init__(self, benchmark, backend, dtype):
+        self.benchmark, self.backend, self.dtype = benchmark, backend, np.dtype(dtype).name
+
+    def __call__(self, group, fn, *args, flop=0.0, nbytes=0.0, **info):
+        bm, be = self.benchmark, self.backend
+        bm.group = f"{group}/{be.device}"
+
+        def body():
+            out = fn(*args)
+            be.synchronize()
+            return out
+
+        bm.extra_info.update(backend=be.name, device=be.device, dtype=self.dtype, **info)
+        if flop:
+            bm.extra_info["flop"] = float(flop)
+        if nbytes:
+            bm.extra_info["bytes"] = float(nbytes)
+        if bm.enabled:
+            body()
+        out = bm(body)
+        if bm.stats is not None and bm.stats.stats.data:
+            median = bm.stats.stats.median
+            if flop:
+                bm.extra_info["gflops"] = flop / median / 1e9
+            if nbytes:
+                bm.extra_info["gbps"] = nbytes / median / 1e9
+        return out
+
+
+@pytest.fixture
+def timed(benchmark, be, dtype):
+    return Timer(benchmark, be, dtype)
+
+
+@pytest.fixture
+def check(be):
+    """check(array, shape, name): a broken kernel must not be timed silently: right shape, finite values."""
+    def check_array(a, shape, name="result"):
+        assert a is not None, f"{name} is missing"
+        assert tuple(a.shape) == tuple(shape), f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}"
+        assert np.all(np.isfinite(be.to_numpy(a))), f"{name} holds NaN or infinity"
+    return check_array

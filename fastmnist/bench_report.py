@@ -1,0 +1,191 @@
+"""pytest-benchmark JSON in, a Markdown table per benchmark group out (and optionally a bar chart PNG).
+
+Each row is one case (the benchmark's parameters without the backend) on one backend: its mean and
+median time and its speed-up against the baseline backend on the same device (numpy on the CPU, cupy
+on the GPU), computed from the medians.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FastMnistError
+
+BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+# extra_info keys shown as columns when a group has them.
+EXTRA_COLUMNS = (("gflops", "GFLOP/s", "{:.3g}"), ("gbps", "GB/s", "{:.3g}"), ("compile_s", "compile s", "{:.3g}"))
+
+
+@dataclass
+class Result:
+    group: str
+    test: str
+    param: str
+    backend: str
+    device: str
+    mean: float
+    median: float
+    extra: dict = field(default_factory=dict)
+
+
+def render(json_path, png_path=None) -> str:
+    """The Markdown report of a pytest-benchmark JSON file; also writes a bar chart to `png_path` if given
+    and matplotlib is installed (the text says so when it is not)."""
+    doc = _read(Path(json_path))
+    results = [_result(b, json_path) for b in doc["benchmarks"]]
+    lines = [f"Benchmark results `{Path(json_path).name}`: {_describe_machine(doc)}", "",
+             "Times per call; speed-up = the baseline's median / this backend's median, against "
+             + " and ".join(f"{b} on the {d.upper()}" for d, b in BASELINES.items()) + "."]
+    if not results:
+        lines += ["", "No benchmarks in this file (was it written with timing disabled?)."]
+    for group, rows in _by_group(results).items():
+        lines += ["", f"### {group}", "", *_table(rows)]
+    if png_path is not None:
+        lines += ["", _chart(results, Path(png_path))]
+    return "\n".join(lines) + "\n"
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FastMnistError(f"{path}: no such benchmark results file")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FastMnistError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
+        raise FastMnistError(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
+    return doc
+
+
+def _result(bench, path) -> Result:
+    try:
+        stats, name = bench["stats"], bench["name"]
+        mean, median = float(stats["mean"]), float(stats["median"])
+    except (KeyError, TypeError, ValueError):
+        raise FastMnistError(f"{path}: a benchmark entry lacks its name or its mean/median times") from None
+    extra = bench.get("extra_info") or {}
+    params = bench.get("params") or {}
+    backend = extra.get("backend") or params.get("backend_name") or params.get("jit_backend") or "?"
+    group = bench.get("group") or name.split("[")[0]
+    device = extra.get("device") or ("gpu" if group.rstrip("/").endswith("gpu") else "cpu")
+    return Result(group, name.split("[")[0], _without_backend(bench.get("param") or "", backend), backend, device,
+                  mean, median, extra)
+
+
+def _without_backend(param: str, backend: str) -> str:
+    """The id's components without the backend's: 'numba-cpu-float32-b100' -> 'float32-b100'."""
+    return f"-{param}-".replace(f"-{backend}-", "-", 1).strip("-")
+
+
+def _describe_machine(doc: dict) -> str:
+    m = doc.get("machine_info") or {}
+    cpu = m.get("cpu") or {}
+    parts = [doc.get("datetime", "date unknown")]
+    if cpu.get("brand_raw"):
+        parts.append(f"{cpu['brand_raw']} ({cpu.get('count', '?')} logical cores)")
+    if m.get("node"):
+        parts.append(f"host {m['node']}")
+    if m.get("python_version"):
+        parts.append(f"Python {m['python_version']}")
+    if doc.get("version"):
+        parts.append(f"pytest-benchmark {doc['version']}")
+    return ", ".join(parts) + "."
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+def _by_group(results):
+    groups = {}
+    for r in results:
+        groups.setdefault(r.group, []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def _ordered(rows):
+    """{case label: rows} with cases in order of first appearance; within a case the baseline first, then
+    the others as found. The label is the parameters, prefixed by the test name where a group has several."""
+    several = len({r.test for r in rows}) > 1
+    cases = {}
+    for r in rows:
+        label = r.param or r.test
+        if several and r.param:
+            label = f"{r.test}[{r.param}]"
+        cases.setdefault(label, []).append(r)
+    for case_rows in cases.values():
+        case_rows.sort(key=lambda r: r.backend != BASELINES.get(r.device))
+    return cases
+
+
+def _speedup(row, case_rows) -> str:
+    base = next((r for r in case_rows if r.backend == BASELINES.get(row.device)), None)
+    if base is None or row.median <= 0:
+        return "–"
+    return f"{base.median / row.median:.2f}x"
+
+
+def _table(rows) -> list[str]:
+    extras = [(key, title, fmt) for key, title, fmt in EXTRA_COLUMNS
+              if any(isinstance(r.extra.get(key), (int, float)) for r in rows)]
+    header = ["case", "backend", "mean", "median", "speed-up", *[title for _, title, _ in extras]]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for case, case_rows in _ordered(rows).items():
+        for i, r in enumerate(case_rows):
+            cells = [case if i == 0 else "", r.backend, _time(r.mean), _time(r.median), _speedup(r, case_rows)]
+            cells += [_number(r.extra.get(key), fmt) for key, _, fmt in extras]
+            out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _number(value, fmt) -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else ""
+
+
+# -- chart -----------------------------------------------------------------------------------------
+
+def _chart(results, png_path: Path) -> str:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return f"No chart written to {png_path}: matplotlib is not installed (pip install 'fastmnist[plots]')."
+    if not results:
+        return f"No chart written to {png_path}: the file holds no benchmarks."
+    groups = _by_group(results)
+    heights = [0.8 + 0.22 * len(rows) for rows in groups.values()]
+    fig = Figure(figsize=(11, sum(heights) + 0.5), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=heights)[:, 0]
+    backends = sorted(dict.fromkeys(r.backend for r in results), key=lambda b: b not in BASELINES.values())
+    colours = {b: f"C{i % 10}" for i, b in enumerate(backends)}
+    for ax, (group, rows) in zip(axes, groups.items()):
+        labels, y = [], 0
+        for case, case_rows in _ordered(rows).items():
+            for r in case_rows:
+                ax.barh(y, r.median, color=colours[r.backend], label=r.backend)
+                y += 1
+            labels.append((y - (len(case_rows) + 1) / 2, case))
+        ax.set_yticks([pos for pos, _ in labels], [text for _, text in labels], fontsize=7)
+        ax.invert_yaxis()
+        positive = [r.median for r in rows if r.median > 0]
+        if positive:
+            ax.set_xscale("log")
+            ax.set_xlim(left=10 ** math.floor(math.log10(min(positive))))
+        ax.set_title(group, fontsize=9, loc="left")
+        ax.set_xlabel("median time per call (s)", fontsize=8)
+        handles = {}
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+        ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=90)
+    return f"Chart written to {png_path}."

@@ -1,0 +1,136 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fastmnist.bench_report import render
+from fastmnist.errors import FastMnistError
+
+
+def entry(group, test, backend, rest, median, mean=None, device=None, **extra):
+    param = f"{backend}-{rest}"
+    return {"group": group, "name": f"{test}[{param}]", "fullname": f"bench/x.py::{test}[{param}]",
+            "param": param, "params": {"backend_name": backend, "dtype": rest.split("-")[0]},
+            "extra_info": {"backend": backend, "device": device or group.rsplit("/", 1)[-1], **extra},
+            "stats": {"min": median / 2, "max": median * 2, "mean": mean or median, "median": median,
+                      "stddev": 0.0, "rounds": 5, "iterations": 1}}
+
+
+RESULTS = {
+    "machine_info": {"node": "box", "python_version": "3.11.7", "cpu": {"brand_raw": "Test CPU", "count": 2}},
+    "datetime": "2026-11-23T00:00:00", "version": "5.3.1",
+    "benchmarks": [
+        entry("kernels/dense_forward/cpu", "test_dense_forward", "numpy", "float32-b100-784x192", 2e-3, 2.5e-3,
+              gflops=15.05),
+        entry("kernels/dense_forward/cpu", "test_dense_forward", "numba-cpu", "float32-b100-784x192", 5e-4,
+              gflops=60.2),
+        entry("kernels/dense_forward/cpu", "test_dense_forward", "numba-cpu", "float64-b1-784x40", 3e-6),
+        entry("kernels/dense_forward/gpu", "test_dense_forward", "cupy", "float32-b100-784x192", 1e-4),
+        entry("kernels/dense_forward/gpu", "test_dense_forward", "numba-cuda", "float32-b100-784x192", 2.5e-5),
+        entry("steps/train_step/cpu", "test_train_step", "numba-cpu", "float32-branchnet", 0.1),
+        entry("steps/train_step/cpu", "test_train_step", "numpy", "float32-branchnet", 0.3),
+    ],
+}
+
+
+def sections(text):
+    """{group: {(case, backend): cells}} from the Markdown report."""
+    out, group, case = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            group = line[4:].strip()
+            out[group] = {}
+        elif group and line.startswith("| ") and not line.startswith("| case"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            case = cells[0] or case
+            out[group][(case, cells[1])] = cells
+    return out
+
+
+@pytest.fixture
+def results_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    return path
+
+
+def test_speedups_against_the_cpu_and_gpu_baselines(results_file):
+    table = sections(render(results_file))
+    cpu = table["kernels/dense_forward/cpu"]
+    assert cpu[("float32-b100-784x192", "numpy")][2:5] == ["2.5 ms", "2 ms", "1.00x"]
+    assert cpu[("float32-b100-784x192", "numba-cpu")][2:5] == ["500 µs", "500 µs", "4.00x"]
+    gpu = table["kernels/dense_forward/gpu"]
+    assert gpu[("float32-b100-784x192", "numba-cuda")][4] == "4.00x"  # against cupy, not numpy
+    assert table["steps/train_step/cpu"][("float32-branchnet", "numba-cpu")][4] == "3.00x"
+
+
+def test_baseline_listed_first_and_missing_baseline_shown_as_a_dash(results_file):
+    table = sections(render(results_file))
+    # numba-cpu comes first in the file
+    assert list(table["steps/train_step/cpu"]) == [("float32-branchnet", "numpy"), ("float32-branchnet", "numba-cpu")]
+    cpu = table["kernels/dense_forward/cpu"]
+    assert cpu[("float64-b1-784x40", "numba-cpu")][4] == "–"
+
+
+def test_extra_info_columns_and_machine(results_file):
+    text = render(results_file)
+    assert "Test CPU (2 logical cores)" in text and "2026-11-23" in text
+    cpu = sections(text)["kernels/dense_forward/cpu"]
+    assert cpu[("float32-b100-784x192", "numba-cpu")][5] == "60.2"
+    assert "GFLOP/s" not in text.split("### steps/train_step/cpu")[1]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such benchmark results file"),
+    ("{not json", "not valid JSON"),
+    ('{"results": []}', "no 'benchmarks' list"),
+    ('{"benchmarks": [{"name": "test_x", "stats": {}}]}', "lacks its name or its mean/median"),
+], ids=["missing", "not-json", "no-benchmarks-list", "no-times"])
+def test_bad_files_raise_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(FastMnistError, match=message) as info:
+        render(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_chart_written_when_matplotlib_is_installed(results_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "out" / "chart.png"
+    text = render(results_file, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"Chart written to {png}" in text
+
+
+def test_chart_without_matplotlib_is_reported_not_raised(results_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    png = tmp_path / "chart.png"
+    text = render(results_file, png)
+    assert "matplotlib is not installed" in text and not png.exists()
+    assert "### kernels/dense_forward/cpu" in text
+
+
+def test_reads_a_real_pytest_benchmark_file(tmp_path):
+    bench = tmp_path / "test_tiny.py"
+    bench.write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.parametrize("backend_name", ["numpy", "numba-cpu"])
+        @pytest.mark.parametrize("n", [10], ids=["b10"])
+        def test_sum(benchmark, backend_name, n):
+            benchmark.group = "kernels/sum/cpu"
+            benchmark.extra_info.update(backend=backend_name, device="cpu")
+            benchmark(sum, range(n if backend_name == "numpy" else 1))
+    """))
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(bench),
+                           "--benchmark-min-rounds=3", "--benchmark-max-time=0.01", f"--benchmark-json={out}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = sections(render(out))["kernels/sum/cpu"]
+    assert set(rows) == {("b10", "numpy"), ("b10", "numba-cpu")}
+    assert rows[("b10", "numpy")][4] == "1.00x" and rows[("b10", "numba-cpu")][4].endswith("x")
