@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from . import data, dispatch
@@ -196,3 +197,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("fastmnist: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0

@@ -64,3 +64,14 @@ def test_unknown_preset():
 def test_corrupt_recipe_json():
     with pytest.raises(RecipeError, match="not a valid recipe"):
         Recipe.from_json('{"name": 3}')
+
+
+def test_fast_preset_trains_shuffled_minibatches_with_adam():
+    import fastmnist
+    recipe = get_preset("fast")
+    assert (recipe.optimizer.kind, recipe.shuffle, recipe.split, recipe.target_accuracy) == ("adam", True, "full", 0.98)
+    result = fastmnist.train("fast", backend="numpy", iterations=1, hidden=64, batch_size=500, progress=False)
+    assert [r["iteration"] for r in result.history] == [0]
+    assert result.final["test_acc"] > 0.9 and result.final["train_acc"] > 0.85
+    other = fastmnist.train("fast", backend="numpy", iterations=1, hidden=64, batch_size=500, seed=1, progress=False)
+    assert other.final["train_err"] != result.final["train_err"]
