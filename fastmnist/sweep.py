@@ -13,6 +13,11 @@ from .errors import FastMnistError, RecipeError
 from .recipes import Recipe, get_preset
 
 
+# One worker per core, so each worker's BLAS, OpenMP and Numba pools get one thread: no oversubscription.
+SINGLE_THREADED = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                          "NUMBA_NUM_THREADS")}
+
+
 def expand_grid(grid) -> list[dict]:
     """{"a": [1, 2], "b": [3]} -> [{"a": 1, "b": 3}, {"a": 2, "b": 3}]; a list of dicts is taken as it is."""
     if isinstance(grid, dict):
@@ -32,7 +37,8 @@ def run_one(preset, config: dict, backend: str, dtype: str, iterations, seed) ->
     """Train one configuration; any failure becomes part of the record instead of an exception."""
     from .train import train
 
-    record = {"config": config, "key": config_key(config), "host": socket.gethostname(), "pid": os.getpid()}
+    record = {"config": config, "key": config_key(config), "host": socket.gethostname(), "pid": os.getpid(),
+              "threads": _threads()}
     start = time.perf_counter()
     try:
         result = train(preset, backend=backend, dtype=dtype, iterations=iterations, seed=seed, progress=False,
@@ -43,6 +49,13 @@ def run_one(preset, config: dict, backend: str, dtype: str, iterations, seed) ->
         record.update(status="error", error=f"{type(exc).__name__}: {exc}", backend=backend)
     record["time_s"] = time.perf_counter() - start
     return record
+
+
+def _threads() -> dict:
+    import numba
+    from threadpoolctl import threadpool_info
+    blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    return {"numba": numba.get_num_threads(), "blas": max(blas, default=1)}
 
 
 def read_results(path) -> list[dict]:
@@ -86,7 +99,7 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
     own_cluster = None
     if client is None:
         own_cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=None, env=SINGLE_THREADED)
         client = Client(own_cluster)
     elif isinstance(client, str):
         client = Client(client)

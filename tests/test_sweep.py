@@ -78,3 +78,8 @@ def test_cli_sweep_with_its_own_local_cluster(tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].split()[:2] == ["val_acc", "test_acc"] and len(read_results(out)) == 2
     assert json.loads(out.read_text().splitlines()[0])["status"] == "ok"
+
+
+def test_local_cluster_workers_are_single_threaded(tmp_path):
+    records = sweep(grid=[{}], out=tmp_path / "t.jsonl", progress=False, **SMALL)
+    assert records[0]["status"] == "ok" and records[0]["threads"] == {"numba": 1, "blas": 1}
