@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate, derivative
 from .cpu_dense import column_sums
+from .cpu_simd import VECTOR_BYTES, gather_tiles, scatter_tiles
 
 
 class CompressedRows(NamedTuple):
@@ -68,54 +69,101 @@ def compress_rows(X: np.ndarray) -> CompressedRows:
     return CompressedRows(indptr, indices, values, X.shape)
 
 
+BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
+_GATHER4, _GATHER1 = gather_tiles(4), gather_tiles(1)
+_SCATTER4, _SCATTER1 = scatter_tiles(4), scatter_tiles(1)
+
+
+@njit(cache=True)
+def _vector_split(k, itemsize):
+    """(end of the 4-vector tiles, end of the 1-vector tiles) of k units; the rest is done one by one."""
+    lanes = VECTOR_BYTES // itemsize
+    k4 = k // (4 * lanes) * 4 * lanes
+    return k4, k4 + (k - k4) // lanes * lanes
+
+
 @njit(cache=True, fastmath={"contract"})
-def _forward_row(indptr, indices, values, r, W, b, codes, scale, H, A, i):
+def _gather_block(indptr, indices, values, rows, start, stop, W, H):
+    """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
+    so that the tile of W they read stays in cache."""
     k = W.shape[1]
-    h = H[i]
-    h[:] = 0
-    p, end = indptr[r], indptr[r + 1]
-    while p + 4 <= end:          # four stored pixels per pass over h: a quarter of the loads and stores of h
-        x0, x1, x2, x3 = values[p], values[p + 1], values[p + 2], values[p + 3]
-        r0, r1, r2, r3 = indices[p], indices[p + 1], indices[p + 2], indices[p + 3]
+    k4, k1 = _vector_split(k, W.itemsize)
+    lanes = VECTOR_BYTES // W.itemsize
+    for c in range(0, k4, 4 * lanes):
+        for i in range(start, stop):
+            r = rows[i]
+            _GATHER4(indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
+    for i in range(start, stop):
+        r = rows[i]
+        _GATHER1(indices, values, indptr[r], indptr[r + 1], W, H[i], k4, (k1 - k4) // lanes)
+        if k1 < k:
+            h = H[i]
+            h[k1:] = 0
+            for p in range(indptr[r], indptr[r + 1]):
+                x = values[p]
+                row = indices[p]
+                for j in range(k1, k):
+                    h[j] += x * W[row, j]
+
+
+@njit(cache=True, fastmath={"contract"})
+def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
+    """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
+    one tile of units at a time (as _gather_block)."""
+    k = acc.shape[1]
+    k4, k1 = _vector_split(k, acc.itemsize)
+    lanes = VECTOR_BYTES // acc.itemsize
+    for c in range(0, k4, 4 * lanes):
+        for i in range(dZ.shape[0]):
+            r = rows[start + i]
+            _SCATTER4(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
+    for i in range(dZ.shape[0]):
+        r = rows[start + i]
+        _SCATTER1(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, k4, (k1 - k4) // lanes)
+        if k1 < k:
+            for p in range(indptr[r], indptr[r + 1]):
+                x = values[p]
+                row = indices[p]
+                for j in range(k1, k):
+                    acc[row, j] += x * dZ[i, j]
+
+
+@njit(cache=True)
+def _forward_block(indptr, indices, values, rows, W, b, codes, scale, H, A, start, stop):
+    _gather_block(indptr, indices, values, rows, start, stop, W, H)
+    k = W.shape[1]
+    for i in range(start, stop):
         for j in range(k):
-            h[j] += x0 * W[r0, j] + x1 * W[r1, j] + x2 * W[r2, j] + x3 * W[r3, j]
-        p += 4
-    while p < end:
-        x0, r0 = values[p], indices[p]
-        for j in range(k):
-            h[j] += x0 * W[r0, j]
-        p += 1
-    for j in range(k):
-        z = h[j]
-        if b.shape[0]:
-            z += b[j]
-        v = activate(z, codes[j])
-        h[j] = v
-        A[i, j] = v * scale[j]
+            z = H[i, j]
+            if b.shape[0]:
+                z += b[j]
+            v = activate(z, codes[j])
+            H[i, j] = v
+            A[i, j] = v * scale[j]
 
 
 @njit(cache=True, parallel=True)
 def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A):
     """H = act(X[rows] @ W + b) and A = H * scale for a compressed X; b may be empty (no bias)."""
-    for i in prange(rows.shape[0]):
-        _forward_row(indptr, indices, values, rows[i], W, b, codes, scale, H, A, i)
+    n = rows.shape[0]
+    for blk in prange((n + BLOCK - 1) // BLOCK):
+        start = np.int64(blk) * BLOCK
+        _forward_block(indptr, indices, values, rows, W, b, codes, scale, H, A, start, min(n, start + BLOCK))
 
 
 @njit(cache=True, fastmath={"contract"})
-def _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc, db, dz, start, stop):
+def _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc, db, start, stop):
     k = dA.shape[1]
     db[:] = 0
-    for i in range(start, stop):
-        for j in range(k):
-            d = dA[i, j] * derivative(H[i, j], codes[j]) * scale[j]
-            dz[j] = d
-            db[j] += d
-        r = rows[i]
-        for p in range(indptr[r], indptr[r + 1]):
-            x = values[p]
-            row = indices[p]
+    dz = np.empty((BLOCK, k), dtype=acc.dtype)
+    for s0 in range(start, stop, BLOCK):
+        s1 = min(stop, s0 + BLOCK)
+        for i in range(s0, s1):
             for j in range(k):
-                acc[row, j] += x * dz[j]
+                d = dA[i, j] * derivative(H[i, j], codes[j]) * scale[j]
+                dz[i - s0, j] = d
+                db[j] += d
+        _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
 
 
 @njit(cache=True, parallel=True)
@@ -127,9 +175,8 @@ def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, d
     acc = np.zeros((threads,) + dW.shape, dtype=dW.dtype)
     dbs = np.empty((threads, k))
     for t in prange(threads):
-        dz = np.empty(k, dtype=dW.dtype)
         start, stop = np.int64(t) * n // threads, (np.int64(t) + 1) * n // threads
-        _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc[t], dbs[t], dz, start, stop)
+        _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc[t], dbs[t], start, stop)
     for r in prange(dW.shape[0]):
         for j in range(k):
             s = acc[0, r, j]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import cpu_dense, cpu_sparse
+from . import cpu_dense, cpu_simd, cpu_sparse
 from .cpu_activation import layer_codes
 
 
@@ -65,6 +65,26 @@ def _full_bias_grad(dbc, units, cols):
     return db
 
 
+def _pad_first_layer(layers, dtype):
+    """The first layer widened with zero units to a whole number of the sparse kernels' vector tiles (the
+    next layer gets zero weights for them): the padded units compute act(0) * 0 = 0 and get no gradient."""
+    (W0, codes, scale, b), *rest = layers
+    k = W0.shape[1]
+    tile = 4 * cpu_simd.lanes(np.dtype(dtype))
+    kp = -(-k // tile) * tile
+    scale = np.ones(k, dtype) if scale is None else scale
+    if kp == k or not rest:                       # the output layer keeps its width
+        return [(W0, codes, scale, b)] + rest
+    pad = kp - k
+    W0 = np.concatenate([W0, np.zeros((W0.shape[0], pad), dtype)], axis=1)
+    codes = np.concatenate([codes, np.zeros(pad, codes.dtype)])
+    scale = np.concatenate([scale, np.zeros(pad, dtype)])
+    b = None if b is None else np.concatenate([b, np.zeros(pad, dtype)])
+    W1, codes1, scale1, b1 = rest[0]
+    rest = [(np.concatenate([W1, np.zeros((pad, W1.shape[1]), dtype)]), codes1, scale1, b1)]
+    return [(W0, codes, scale, b)] + rest
+
+
 def sparse_train_step(backend, net, compressed, rows, labels, rng):
     """Forward, loss, backward and update on the samples `rows` of a compressed input.
     Returns (summed loss, number correct)."""
@@ -84,11 +104,13 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng):
         codes = layer_codes(seg, W.shape[1])
         layers.append((_compact(W, prev, cols), _take(codes, cols), scale, _take(b, cols)))
         prev = cols
+    k0 = layers[0][0].shape[1]
+    layers[:2] = _pad_first_layer(layers[:2], dtype)
 
     Wc, codes, scale, b = layers[0]
     H = np.empty((n, Wc.shape[1]), dtype)
     A = np.empty_like(H)
-    ones = scale if scale is not None else np.ones(Wc.shape[1], dtype)
+    ones = scale
     cpu_sparse.sparse_dense_forward(compressed.indptr, compressed.indices, compressed.values, rows, Wc,
                                     np.zeros(0, dtype) if b is None else b, codes, ones, H, A)
     acts, hs = [A], [H]
@@ -114,10 +136,13 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng):
             cpu_dense.activation_grad(dA, hs[li], codes, mask, dZ, dbc)
             dWc = acts[li - 1].T @ dZ
             dA = dZ @ Wc.T
+            if li == 1:
+                dWc = dWc[:k0]
         else:
             dWc = np.empty_like(Wc)
             cpu_sparse.sparse_weight_grad(compressed.indptr, compressed.indices, compressed.values, rows, dA,
                                           hs[0], codes, ones, dWc, dbc, numba.get_num_threads())
+            dWc, dbc = dWc[:, :k0], dbc[:k0]
         layer_grads = [_full_weight_grad(dWc, W, prev, cols, net.l2_coefficients(li, n))]
         if net.biases[li] is not None:
             layer_grads.append(_full_bias_grad(dbc, W.shape[1], cols))

@@ -10,6 +10,7 @@ kernels are serialised by a lock instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -53,3 +54,42 @@ def _needs_lock() -> bool:
 def parallel_section():
     """A context for code that launches parallel kernels: a process-wide lock only under workqueue."""
     return _lock if _needs_lock() else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_pools():
+    try:
+        from threadpoolctl import ThreadpoolController
+        pools = ThreadpoolController().select(user_api="blas")
+    except Exception:  # threadpoolctl missing or unable to inspect the loaded libraries
+        return None
+    return pools if pools.lib_controllers else None
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_restore = None
+
+
+@contextlib.contextmanager
+def serial_blas():
+    """numpy's BLAS on the calling thread only, for the small products between parallel kernels: waking
+    BLAS's workers costs more than they save there, and they keep spinning afterwards, taking a core from
+    the next kernel. Nested and concurrent uses share one limit, lifted when the last one ends."""
+    global _blas_users, _blas_restore
+    pools = _blas_pools()
+    if pools is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_restore = pools.limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_restore.restore_original_limits()
+                _blas_restore = None

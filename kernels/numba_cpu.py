@@ -219,7 +219,8 @@ class NumbaCpuBackend(ReferenceBackend):
         return A
 
     def evaluate(self, net, X, labels, chunk=8192):
-        out = self.forward(net, X, chunk)
+        with cpu_threads.serial_blas():
+            out = self.forward(net, X, chunk)
         total, correct, _ = self.loss(net.loss, out, labels, net.loss_eps, need_grad=False)
         return total, correct
 
