@@ -98,7 +98,6 @@ def test_bad_files_raise_one_line_errors(tmp_path, content, message):
 
 
 def test_chart_written_when_matplotlib_is_installed(results_file, tmp_path):
-    pytest.importorskip("matplotlib")
     png = tmp_path / "out" / "chart.png"
     text = render(results_file, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
