@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from . import data
 from .dispatch import get_backend
-from .errors import FastMnistError, RecipeError, TrainingDiverged
+from .errors import RecipeError, TrainingDiverged
 from .kernels.net import Net
 from .model import Model
 from .recipes import Recipe, get_preset
@@ -213,4 +213,4 @@ def _check_finite(losses, first_iteration, history):
                                    f"{first_iteration + offset}", history)
 
 
-__all__ = ["train", "TrainResult", "make_recipe", "FastMnistError"]
+__all__ = ["train", "TrainResult", "make_recipe", "init_params", "build_net"]
