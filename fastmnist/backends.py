@@ -40,7 +40,9 @@ register("numba-cpu", _numba_cpu, "compiled Numba CPU kernels: fused layers, a s
 register("cupy", _cupy, "reference array code on CuPy (the GPU baseline, as seed 004 ran)", device="gpu")
 
 
-def _numba_cuda():
+def _cuda_kernels(module: str, cls: str):
+    """A backend built on numba-cuda kernels, or the reason it cannot run here."""
+    import importlib
     import os
 
     try:
@@ -49,7 +51,7 @@ def _numba_cuda():
         raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
     except Exception as exc:
         raise RuntimeError(f"numba-cuda failed to import: {type(exc).__name__}: {exc}") from None
-    from .kernels.numba_cuda import NumbaCudaBackend, simulator_enabled
+    from .kernels.numba_cuda import simulator_enabled
 
     if simulator_enabled():
         # The simulator runs every GPU thread in Python: fine for tests, never a backend to pick.
@@ -62,7 +64,11 @@ def _numba_cuda():
         except Exception as exc:
             detail = " ".join(line.strip(" :") for line in str(exc).splitlines() if line.strip(" :"))
             raise RuntimeError(f"no usable CUDA device: {detail or type(exc).__name__}") from None
-    return NumbaCudaBackend()
+    return getattr(importlib.import_module(f".kernels.{module}", __package__), cls)()
 
 
-register("numba-cuda", _numba_cuda, "hand-written numba-cuda kernels with a fused training step", device="gpu")
+register("numba-cuda", lambda: _cuda_kernels("numba_cuda", "NumbaCudaBackend"),
+         "hand-written numba-cuda kernels with a fused training step", device="gpu")
+register("cuda-hybrid", lambda: _cuda_kernels("cuda_hybrid", "CudaHybridBackend"),
+         "cuBLAS (through CuPy) for the matrix products, numba-cuda kernels and the fused step for the rest",
+         device="gpu")

@@ -16,13 +16,21 @@ generator once per mask: a run is reproducible from its seed, but its masks are 
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import numpy
 
 from . import cuda_backward, cuda_dense, cuda_loss, cuda_optim, cuda_rng
 from .cuda_pack import pack
+from .cuda_replay import Replayer, StepValues
 from .cuda_tiles import GPU_TILING, SIM_TILING, activation_codes
 from .reference import ReferenceBackend
+
+
+class Pair(NamedTuple):
+    """A backend array and its kernel view, made once and kept together."""
+    a: object
+    v: object
 
 
 def simulator_enabled() -> bool:
@@ -37,6 +45,7 @@ def simulator_enabled() -> bool:
 class NumbaCudaBackend(ReferenceBackend):
     name = "numba-cuda"
     device = "gpu"
+    captures_blas = False       # whether a captured step calls cuBLAS (see cuda_replay)
 
     def __init__(self):
         from numba import cuda
@@ -46,7 +55,7 @@ class NumbaCudaBackend(ReferenceBackend):
         if self.simulated:
             from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
-            xp, self._view, self.stream = numpy, FakeCUDAArray, 0
+            xp, self._view, self.stream, self.cupy_stream = numpy, FakeCUDAArray, 0, None
             self.tiling, self.threads, self.multiprocessors = SIM_TILING, 8, 2
         else:
             try:
@@ -56,7 +65,8 @@ class NumbaCudaBackend(ReferenceBackend):
                     from None
             xp = cupy
             self._view = lambda a: cuda.as_cuda_array(a, sync=False)
-            ptr = cupy.cuda.get_current_stream().ptr
+            self.cupy_stream = cupy.cuda.get_current_stream()
+            ptr = self.cupy_stream.ptr
             self.stream = cuda.external_stream(ptr) if ptr else 0
             self.tiling, self.threads = GPU_TILING, 256
             self.multiprocessors = cuda.get_current_device().MULTIPROCESSOR_COUNT
@@ -64,6 +74,7 @@ class NumbaCudaBackend(ReferenceBackend):
         self.device = "gpu"
         self._constants = {}
         self._workspaces = {}
+        self.replayer = None if self.simulated else Replayer(self)
 
     # -- plumbing ---------------------------------------------------------------------------------
     def synchronize(self):
@@ -73,6 +84,9 @@ class NumbaCudaBackend(ReferenceBackend):
     def _dev(self, a):
         """The kernel view of a backend array (None stays None)."""
         return self._view(a) if isinstance(a, self.xp.ndarray) else a
+
+    def _pair(self, a):
+        return None if a is None else Pair(a, self._dev(a))
 
     def _device_array(self, a, dtype):
         """`a` as a backend array of `dtype`, uploading host arrays."""
@@ -97,7 +111,7 @@ class NumbaCudaBackend(ReferenceBackend):
         if mask is None:
             return None
         mask = self._device_array(mask, dtype)
-        return self._dev(mask.reshape(1, -1) if mask.ndim == 1 else mask)
+        return self._pair(mask.reshape(1, -1) if mask.ndim == 1 else mask)
 
     def _l2(self, l2, dtype):
         if l2 is None:
@@ -109,11 +123,25 @@ class NumbaCudaBackend(ReferenceBackend):
     def _accumulators(self):
         return self.xp.zeros(1, numpy.float64), self.xp.zeros(1, numpy.int64)
 
-    def _weight_grad_parts(self, batch, W):
+    # -- the two layer operations that the backends built on this one replace ----------------------
+    def _scratch(self, batch, W):
+        """Per-layer workspace of the backward pass: the weight gradient's partial sums over batch slices."""
         n_in, units = W.shape
         splits = cuda_backward.weight_grad_splits(self.tiling, batch, n_in, units, 4 * self.multiprocessors)
         return (self._dev(self.xp.empty((splits, n_in, units), W.dtype)),
                 self._dev(self.xp.empty((splits, units), W.dtype)))
+
+    def _forward(self, X, W, b, codes, mask, H, A):
+        """H = act(X @ W + b), A = H * mask (Pairs; b and mask may be None)."""
+        cuda_dense.dense_forward(X.v, W.v, b and b.v, codes, mask and mask.v, H.v, A.v, self.tiling, self.stream)
+
+    def _backward(self, dA, X, W, H, codes, mask, l2, dX, dW, db, scratch):
+        """dX (unless None) = dZ @ W.T, dW = X.T @ dZ + l2 * W, db = column sums of dZ, with
+        dZ = dA * act'(Z) * mask (Pairs; mask may be None, l2 is a kernel view or None)."""
+        args = (dA.v, H.v, codes, mask and mask.v)
+        if dX is not None:
+            cuda_backward.input_grad(*args, W.v, dX.v, self.tiling, self.stream)
+        cuda_backward.weight_grad(X.v, *args, W.v, l2, dW.v, db.v, *scratch, self.tiling, self.stream)
 
     def _loss_partials(self, rows):
         blocks = cuda_loss.loss_blocks(rows, self.threads, 8 * self.multiprocessors)
@@ -124,8 +152,9 @@ class NumbaCudaBackend(ReferenceBackend):
         m, n = X.shape[0], W.shape[1]
         H = self.xp.empty((m, n), W.dtype)
         A = H if mask is None else self.xp.empty((m, n), W.dtype)
-        cuda_dense.dense_forward(self._dev(X), self._dev(W), self._dev(b), self._codes(segments, n),
-                                 self._mask(mask, W.dtype), self._dev(H), self._dev(A), self.tiling, self.stream)
+        pair = self._pair
+        self._forward(pair(X), pair(W), pair(b), self._codes(segments, n), self._mask(mask, W.dtype), pair(H),
+                      pair(A))
         return A, H
 
     def dense_backward(self, dA, X, W, H, segments, mask=None, l2=None, need_dx=True):
@@ -133,11 +162,9 @@ class NumbaCudaBackend(ReferenceBackend):
         (m, n_in), n = X.shape, W.shape[1]
         dX = xp.empty((m, n_in), dtype) if need_dx else None
         dW, db = xp.empty((n_in, n), dtype), xp.empty(n, dtype)
-        args = (self._dev(dA), self._dev(H), self._codes(segments, n), self._mask(mask, dtype))
-        if need_dx:
-            cuda_backward.input_grad(*args, self._dev(W), self._dev(dX), self.tiling, self.stream)
-        cuda_backward.weight_grad(self._dev(X), *args, self._dev(W), self._l2(l2, dtype), self._dev(dW),
-                                  self._dev(db), *self._weight_grad_parts(m, W), self.tiling, self.stream)
+        pair = self._pair
+        self._backward(pair(dA), pair(X), pair(W), pair(H), self._codes(segments, n), self._mask(mask, dtype),
+                       self._l2(l2, dtype), pair(dX), pair(dW), pair(db), self._scratch(m, W))
         return dX, dW, db
 
     def loss(self, kind, out, labels, eps=0.0, need_grad=True):
@@ -166,43 +193,52 @@ class NumbaCudaBackend(ReferenceBackend):
         units = len(keep_probs)
         fwd = self.xp.empty((1 if kind == "unit" else rows, units), dtype)
         bwd = fwd if kind == "unit" else self.xp.empty_like(fwd)
-        cuda_rng.dropout(cuda_rng.draw_key(rng), self._constant(keep_probs, numpy.float64), self._dev(fwd),
-                         self._dev(bwd), kind == "unit", self.threads, self.stream)
+        keys = self._constant(cuda_rng.draw_key(rng).reshape(1, 2), numpy.uint64)
+        cuda_rng.dropout(keys, 0, self._constant(keep_probs, numpy.float64), self._dev(fwd), self._dev(bwd),
+                         kind == "unit", self.threads, self.stream)
         return fwd, bwd
 
     def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
         """One launch when `params` and `grads` are a packed network's views; one per parameter else."""
         if kind not in cuda_optim.OPTIMIZER_CODES:
             raise ValueError(f"unknown optimizer {kind!r}")
-        hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step, threads=self.threads, stream=self.stream)
+        code = cuda_optim.OPTIMIZER_CODES[kind]
+        hyper = self._constant(cuda_optim.hyper_values(code, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step),
+                               numpy.float64)
         ws = self._workspace_holding(params, grads)
         if ws is not None:
-            ws.update(kind, hyper)
+            ws.update(code, hyper)
             return
         for p, g, (v, s) in zip(params, grads, state):
             if not p.flags.c_contiguous:
                 raise ValueError("update needs C-contiguous parameters")
             flat = [self._dev(a.reshape(-1)) for a in (p, self._device_array(g, p.dtype), v, s) if a is not None]
             flat += [flat[0]] * (4 - len(flat))          # SGD: moments unused
-            cuda_optim.update(cuda_optim.OPTIMIZER_CODES[kind], *flat, **hyper)
+            cuda_optim.update(code, *flat, hyper, self.threads, self.stream)
 
     # -- fused training ---------------------------------------------------------------------------
     def train_step(self, net, X, labels, rng):
         """One fused forward/backward/update. Returns (summed loss, number correct) as device scalars."""
-        totals, counts = self._accumulators()
-        self._workspace(net).step(X, labels, rng, self._dev(totals), self._dev(counts))
-        return totals[0], counts[0]
+        ws = self._workspace(net)
+        ws.reset_totals()
+        ws.step(X, labels, rng)
+        return ws.totals()
 
     def train_epoch(self, net, X, labels, batch_size, rng, order=None):
+        """Minibatches are gathered into the workspace's batch buffers, so that every step of an epoch reads
+        the same arrays and one captured step serves them all."""
         n = X.shape[0]
         batch_size = n if batch_size is None else batch_size
         ws = self._workspace(net)
-        totals, counts = self._accumulators()
+        ws.reset_totals()
         order = None if order is None else self.xp.asarray(order)      # one upload per epoch
         for start in range(0, n - batch_size + 1, batch_size):
-            rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
-            ws.step(X[rows], labels[rows], rng, self._dev(totals), self._dev(counts))
-        return totals[0], counts[0]
+            if batch_size == n and order is None:
+                ws.step(X, labels, rng)
+            else:
+                rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+                ws.step(*ws.gather(X, labels, rows), rng)
+        return ws.totals()
 
     def _workspace(self, net) -> "_Workspace":
         ws = self._workspaces.get(id(net))
@@ -228,24 +264,35 @@ class _Workspace:
         self.packed = p = pack(be.xp, net.params(), net.state, moments=net.optimizer != "sgd")
         views = iter(p.param_views)
         grads = iter(p.grad_views)
-        self.dW, self.db = [], []
+        dW, db = [], []
         for li in range(len(net.weights)):
             net.weights[li] = next(views)
-            self.dW.append(be._dev(next(grads)))
+            dW.append(next(grads))
             if net.biases[li] is not None:
                 net.biases[li] = next(views)
-                self.db.append(be._dev(next(grads)))
+                db.append(next(grads))
             else:
-                self.db.append(be._dev(be.xp.empty(net.weights[li].shape[1], net.dtype)))
+                db.append(be.xp.empty(net.weights[li].shape[1], net.dtype))
         net.state = list(p.state_views)
-        dev = be._dev
+        dev, pair = be._dev, be._pair
         self.flat = [dev(a) for a in (p.params, p.grads, p.v if p.v is not None else p.params,
                                       p.s if p.s is not None else p.params)]
-        self.W = [dev(w) for w in net.weights]
-        self.b = [dev(b) for b in net.biases]
+        self.W = [pair(w) for w in net.weights]
+        self.b = [pair(b) for b in net.biases]
+        self.dW, self.db = [pair(g) for g in dW], [pair(g) for g in db]
         self.codes = [be._codes(seg, w.shape[1]) for seg, w in zip(net.segments, net.weights)]
         keeps = net.keep or [None] * len(net.weights)
         self.keep = [None if k is None else be._constant(k, numpy.float64) for k in keeps]
+        self.key_slot, n_keys = [], 0          # row of the step's key table that each masked layer reads
+        for k in keeps:
+            self.key_slot.append(None if k is None else n_keys)
+            n_keys += k is not None
+        self.host_keys = numpy.zeros((max(n_keys, 1), 2), numpy.uint64)
+        l2_units = [None if f is None else w.shape[1] for f, w in zip(net.l2 or [None] * len(net.weights),
+                                                                     net.weights)]
+        self.values = StepValues(be, n_keys, l2_units, net.dtype)
+        self.acc_loss, self.acc_correct = be._accumulators()
+        self.acc_views = dev(self.acc_loss), dev(self.acc_correct)
         self.buffers = {}
 
     def serves(self, net) -> bool:
@@ -253,8 +300,33 @@ class _Workspace:
         return (self.net() is net and p.holds(net.params())
                 and all(a is b for (a, _), (b, _) in zip(net.state, p.state_views)))
 
-    def update(self, kind, hyper):
-        cuda_optim.update(cuda_optim.OPTIMIZER_CODES[kind], *self.flat, **hyper)
+    def update(self, code, hyper):
+        """One launch over every packed parameter; `hyper` is a float64 device vector (see cuda_optim)."""
+        cuda_optim.update(code, *self.flat, hyper, self.be.threads, self.be.stream)
+
+    def reset_totals(self):
+        self.acc_loss.fill(0)
+        self.acc_correct.fill(0)
+
+    def totals(self):
+        """(summed loss, number correct) since reset_totals, as new device scalars."""
+        return self.acc_loss.copy()[0], self.acc_correct.copy()[0]
+
+    def gather(self, X, labels, rows):
+        """Copies the rows (a slice or a device index array) of X and labels into this batch size's buffers."""
+        batch = len(range(*rows.indices(X.shape[0]))) if isinstance(rows, slice) else rows.shape[0]
+        bufs = self._buffers(batch)
+        key = (X.shape[1], X.dtype.str, labels.dtype.str)
+        if bufs.batch_key != key:
+            xp = self.be.xp
+            bufs.batch_key, bufs.Xb, bufs.yb = key, xp.empty((batch, X.shape[1]), X.dtype), xp.empty(batch, labels.dtype)
+        if isinstance(rows, slice):
+            bufs.Xb[...] = X[rows]
+            bufs.yb[...] = labels[rows]
+        else:
+            self.be.xp.take(X, rows, axis=0, out=bufs.Xb)
+            self.be.xp.take(labels, rows, out=bufs.yb)
+        return bufs.Xb, bufs.yb
 
     def _buffers(self, rows):
         bufs = self.buffers.get(rows)
@@ -264,52 +336,83 @@ class _Workspace:
             bufs = self.buffers[rows] = _Buffers(self, rows)
         return bufs
 
-    def step(self, X, labels, rng, totals, counts):
+    def step(self, X, labels, rng):
+        """One fused step on (X, labels), adding its loss and number correct to the workspace's totals.
+        On a GPU the second step on the same arrays is captured and every later one replayed."""
         be, net = self.be, self.net()
         rows = X.shape[0]
         bufs = self._buffers(rows)
-        stream, tiling = be.stream, be.tiling
-        acts = [be._dev(X)]
+        for li, slot in enumerate(self.key_slot):
+            if slot is not None:
+                self.host_keys[slot] = cuda_rng.draw_key(rng)
+        l2 = [net.l2_coefficients(li, rows) for li in range(len(self.W))]
+        repeats = rows if net.repeat_update else 1
+        replayer = be.replayer
+        if repeats == 1 and replayer is not None and replayer.enabled:
+            key = (X.data.ptr, labels.data.ptr, X.shape, X.strides, labels.strides)
+            graph = bufs.graphs.get(key)
+            if graph is None and key in bufs.graphs:        # seen once, eagerly: capture it now
+                graph = bufs.graphs[key] = replayer.capture(lambda: self._enqueue(X, labels, bufs, None))
+            if graph is not None:
+                slot = self._stage(net.step + 1, l2)
+                replayer.replay(graph, lambda stream: self.values.upload(slot, stream))
+                net.step += 1
+                return
+            if len(bufs.graphs) >= 4:
+                bufs.graphs.clear()
+            bufs.graphs[key] = None
+        self.values.upload(self._stage(net.step + 1, l2), be.cupy_stream)
+        self._enqueue(X, labels, bufs, l2, repeats)
+        net.step += repeats
+
+    def _stage(self, step, l2):
+        net = self.net()
+        code = cuda_optim.OPTIMIZER_CODES[net.optimizer]
+        hyper = cuda_optim.hyper_values(code, lr=net.lr, beta1=net.beta1, beta2=net.beta2, eps=net.eps, step=step)
+        return self.values.write(self.host_keys, hyper, l2)
+
+    def _enqueue(self, X, labels, bufs, l2, repeats=1):
+        """Queues one step's kernels, reading keys, hyper-parameters and L2 coefficients from self.values.
+        With repeats > 1 (seed 000's batch loop) the values are staged again before each further update."""
+        be, net = self.be, self.net()
+        rows = X.shape[0]
+        values = self.values
+        acts = [be._pair(X)]
         for li in range(len(self.W)):
             fwd, bwd = bufs.fwd[li], bufs.bwd[li]
             if fwd is not None:
-                cuda_rng.dropout(cuda_rng.draw_key(rng), self.keep[li], fwd, bwd, net.dropout == "unit", be.threads,
-                                 stream)
-            cuda_dense.dense_forward(acts[-1], self.W[li], self.b[li], self.codes[li], fwd, bufs.H[li], bufs.A[li],
-                                     tiling, stream)
+                cuda_rng.dropout(values.keys, self.key_slot[li], self.keep[li], fwd.v, bwd.v, net.dropout == "unit",
+                                 be.threads, be.stream)
+            be._forward(acts[-1], self.W[li], self.b[li], self.codes[li], fwd, bufs.H[li], bufs.A[li])
             acts.append(bufs.A[li])
-        cuda_loss.loss(cuda_loss.LOSS_CODES[net.loss], acts[-1], be._dev(labels), net.loss_eps, bufs.grad,
-                       1.0 / rows, bufs.part_loss, bufs.part_correct, totals, counts, be.threads,
-                       accumulate=True, stream=stream)
-        l2 = []
-        for li in range(len(self.W)):
-            c = net.l2_coefficients(li, rows)
-            l2.append(None if c is None else be._constant(c, net.dtype))
-        for _ in range(rows if net.repeat_update else 1):
+        cuda_loss.loss(cuda_loss.LOSS_CODES[net.loss], acts[-1].v, be._dev(labels), net.loss_eps, bufs.grad.v,
+                       1.0 / rows, bufs.part_loss, bufs.part_correct, *self.acc_views, be.threads,
+                       accumulate=True, stream=be.stream)
+        code = cuda_optim.OPTIMIZER_CODES[net.optimizer]
+        for r in range(repeats):
+            if r > 0:
+                values.upload(self._stage(net.step + 1 + r, l2), be.cupy_stream)
             dA = bufs.grad
             for li in reversed(range(len(self.W))):
-                args = (dA, bufs.H[li], self.codes[li], bufs.bwd[li])
-                if li > 0:
-                    cuda_backward.input_grad(*args, self.W[li], bufs.dX[li], tiling, stream)
-                cuda_backward.weight_grad(acts[li], *args, self.W[li], l2[li], self.dW[li], self.db[li],
-                                          bufs.dW_parts[li], bufs.db_parts[li], tiling, stream)
-                dA = bufs.dX[li]
-            net.step += 1
-            self.update(net.optimizer, dict(lr=net.lr, beta1=net.beta1, beta2=net.beta2, eps=net.eps,
-                                            step=net.step, threads=be.threads, stream=stream))
+                dX = bufs.dX[li] if li > 0 else None
+                be._backward(dA, acts[li], self.W[li], bufs.H[li], self.codes[li], bufs.bwd[li], values.l2[li], dX,
+                             self.dW[li], self.db[li], bufs.scratch[li])
+                dA = dX
+            self.update(code, values.hyper)
 
 
 class _Buffers:
-    """The fused step's intermediates for one batch size, as kernel views."""
+    """The fused step's intermediates for one batch size, as Pairs (scratch: whatever the backend's
+    backward pass asks for)."""
 
     def __init__(self, ws: _Workspace, rows: int):
         be, net = ws.be, ws.net()
-        xp, dtype, dev = be.xp, net.dtype, be._dev
+        xp, dtype = be.xp, net.dtype
 
-        def empty(*shape, dt=dtype):
-            return dev(xp.empty(shape, dt))
+        def empty(*shape):
+            return be._pair(xp.empty(shape, dtype))
 
-        self.H, self.A, self.fwd, self.bwd, self.dX, self.dW_parts, self.db_parts = ([] for _ in range(7))
+        self.H, self.A, self.fwd, self.bwd, self.dX, self.scratch = ([] for _ in range(6))
         for li, W in enumerate(net.weights):
             n_in, units = W.shape
             self.H.append(empty(rows, units))
@@ -324,8 +427,8 @@ class _Buffers:
             self.bwd.append(bwd)
             self.A.append(empty(rows, units) if masked else self.H[-1])
             self.dX.append(empty(rows, n_in) if li > 0 else None)
-            parts, db_parts = be._weight_grad_parts(rows, W)
-            self.dW_parts.append(parts)
-            self.db_parts.append(db_parts)
+            self.scratch.append(be._scratch(rows, W))
         self.grad = empty(rows, net.weights[-1].shape[1])
         self.part_loss, self.part_correct = be._loss_partials(rows)
+        self.graphs = {}                         # (arrays the step reads) -> captured step, None until captured
+        self.batch_key = self.Xb = self.yb = None   # gathered minibatches (see _Workspace.gather)
