@@ -64,10 +64,10 @@ def dropout_kernel(dtype):
                 bwd[i, j] = one if kept else zero
 
     @cuda.jit
-    def kernel(key0, key1, keep, fwd, bwd, scale_bwd):
+    def kernel(keys, slot, keep, fwd, bwd, scale_bwd):
         g = cuda.grid(1)
         if 4 * g < fwd.shape[0] * fwd.shape[1]:
-            w0, w1, w2, w3 = philox4x32(numba.uint64(g), ZERO64, ZERO64, ZERO64, key0, key1)
+            w0, w1, w2, w3 = philox4x32(numba.uint64(g), ZERO64, ZERO64, ZERO64, keys[slot, 0], keys[slot, 1])
             write(4 * g, w0, keep, fwd, bwd, scale_bwd)
             write(4 * g + 1, w1, keep, fwd, bwd, scale_bwd)
             write(4 * g + 2, w2, keep, fwd, bwd, scale_bwd)
@@ -76,16 +76,15 @@ def dropout_kernel(dtype):
     return kernel
 
 
-def draw_key(rng: numpy.random.RandomState) -> tuple:
-    """A 64-bit key from the host generator, as two 32-bit words."""
-    k0, k1 = rng.randint(0, 2 ** 32, size=2, dtype=numpy.uint64)
-    return numba.uint64(k0), numba.uint64(k1)
+def draw_key(rng: numpy.random.RandomState) -> numpy.ndarray:
+    """A 64-bit key from the host generator, as two 32-bit words in a uint64 pair."""
+    return rng.randint(0, 2 ** 32, size=2, dtype=numpy.uint64)
 
 
-def dropout(key, keep, fwd, bwd, scale_bwd: bool, threads=128, stream=0):
+def dropout(keys, slot: int, keep, fwd, bwd, scale_bwd: bool, threads=128, stream=0):
     """Fills fwd with kept / keep[unit] and bwd with the same (scale_bwd) or with kept (0/1), where
-    kept = uniform < keep[unit]; `keep` is a float64 device vector, one probability per unit.
-    fwd and bwd may be the same array."""
+    kept = uniform < keep[unit] under the key in row `slot` of the device array `keys` (uint64, (n, 2)):
+    the key is read on the device, so a captured step replays with new keys. `keep` is a float64 device
+    vector, one probability per unit. fwd and bwd may be the same array."""
     groups = -(-fwd.shape[0] * fwd.shape[1] // 4)
-    dropout_kernel(fwd.dtype)[-(-groups // threads), threads, stream](
-        key[0], key[1], keep, fwd, bwd, scale_bwd)
+    dropout_kernel(fwd.dtype)[-(-groups // threads), threads, stream](keys, slot, keep, fwd, bwd, scale_bwd)
