@@ -1,4 +1,4 @@
-"""The numba-cuda backend against the reference backend.
+"""The numba-cuda and cuda-hybrid backends against the reference backend.
 
 Without a GPU (CI) every kernel runs in numba-cuda's CPU simulator (tests/conftest.py sets
 NUMBA_ENABLE_CUDASIM=1) on tiny shapes that are not multiples of the tiles. With FASTMNIST_REAL_GPU=1 on
@@ -17,6 +17,7 @@ import pytest
 
 from fastmnist.kernels import cuda_backward, cuda_dense, cuda_rng
 from fastmnist.kernels.cuda_tiles import GPU_TILING, SIM_TILING, activation_codes
+from fastmnist.kernels.cuda_hybrid import CudaHybridBackend
 from fastmnist.kernels.net import Net
 from fastmnist.kernels.numba_cuda import NumbaCudaBackend, simulator_enabled
 from fastmnist.kernels.reference import ReferenceBackend
@@ -32,8 +33,7 @@ SEGMENT_KINDS = ("relu", "tanh", "identity")
 ref = ReferenceBackend()
 
 
-@pytest.fixture(scope="module")
-def be():
+def _backend(cls):
     if not SIMULATED and os.environ.get("FASTMNIST_REAL_GPU") != "1":
         pytest.fail("numba.cuda was imported before tests/conftest.py set NUMBA_ENABLE_CUDASIM=1: run the tests "
                     "directory first, or set the variable yourself (FASTMNIST_REAL_GPU=1 tests on a real GPU)")
@@ -42,10 +42,22 @@ def be():
         # makes it several times faster.
         old = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)
-        yield NumbaCudaBackend()
+        yield cls()
         sys.setswitchinterval(old)
     else:
-        yield NumbaCudaBackend()
+        yield cls()
+
+
+@pytest.fixture(scope="module")
+def nb():
+    """numba-cuda: for the kernels that cuda-hybrid shares with it (losses, masks, updates) and its own products."""
+    yield from _backend(NumbaCudaBackend)
+
+
+@pytest.fixture(scope="module", params=[NumbaCudaBackend, CudaHybridBackend], ids=["numba-cuda", "cuda-hybrid"])
+def be(request):
+    """Each backend whose layer operations differ: numba-cuda's tiled products, cuda-hybrid's library ones."""
+    yield from _backend(request.param)
 
 
 def segments_for(units):
@@ -56,7 +68,7 @@ def segments_for(units):
 
 def rel_err(be, got, want):
     got = be.to_numpy(got).astype(np.float64)
-    want = np.asarray(want, dtype=np.float64)
+    want = np.asarray(be.to_numpy(want), dtype=np.float64)
     assert got.shape == want.shape
     assert np.all(np.isfinite(got)), "non-finite values"
     return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
@@ -143,28 +155,28 @@ def test_dense_ops_accept_strided_inputs(be):
 
 
 @pytest.mark.parametrize("splits", [1, 2, 3, 7])
-def test_weight_gradient_split_over_the_batch(be, splits):
+def test_weight_gradient_split_over_the_batch(nb, splits):
     """The batch split of the weight-gradient product (slices of unequal length, empty ones included)."""
     shape, dtype = (SHAPES[-1][0], 11, 13) if SIMULATED else (50000, 784, 192), np.float64
     rng, X, W, _ = dense_inputs(4, shape, dtype)
     seg = segments_for(shape[2])
     _, H = ref.dense_forward(X, W, None, seg)
     dA, l2 = rng.standard_normal(H.shape), rng.uniform(0, 0.1, shape[2])
-    xp, dev = be.xp, be._dev
+    xp, dev = nb.xp, nb._dev
     dW, db = xp.empty(W.shape), xp.empty(shape[2])
     parts, db_parts = xp.empty((splits,) + W.shape), xp.empty((splits, shape[2]))
     cuda_backward.weight_grad(*map(dev, (xp.asarray(X), xp.asarray(dA), xp.asarray(H))),
-                              be._codes(seg, shape[2]), None, dev(xp.asarray(W)), dev(xp.asarray(l2)),
-                              dev(dW), dev(db), dev(parts), dev(db_parts), be.tiling, be.stream)
+                              nb._codes(seg, shape[2]), None, dev(xp.asarray(W)), dev(xp.asarray(l2)),
+                              dev(dW), dev(db), dev(parts), dev(db_parts), nb.tiling, nb.stream)
     _, dW0, db0 = ref.dense_backward(dA, X, W, H, seg, None, l2)
-    close(be, dW, dW0, dtype)
-    close(be, db, db0, dtype)
+    close(nb, dW, dW0, dtype)
+    close(nb, db, db0, dtype)
 
 
 @pytest.mark.skipif(not SIMULATED, reason="on a GPU every test already runs with the GPU tiling")
-def test_gpu_tiling_in_the_simulator(be):
+def test_gpu_tiling_in_the_simulator(nb):
     """The 64 x 64 tiles that a GPU runs, on one block of the simulator (the other tests use small tiles)."""
-    assert be.tiling == SIM_TILING
+    assert nb.tiling == SIM_TILING
     dtype, (m, k, n) = np.float64, (9, 21, 11)
     rng, X, W, b = dense_inputs(5, (m, k, n), dtype)
     seg = segments_for(n)
@@ -173,14 +185,14 @@ def test_gpu_tiling_in_the_simulator(be):
     H, A = np.empty((m, n)), np.empty((m, n))
     cuda_dense.dense_forward(X, W, b, codes, fwd, H, A, GPU_TILING)
     A0, H0 = ref.dense_forward(X, W, b, seg, fwd)
-    close(be, A, A0, dtype)
+    close(nb, A, A0, dtype)
     dA = rng.standard_normal((m, n))
     dX, dW, db = np.empty((m, k)), np.empty((k, n)), np.empty(n)
     cuda_backward.input_grad(dA, H0, codes, bwd, W, dX, GPU_TILING)
     cuda_backward.weight_grad(X, dA, H0, codes, bwd, W, None, dW, db, np.empty((1, k, n)), np.empty((1, n)),
                               GPU_TILING)
     for g, w in zip((dX, dW, db), ref.dense_backward(dA, X, W, H0, seg, bwd)):
-        close(be, g, w, dtype)
+        close(nb, g, w, dtype)
 
 
 # -- losses ---------------------------------------------------------------------------------------------
@@ -188,35 +200,35 @@ def test_gpu_tiling_in_the_simulator(be):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,eps", [("mse", 0.0), ("softmax_ce", 0.0), ("softmax_ce", 1e-7)])
 @pytest.mark.parametrize("rows", [1, 13] if SIMULATED else [1, 50000])
-def test_loss_matches_reference(be, dtype, kind, eps, rows):
+def test_loss_matches_reference(nb, dtype, kind, eps, rows):
     rng = np.random.RandomState(6)
     out = (rng.standard_normal((rows, 2 * 10)) * 3)[:, ::2].astype(dtype)     # strided rows
     out[0, 3] += 500          # a large logit: the softmax must not overflow
     labels = rng.randint(0, 10, rows)
     labels[0] = 3
-    total, correct, grad = be.loss(kind, be.xp.asarray(out), be.asarray(labels, np.int64), eps)
+    total, correct, grad = nb.loss(kind, nb.xp.asarray(out), nb.asarray(labels, np.int64), eps)
     t0, c0, g0 = ref.loss(kind, out.astype(np.float64), labels, eps)
     assert int(correct) == int(c0)
     assert abs(float(total) - t0) <= TOL[dtype] * max(abs(t0), 1.0)
-    close(be, grad, g0, dtype)
-    total2, correct2, grad2 = be.loss(kind, be.asarray(out), be.asarray(labels, np.int64), eps, need_grad=False)
+    close(nb, grad, g0, dtype)
+    total2, correct2, grad2 = nb.loss(kind, nb.asarray(out), nb.asarray(labels, np.int64), eps, need_grad=False)
     assert grad2 is None and float(total2) == float(total) and int(correct2) == int(correct)
 
 
-def test_loss_propagates_nan(be):
+def test_loss_propagates_nan(nb):
     out = np.zeros((3, 10))
     out[1, 2] = np.nan
-    total, _, grad = be.loss("softmax_ce", be.asarray(out), be.asarray(np.array([0, 2, 1]), np.int64))
+    total, _, grad = nb.loss("softmax_ce", nb.asarray(out), nb.asarray(np.array([0, 2, 1]), np.int64))
     assert np.isnan(float(total))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_l2_penalty_matches_reference(be, dtype):
+def test_l2_penalty_matches_reference(nb, dtype):
     rng = np.random.RandomState(7)
     W = rng.standard_normal((13, 11)).astype(dtype)
     seg = segments_for(11)
     factors = [1.19, 0.0, 2.5][:len(seg)]
-    got = be.l2_penalty(be.asarray(W), seg, factors)
+    got = nb.l2_penalty(nb.asarray(W), seg, factors)
     want = ref.l2_penalty(W.astype(np.float64), seg, factors)
     assert abs(float(got) - want) <= TOL[dtype] * want
 
@@ -234,7 +246,7 @@ def philox_py(counter, key):
     return c
 
 
-def test_philox_known_answers(be):
+def test_philox_known_answers(nb):
     # Known-answer vectors of the Random123 distribution (kat_vectors, philox4x32 10 rounds).
     cases = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
              ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
@@ -242,21 +254,21 @@ def test_philox_known_answers(be):
               (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
     counters = np.array([c for c, _, _ in cases], dtype=np.uint64)
     keys = np.array([k for _, k, _ in cases], dtype=np.uint64)
-    out = be.xp.zeros((len(cases), 4), np.uint64)
-    cuda_rng.philox_kernel[1, 4](be._dev(be.xp.asarray(counters)), be._dev(be.xp.asarray(keys)), be._dev(out))
+    out = nb.xp.zeros((len(cases), 4), np.uint64)
+    cuda_rng.philox_kernel[1, 4](nb._dev(nb.xp.asarray(counters)), nb._dev(nb.xp.asarray(keys)), nb._dev(out))
     want = np.array([w for _, _, w in cases], dtype=np.uint64)
-    np.testing.assert_array_equal(be.to_numpy(out), want)
+    np.testing.assert_array_equal(nb.to_numpy(out), want)
     for c, k, w in cases:
         assert tuple(philox_py(c, k)) == w
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["unit", "element"])
-def test_dropout_masks_follow_the_generator(be, dtype, kind):
+def test_dropout_masks_follow_the_generator(nb, dtype, kind):
     rows, units = 7, 9
     keep = np.r_[np.full(4, 0.3), np.full(units - 4, 0.9)]
-    fwd, bwd = be.dropout_mask(np.random.RandomState(3), rows, keep, kind, dtype)
-    fwd, bwd = be.to_numpy(fwd), be.to_numpy(bwd)
+    fwd, bwd = nb.dropout_mask(np.random.RandomState(3), rows, keep, kind, dtype)
+    fwd, bwd = nb.to_numpy(fwd), nb.to_numpy(bwd)
     key = tuple(int(k) for k in np.random.RandomState(3).randint(0, 2 ** 32, size=2, dtype=np.uint64))
     shape = (1, units) if kind == "unit" else (rows, units)
     n = shape[0] * shape[1]
@@ -268,8 +280,8 @@ def test_dropout_masks_follow_the_generator(be, dtype, kind):
     assert 0 < kept.sum() < kept.size
 
 
-def test_dropout_masks_are_reproducible_from_the_seed(be):
-    draw = lambda seed: be.to_numpy(be.dropout_mask(np.random.RandomState(seed), 40, np.full(50, 0.5),
+def test_dropout_masks_are_reproducible_from_the_seed(nb):
+    draw = lambda seed: nb.to_numpy(nb.dropout_mask(np.random.RandomState(seed), 40, np.full(50, 0.5),
                                                     "element", np.float32)[0])
     a, b, c = draw(11), draw(11), draw(12)
     np.testing.assert_array_equal(a, b)
@@ -293,41 +305,41 @@ def random_params(dtype, seed=8):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["sgd", "adam_like", "adam"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_update_matches_reference(be, dtype, kind, packed):
+def test_update_matches_reference(nb, dtype, kind, packed):
     params, grads, state = random_params(dtype)
     hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, step=3)
     want = [p.copy() for p in params], [(v.copy(), s.copy()) for v, s in state]
     ref.update(kind, want[0], grads, want[1], **hyper)
-    dev = [be.asarray(p) for p in params]
-    dev_state = [(be.asarray(v), be.asarray(s)) for v, s in state] if kind != "sgd" else [(None, None)] * 3
-    dev_grads = [be.asarray(g) for g in grads]
+    dev = [nb.asarray(p) for p in params]
+    dev_state = [(nb.asarray(v), nb.asarray(s)) for v, s in state] if kind != "sgd" else [(None, None)] * 3
+    dev_grads = [nb.asarray(g) for g in grads]
     if packed:
         net = Net([dev[0], dev[2]], [dev[1], None], [((0, 5, "relu"),), ((0, 3, "identity"),)], "mse",
                   optimizer=kind, state=dev_state)
-        ws = be._workspace(net)
+        ws = nb._workspace(net)
         for view, g in zip(ws.packed.grad_views, dev_grads):
             view[...] = g
         dev, dev_grads, dev_state = net.params(), ws.packed.grad_views, net.state
-        assert be._workspace_holding(dev, dev_grads) is ws
-    be.update(kind, dev, dev_grads, dev_state, **hyper)
+        assert nb._workspace_holding(dev, dev_grads) is ws
+    nb.update(kind, dev, dev_grads, dev_state, **hyper)
     for p, w in zip(dev, want[0]):
-        close(be, p, w, dtype)
+        close(nb, p, w, dtype)
     if kind != "sgd":
         for (v, s), (v0, s0) in zip(dev_state, want[1]):
-            close(be, v, v0, dtype)
-            close(be, s, s0, dtype)
+            close(nb, v, v0, dtype)
+            close(nb, s, s0, dtype)
 
 
 # -- the fused training step ----------------------------------------------------------------------------
 
 def make_net(be, dtype, *, loss="softmax_ce", optimizer="adam_like", bias=True, keep=None, dropout="unit",
-             repeat=False, sizes=None, seed=9):
+             repeat=False, sizes=None, lr=0.01, seed=9):
     sizes = sizes or ((7, 9, 6, 4) if SIMULATED else (784, 192, 48, 10))
     rng = np.random.RandomState(seed)
     segs = [segments_for(n) for n in sizes[1:-1]] + [((0, sizes[-1], "identity"),)]
     W = [be.asarray(rng.standard_normal((a, b)) * np.sqrt(2 / a), dtype) for a, b in zip(sizes, sizes[1:])]
     b = [be.asarray(rng.standard_normal(n) * 0.1, dtype) if bias else None for n in sizes[1:]]
-    net = Net(W, b, segs, loss, 1e-7 if loss == "softmax_ce" else 0.0, optimizer, lr=0.01, dropout=dropout,
+    net = Net(W, b, segs, loss, 1e-7 if loss == "softmax_ce" else 0.0, optimizer, lr=lr, dropout=dropout,
               keep=[None if keep is None or li == len(W) - 1 else np.full(n, keep) for li, n in enumerate(sizes[1:])],
               l2=[np.linspace(0.5, 2.0, n) for n in sizes[1:]], repeat_update=repeat)
     net.state = ([(be.xp.zeros_like(p), be.xp.zeros_like(p)) for p in net.params()] if optimizer != "sgd"
@@ -352,7 +364,12 @@ FUSED_CASES = [
 
 @pytest.mark.parametrize("dtype,epochs,settings", FUSED_CASES)
 def test_train_epoch_matches_reference_without_dropout(be, dtype, epochs, settings):
-    rows, batch = ((9, 4) if settings.get("repeat") else (13, 5)) if SIMULATED else (50000, None)
+    if SIMULATED:
+        rows, batch = (9, 4) if settings.get("repeat") else (13, 5)
+    else:   # seed 000's loop repeats each batch's backward pass batch-size times: small batches, a small net
+        rows, batch = (1000, 100) if settings.get("repeat") else (50000, None)
+        if settings.get("repeat"):
+            settings = dict(settings, sizes=(784, 40, 10), lr=1e-5)
     net, net0 = make_net(be, dtype, **settings), make_net(ref, dtype, **settings)
     X, y = training_data(be, dtype, rows, net.weights[0].shape[0], net.weights[-1].shape[1])
     X0, y0 = be.to_numpy(X), be.to_numpy(y)
@@ -360,6 +377,7 @@ def test_train_epoch_matches_reference_without_dropout(be, dtype, epochs, settin
         order = np.random.RandomState(epoch).permutation(rows) if batch else None
         total, correct = be.train_epoch(net, X, y, batch, np.random.RandomState(0), order)
         t0, c0 = ref.train_epoch(net0, X0, y0, batch, np.random.RandomState(0), order)
+        assert np.isfinite(float(t0)), "the reference diverged: the test's settings need a smaller step"
         assert int(correct) == int(c0)
         assert abs(float(total) - float(t0)) <= 10 * TOL[dtype] * abs(float(t0))
     assert net.step == net0.step
@@ -392,6 +410,31 @@ def test_fused_step_equals_the_composed_operations_with_dropout(be, dropout):
         close(be, p, p1, dtype)
 
 
+@pytest.mark.skipif(SIMULATED, reason="CUDA graphs need a GPU: the simulator launches every kernel from Python")
+def test_replayed_steps_equal_steps_launched_one_by_one(be):
+    """From the second step on the same arrays the fused step replays a captured CUDA graph, with new
+    dropout keys, optimiser scales and gathered minibatches each time: the same numbers as launching
+    every kernel from Python."""
+    dtype, rows, batch = np.float64, 4096, 512
+    nets = [make_net(be, dtype, keep=0.7, optimizer="adam") for _ in range(2)]
+    X, y = training_data(be, dtype, rows, nets[0].weights[0].shape[0], nets[0].weights[-1].shape[1])
+    totals = []
+    for net, replay in zip(nets, (True, False)):
+        be.replayer.enabled = replay
+        try:
+            for epoch in range(2):
+                order = np.random.RandomState(epoch).permutation(rows)
+                totals.append(be.train_epoch(net, X, y, batch, np.random.RandomState(epoch), order))
+        finally:
+            be.replayer.enabled = not be.replayer.failure
+        assert not be.replayer.failure, be.replayer.failure
+    assert any(g is not None for w in be._workspaces.values() for b in w.buffers.values() for g in b.graphs.values())
+    for (t, c), (t1, c1) in zip(totals[:2], totals[2:]):
+        assert int(c) == int(c1) and abs(float(t) - float(t1)) <= 1e-12 * abs(float(t1))
+    for p, p1 in zip(nets[0].params(), nets[1].params()):
+        close(be, p, p1, dtype)
+
+
 def test_train_step_returns_device_scalars_and_repacks_replaced_weights(be):
     net = make_net(be, np.float64)
     X, y = training_data(be, np.float64, 6, net.weights[0].shape[0], net.weights[-1].shape[1])
@@ -415,34 +458,41 @@ def test_registry_hides_the_simulator_unless_allowed(monkeypatch):
         pytest.skip("this checks the simulator's registration")
     monkeypatch.delenv("FASTMNIST_ALLOW_CUDASIM", raising=False)
     dispatch._load.cache_clear()
-    info = {b.name: b for b in fastmnist.backends()}["numba-cuda"]
-    assert not info.available and "NUMBA_ENABLE_CUDASIM" in info.reason and info.device == "gpu"
-    assert fastmnist.get_backend("auto").name != "numba-cuda"
+    infos = {b.name: b for b in fastmnist.backends()}
+    for name in CUDA_KERNEL_BACKENDS:
+        assert not infos[name].available and "NUMBA_ENABLE_CUDASIM" in infos[name].reason
+        assert infos[name].device == "gpu"
+    assert fastmnist.get_backend("auto").name not in CUDA_KERNEL_BACKENDS
     monkeypatch.setenv("FASTMNIST_ALLOW_CUDASIM", "1")
     dispatch._load.cache_clear()
     try:
-        assert fastmnist.get_backend("numba-cuda").name == "numba-cuda"
+        for name in CUDA_KERNEL_BACKENDS:
+            assert fastmnist.get_backend(name).name == name
     finally:
         monkeypatch.delenv("FASTMNIST_ALLOW_CUDASIM")
         dispatch._load.cache_clear()
 
 
+CUDA_KERNEL_BACKENDS = ("numba-cuda", "cuda-hybrid")
 PROBE = """
 import json
 import fastmnist
 from numba import cuda
-info = {b.name: b for b in fastmnist.backends()}["numba-cuda"]
-print(json.dumps([cuda.is_available(), info.available, info.reason, fastmnist.get_backend("auto").name]))
-"""
+infos = {b.name: b for b in fastmnist.backends()}
+print(json.dumps([cuda.is_available(), [[infos[n].available, infos[n].reason] for n in %r],
+                  fastmnist.get_backend("auto").name]))
+""" % (CUDA_KERNEL_BACKENDS,)
 
 
-def test_backends_report_numba_cuda_as_the_machine_allows():
-    """Without the simulator, numba-cuda is available exactly when numba-cuda sees a GPU, and says why not;
+def test_backends_report_the_cuda_backends_as_the_machine_allows():
+    """Without the simulator, numba-cuda and cuda-hybrid are available exactly when numba-cuda sees a GPU, and says why not;
     the other backends still work."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTMNIST_ALLOW_CUDASIM")}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    gpu, available, reason, auto = json.loads(out.stdout.strip().splitlines()[-1])
-    assert available == gpu
-    if not gpu:
-        assert reason.startswith("no usable CUDA device") and auto != "numba-cuda"
+    gpu, probes, auto = json.loads(out.stdout.strip().splitlines()[-1])
+    for available, reason in probes:
+        assert available == gpu
+        if not gpu:
+            assert reason.startswith("no usable CUDA device")
+    assert (auto in CUDA_KERNEL_BACKENDS) == gpu
