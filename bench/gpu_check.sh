@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # The CUDA checks that need a real GPU, in one call (issue 4):
-#   1. tests/test_numba_cuda.py on the device at full size (FASTMNIST_REAL_GPU=1: no simulator);
-#   2. branchnet, 10,000 full-batch iterations in float32 on numba-cuda and on cupy, each required to
-#      reach at least 98.3% test accuracy; per-backend summaries and timings go to $OUT (or bench/gpu_out).
+#   ceilings  copy bandwidth and cuBLAS rates (bench/gpu_ceilings.py);
+#   profile   the pieces of cuda-hybrid's branchnet step, timed one by one (bench/gpu_profile.py);
+#   tests     tests/test_numba_cuda.py on the device at full size (FASTMNIST_REAL_GPU=1: no simulator);
+#   bench     the pytest-benchmark suite on the GPU backends, with its Markdown report;
+#   train     branchnet, 10,000 full-batch iterations in float32 on each GPU backend, each required to reach
+#             at least 98.3% test accuracy (bench/gpu_train.py);
+#   fast      the `fast` preset to 98% test accuracy, three seeds per backend, time to target in the log.
+# Logs and JSON go to $OUT (or bench/gpu_out).
 #
-# Usage: bash bench/gpu_check.sh [tests|train|all]     (default all)
+# Usage: bash bench/gpu_check.sh [all | a comma list of ceilings,profile,tests,bench,train,fast]   (default all)
+#   GPU_BENCH_BACKENDS, GPU_BENCH_SELECT, GPU_TRAIN_BACKENDS, GPU_TRAIN_SEEDS, GPU_FAST_BACKENDS,
+#   GPU_FAST_SEEDS and GPU_TEST_SELECT (a pytest -k expression) narrow the stages (seeds: a comma list, `default` for the recipe's own).
 #
 # The device machine reaches no registry and gets only the repository, so prepare once, from the repo root:
 #   printf '/.whl/\n/.data/\n' >> .git/info/exclude
@@ -43,24 +50,36 @@ for b in fastmnist.backends():
 EOF
 
 status=0
-if [ "$what" = all ] || [ "$what" = tests ]; then
-    FASTMNIST_REAL_GPU=1 "$PY" -m pytest tests/test_numba_cuda.py -q -p no:cacheprovider --durations=10 2>&1 \
+has() { [ "$what" = all ] || [[ ",$what," == *",$1,"* ]]; }
+if has ceilings; then
+    "$PY" bench/gpu_ceilings.py "$out/ceilings.json" 2>&1 | tee "$out/ceilings.log" || status=1
+fi
+if has profile; then
+    "$PY" bench/gpu_profile.py "$out/profile.json" 2>&1 | tee "$out/profile.log" || status=1
+fi
+if has tests; then
+    FASTMNIST_REAL_GPU=1 "$PY" -m pytest tests/test_numba_cuda.py tests/test_cuda_blas.py -q -x -p no:cacheprovider \
+        --durations=10 -k "${GPU_TEST_SELECT:-}" 2>&1 \
         | tee "$out/tests.log" || status=1
 fi
-if [ "$what" = all ] || [ "$what" = train ]; then
-    for backend in numba-cuda cupy; do
-        "$PY" - "$backend" "$out" <<'EOF' 2>&1 | tee "$out/branchnet-$backend.log" || status=1
-import json, sys
-import fastmnist
-backend, out = sys.argv[1], sys.argv[2]
-result = fastmnist.train("branchnet", backend=backend, dtype="float32", iterations=10000, progress=False)
-print(result.summary())
-final = result.final
-with open(f"{out}/branchnet-{backend}.json", "w") as f:
-    json.dump({"backend": backend, "final": final, "timings": result.timings}, f, indent=1)
-if final.get("test_acc", 0) < 0.983:
-    sys.exit(f"branchnet on {backend}: test accuracy {final.get('test_acc')} is below 0.983")
-EOF
+if has bench; then
+    FASTMNIST_REAL_GPU=1 FASTMNIST_BENCH_BACKENDS=${GPU_BENCH_BACKENDS:-cupy,numba-cuda,cuda-hybrid} \
+        "$PY" -m pytest bench -q -p no:cacheprovider -m "not slow" --benchmark-only \
+        -k "${GPU_BENCH_SELECT:-train_step or dense_forward or dense_backward}" \
+        --benchmark-max-time=0.2 --benchmark-min-rounds=5 --benchmark-json "$out/bench.json" \
+        --benchmark-columns=median,mean,rounds --benchmark-sort=name 2>&1 | tee "$out/bench.log" || status=1
+    "$PY" -m fastmnist bench-report "$out/bench.json" > "$out/bench-report.md" 2>&1 || status=1
+fi
+if has train; then
+    for backend in ${GPU_TRAIN_BACKENDS:-numba-cuda cupy}; do
+        "$PY" bench/gpu_train.py "$backend" --seeds "${GPU_TRAIN_SEEDS:-}" --out "$out" 2>&1 \
+            | tee "$out/train-$backend.log" || status=1
+    done
+fi
+if has fast; then
+    for backend in ${GPU_FAST_BACKENDS:-cuda-hybrid numba-cuda cupy}; do
+        "$PY" bench/gpu_train.py "$backend" --preset fast --seeds "${GPU_FAST_SEEDS:-1,2,3}" --min-test-acc 0.98 \
+            --out "$out" 2>&1 | tee "$out/fast-$backend.log" || status=1
     done
 fi
 exit $status
