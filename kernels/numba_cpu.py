@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import cpu_dense, cpu_epoch, cpu_loss, cpu_optim, cpu_sparse, cpu_threads
+from . import cpu_dense, cpu_epoch, cpu_loss, cpu_minibatch, cpu_optim, cpu_sparse, cpu_threads
 from .cpu_activation import layer_codes as _codes
 from .reference import ReferenceBackend
 
@@ -235,6 +235,8 @@ class NumbaCpuBackend(ReferenceBackend):
         batch_size = n if batch_size is None else batch_size
         if batch_size == 1 and self._batch1_epoch_fits(net, X):
             return self._batch1_epoch(net, X, labels, rng, order)
+        if self._minibatch_fits(net, X, batch_size):
+            return self._minibatch_epoch(net, X, labels, batch_size, rng, order)
         if not self._sparse_step_fits(net, X):
             return super().train_epoch(net, X, labels, batch_size, rng, order)
         compressed = self._inputs.get(X)
@@ -290,6 +292,68 @@ class NumbaCpuBackend(ReferenceBackend):
         keep = np.asarray(keep, dtype=np.float64)
         fwd = np.ascontiguousarray((rng.random_sample((n, keep.shape[0])) < keep) / keep, dtype=dtype)
         return fwd, fwd
+
+    # -- the minibatch epoch of a one-hidden-layer network ---------------------------------------------
+    @staticmethod
+    def _minibatch_fits(net, X, batch_size) -> bool:
+        return (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype and len(net.weights) == 2
+                and 1 < batch_size < X.shape[0] and not net.repeat_update
+                and (net.dropout == "unit" or not net.has_dropout()) and net.loss in cpu_loss.LOSS_CODES
+                and net.optimizer in cpu_minibatch.OPTIMIZER_CODES)
+
+    def _minibatch_epoch(self, net, X, labels, batch_size, rng, order):
+        n = X.shape[0]
+        dtype = net.dtype
+        params = net.params()
+        if not all(p.flags.c_contiguous and p.flags.writeable for p in params):
+            raise ValueError("numba-cpu: the network's parameters must be writeable and C-contiguous")
+        if X.shape[1] != net.weights[0].shape[0]:
+            raise ValueError(f"inputs have {X.shape[1]} columns, the first layer {net.weights[0].shape[0]} inputs")
+        rows = np.arange(n) if order is None else np.ascontiguousarray(order, dtype=np.int64)
+        if rows.shape != (n,):
+            raise ValueError(f"order must have shape ({n},)")
+        labels = _labels(labels, n, net.weights[1].shape[1])
+        batches = n // batch_size
+        masks = self._batch_unit_masks(net, rng, batches, batch_size)
+        l2 = [np.zeros(0, dtype) if c is None else np.asarray(c, dtype)
+              for c in (net.l2_coefficients(li, batch_size) for li in range(2))]
+        layers = []
+        state = iter(net.state)
+        for W, b in zip(net.weights, net.biases):
+            vW, sW = next(state)
+            vb, sb = next(state) if b is not None else (None, None)
+            bias = np.zeros(W.shape[1], dtype) if b is None else b
+            moments = (W, W, bias, bias) if net.optimizer == "sgd" else (vW, sW, bias if vb is None else vb,
+                                                                         bias if sb is None else sb)
+            if not all(m.flags.c_contiguous and m.flags.writeable and m.dtype == dtype for m in moments):
+                raise ValueError("numba-cpu: optimiser state must be writeable, C-contiguous and of the weights' dtype")
+            layers.append((W, bias, b is not None, moments))
+        (W1, b1, has_b1, state1), (W2, b2, has_b2, state2) = layers
+        compressed = self._inputs.get(X)
+        t = dtype.type
+        with cpu_threads.parallel_section():
+            total, correct, done = cpu_minibatch.minibatch_epoch(
+                compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size,
+                W1, b1, has_b1, _codes(net.segments[0], W1.shape[1]), masks[0], l2[0],
+                W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
+                cpu_minibatch.OPTIMIZER_CODES[net.optimizer], t(net.lr), t(net.beta1), t(1 - net.beta1),
+                t(net.beta2), t(1 - net.beta2), t(net.eps), net.step, cpu_loss.LOSS_CODES[net.loss],
+                t(net.loss_eps))
+        net.step += done
+        return total, correct
+
+    def _batch_unit_masks(self, net, rng, batches, batch_size):
+        """Per layer, (batches, units) per-unit dropout scales drawn batch by batch and layer by layer, as
+        the reference's train_step draws them; (0, units) for a layer without dropout."""
+        dtype = net.dtype
+        drawn = [[] for _ in net.weights]
+        if net.has_dropout():
+            for _ in range(batches):
+                for li, keep in enumerate(net.keep):
+                    if keep is not None:
+                        drawn[li].append(self.dropout_mask(rng, batch_size, keep, "unit", dtype)[0].reshape(-1))
+        return [np.stack(d).astype(dtype, copy=False) if d else np.zeros((0, W.shape[1]), dtype)
+                for d, W in zip(drawn, net.weights)]
 
     # -- the sparse-input step ----------------------------------------------------------------------
     @staticmethod
