@@ -1,13 +1,13 @@
 """A whole minibatch epoch of a network with one hidden layer in one compiled call (the `fast` preset).
 
-Per batch, the rows that `order` picks from a compressed copy of the input are regrouped by input pixel
-(the compressed copy itself is never rebuilt). The first layer's product then reads each row of W1 once
-per batch, adding it into the rows of the batch that hold that pixel, one slice of units per task; each
+Per batch, the rows that `order` picks from a compressed copy of the input (which is never rebuilt) go
+through the first layer's product one slice of units per task, so that slice of W1 stays in cache; each
 row of the batch, in parallel, goes through the output layer, the loss and the backward pass down to dZ1;
-the output layer is updated in parallel over its inputs; and each task computes its slice of every row of
-the first layer's weight gradient from the pixels and applies the optimiser to it at once, so the full
-gradient is never stored and no two tasks write the same element. Per-unit dropout masks are drawn by the
-caller, batch by batch in the reference's order. Results equal the reference's within rounding.
+the output layer is updated in parallel over its inputs; and each task computes whole rows of the first
+layer's weight gradient from the pixels (the batch regrouped by pixel) and applies the optimiser to them
+at once, so the full gradient is never stored and no two tasks write the same element. Per-unit dropout
+masks are drawn by the caller, batch by batch in the reference's order. Results equal the reference's
+within rounding.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cpu_activation import activate, derivative
+from .cpu_activation import RELU, activate, derivative
 from .cpu_loss import row_loss
 from .cpu_simd import VECTOR_BYTES, gather_tiles, scatter_tiles
 
@@ -74,35 +74,50 @@ def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_min
         p[j] -= lr * (vj / c1) / (np.sqrt(sj / c2) + eps)
 
 
-@njit(cache=True, fastmath={"contract"})
-def _row(label, W1, b1, has_b1, codes1, m1, W2, b2, has_b2, codes2, m2, loss_kind,
-         loss_eps, nd, H1, A1, dZ1, H2, A2, dZ2):
-    """Forward from H1 = this row's X @ W1, loss, and backward down to dZ1 (= dL/dZ1 of this row).
+# Sums in any order (reassoc) so that the row's dot products vectorise: within rounding of the reference.
+@njit(cache=True, fastmath={"contract", "reassoc"}, error_model="numpy")
+def _row(label, b1, has_b1, codes1, relu1, m1, W2T, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd,
+         H1, A1, dZ1, H2, A2, dZ2):
+    """Forward from H1 = this row's X @ W1, loss, and backward down to dZ1 (= dL/dZ1 of this row); W2T is
+    the output layer's weights transposed, relu1 whether every first-layer unit is a ReLU.
     Returns (loss, correct)."""
-    k, classes = W1.shape[1], W2.shape[1]
-    for j in range(k):
-        h = activate(H1[j] + b1[j] if has_b1 else H1[j], codes1[j])
-        H1[j] = h
-        A1[j] = h * m1[j]
+    classes, k = W2T.shape
+    if has_b1:
+        for j in range(k):
+            H1[j] += b1[j]
+    if relu1:
+        for j in range(k):
+            h = max(H1[j], 0) if not np.isnan(H1[j]) else H1[j]
+            H1[j] = h
+            A1[j] = h * m1[j]
+    else:
+        for j in range(k):
+            h = activate(H1[j], codes1[j])
+            H1[j] = h
+            A1[j] = h * m1[j]
     for c in range(classes):
-        H2[c] = b2[c] if has_b2 else 0
-    for j in range(k):
-        a = A1[j]
-        w = W2[j]
-        for c in range(classes):
-            H2[c] += a * w[c]
-    for c in range(classes):
-        h = activate(H2[c], codes2[c])
+        w = W2T[c]
+        z = A1[0] * w[0]
+        for j in range(1, k):
+            z += A1[j] * w[j]
+        h = activate(z + b2[c] if has_b2 else z, codes2[c])
         H2[c] = h
         A2[c] = h * m2[c]
     total, correct = row_loss(A2, label, loss_kind, loss_eps, nd, dZ2, True)
     for c in range(classes):
         dZ2[c] = dZ2[c] * derivative(H2[c], codes2[c]) * m2[c]
-    for j in range(k):
-        d = dZ2[0] * W2[j, 0]
-        for c in range(1, classes):
-            d += dZ2[c] * W2[j, c]
-        dZ1[j] = d * derivative(H1[j], codes1[j]) * m1[j]
+    dZ1[:] = 0
+    for c in range(classes):
+        d = dZ2[c]
+        w = W2T[c]
+        for j in range(k):
+            dZ1[j] += d * w[j]
+    if relu1:
+        for j in range(k):
+            dZ1[j] = dZ1[j] * m1[j] if H1[j] > 0 else dZ1[j] * 0
+    else:
+        for j in range(k):
+            dZ1[j] = dZ1[j] * derivative(H1[j], codes1[j]) * m1[j]
     return total, correct
 
 
@@ -132,6 +147,12 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     losses = np.empty(batch)
     corrects = np.empty(batch, np.int64)
     G2 = np.empty((k, classes), dtype)
+    G2T = np.empty((classes, k), dtype)          # the output layer's gradient, accumulated transposed
+    W2T = np.empty((classes, k), dtype)
+    relu1 = True
+    for j in range(k):
+        if codes1[j] != RELU:
+            relu1 = False
     gb2 = np.empty(classes, dtype)
     ones1 = np.ones(k, dtype)
     ones2 = np.ones(classes, dtype)
@@ -139,7 +160,8 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     vW2, sW2, vb2, sb2 = state2
     width = SLICE_TILES * 4 * (VECTOR_BYTES // W1.itemsize)
     slices = (k + width - 1) // width
-    g_rows = np.empty((slices, k), dtype)        # each task's gradient row of W1 (its own columns only)
+    row_blocks = min(n_in, 16)
+    g_rows = np.empty((row_blocks, k), dtype)    # each task's gradient row of W1
     gb1 = np.empty(k, dtype)
     colptr = np.empty(n_in + 1, np.int64)        # the batch's stored pixels by input column (CSC)
     fill = np.empty(n_in, np.int64)
@@ -153,7 +175,6 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         step = step0 + bi + 1
         c1 = dtype.type(1 - beta1 ** step) if kind == ADAM else dtype.type(1)
         c2 = dtype.type(1 - beta2 ** step) if kind == ADAM else dtype.type(1)
-        hyper = (kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
         # the batch's rows regrouped by input pixel: each row of W1 is then read once per batch
         nnz = 0
         fill[:] = 0
@@ -176,18 +197,18 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
                 csc_rows[q] = i
                 csc_values[q] = values[p]
                 fill[indices[p]] = q + 1
-        # first layer's product, one slice of units per task
+        # first layer's product, one slice of units per task: that slice of W1 stays in the L2 cache
         for t in prange(slices):
             j0 = t * width
             j1 = min(k, j0 + width)
-            H1[:, j0:j1] = 0
-            for j in range(n_in):
-                if colptr[j + 1] > colptr[j]:
-                    _scatter(csc_rows, csc_values, colptr[j], colptr[j + 1], W1[j], H1, j0, j1)
+            for i in range(batch):
+                r = order[start + i]
+                _gather(indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
+        W2T[:] = W2.T
         for i in prange(batch):
-            losses[i], corrects[i] = _row(labels[order[start + i]], W1, b1, has_b1, codes1, m1, W2, b2, has_b2,
-                                          codes2, m2, loss_kind, loss_eps, nd, H1[i], A1[i], dZ1[i], H2[i], A2[i],
-                                          dZ2[i])
+            losses[i], corrects[i] = _row(labels[order[start + i]], b1, has_b1, codes1, relu1, m1, W2T, b2,
+                                          has_b2, codes2, m2, loss_kind, loss_eps, nd, H1[i], A1[i], dZ1[i], H2[i],
+                                          A2[i], dZ2[i])
         for i in range(batch):
             total += losses[i]
             correct += corrects[i]
@@ -195,42 +216,50 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         for t in prange(slices):
             j0 = t * width
             j1 = min(k, j0 + width)
-            G2[j0:j1] = 0
+            G2T[:, j0:j1] = 0
             for i in range(batch):
                 a = A1[i]
-                d = dZ2[i]
-                for j in range(j0, j1):
-                    g = G2[j]
-                    for c in range(classes):
-                        g[c] += a[j] * d[c]
+                for c in range(classes):
+                    d = dZ2[i, c]
+                    g = G2T[c]
+                    for j in range(j0, j1):
+                        g[j] += a[j] * d
             for j in range(j0, j1):
                 g = G2[j]
+                for c in range(classes):
+                    g[c] = G2T[c, j]
                 if l2_2.shape[0]:
                     for c in range(classes):
                         g[c] += W2[j, c] * l2_2[c]
-                _update(W2[j], g, vW2[j], sW2[j], 0, classes, *hyper)
+                _update(W2[j], g, vW2[j], sW2[j], 0, classes,
+                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
         if has_b2:
             gb2[:] = dZ2[0]
             for i in range(1, batch):
                 gb2 += dZ2[i]
-            _update(b2, gb2, vb2, sb2, 0, classes, *hyper)
-        # first layer: each task computes its slice of every gradient row from the pixels and updates it
-        for t in prange(slices):
-            j0 = t * width
-            j1 = min(k, j0 + width)
-            if has_b1:
+            _update(b2, gb2, vb2, sb2, 0, classes,
+                    kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
+        if has_b1:
+            for t in prange(slices):
+                j0 = t * width
+                j1 = min(k, j0 + width)
                 for j in range(j0, j1):
                     gb1[j] = dZ1[0, j]
                 for i in range(1, batch):
                     for j in range(j0, j1):
                         gb1[j] += dZ1[i, j]
-                _update(b1, gb1, vb1, sb1, j0, j1, *hyper)
-            g = g_rows[t]
-            for row in range(n_in):
-                _gather(csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, j0, j1)
+                _update(b1, gb1, vb1, sb1, j0, j1,
+                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
+        # first layer: each task computes whole rows of the weight gradient from the pixels and updates
+        # those rows of W1 and its moments at once, reading and writing them as contiguous streams
+        for blk in prange(row_blocks):
+            g = g_rows[blk]
+            for row in range(blk * n_in // row_blocks, (blk + 1) * n_in // row_blocks):
+                _gather(csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
                 if l2_1.shape[0]:
                     w = W1[row]
-                    for j in range(j0, j1):
+                    for j in range(k):
                         g[j] += w[j] * l2_1[j]
-                _update(W1[row], g, vW1[row], sW1[row], j0, j1, *hyper)
+                _update(W1[row], g, vW1[row], sW1[row], 0, k,
+                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
     return total, correct, batches
