@@ -12,6 +12,7 @@ from numba import njit
 
 from .cpu_activation import activate, derivative
 from .cpu_loss import row_loss
+from .cpu_simd import gather_columns, scatter_columns
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -22,6 +23,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     h = np.empty(n_hidden, dtype)
     a = np.empty(n_hidden, dtype)
     dz = np.empty(n_hidden, dtype)
+    step = np.empty(n_hidden, dtype)          # -lr * dz: the first layer's update is W1[k] += x * step
     out = np.empty(n_out, dtype)
     g = np.empty(n_out, dtype)
     one = lr / lr
@@ -30,12 +32,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
-        h[:] = 0
-        for p in range(lo, hi):                     # 2-D indexing: a row view per entry would cost more
-            x = values[p]
-            k = indices[p]
-            for j in range(n_hidden):
-                h[j] += x * W1[k, j]
+        gather_columns(indices, values, lo, hi, W1, h, 0, n_hidden)
         for j in range(n_hidden):
             h[j] = activate(h[j], codes1[j])
             a[j] = h[j] * fwd[t, j] if fwd.shape[0] else h[j]
@@ -59,9 +56,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
         for j in range(n_hidden):
             for c in range(n_out):
                 W2[j, c] -= lr * (a[j] * g[c])
-        for p in range(lo, hi):
-            x = values[p]
-            k = indices[p]
-            for j in range(n_hidden):
-                W1[k, j] -= lr * (x * dz[j])
+        for j in range(n_hidden):
+            step[j] = -lr * dz[j]
+        scatter_columns(indices, values, lo, hi, step, W1, 0, n_hidden)
     return total, correct

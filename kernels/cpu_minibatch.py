@@ -17,45 +17,11 @@ from numba import njit, prange
 
 from .cpu_activation import RELU, activate, derivative
 from .cpu_loss import row_loss
-from .cpu_simd import VECTOR_BYTES, gather_tiles, scatter_tiles
+from .cpu_simd import VECTOR_BYTES, gather_columns
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
 SLICE_TILES = 2     # first-layer units per update task, in tiles of 4 vectors (64 float32 or 32 float64 units)
-_GATHER4, _GATHER1 = gather_tiles(4), gather_tiles(1)
-_SCATTER4, _SCATTER1 = scatter_tiles(4), scatter_tiles(1)
-
-
-@njit(cache=True, fastmath={"contract"})
-def _gather(indices, values, lo, hi, M, h, j0, j1):
-    """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
-    lanes = VECTOR_BYTES // M.itemsize
-    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
-    k1 = k4 + (j1 - k4) // lanes * lanes
-    _GATHER4(indices, values, lo, hi, M, h, j0, (k4 - j0) // (4 * lanes))
-    _GATHER1(indices, values, lo, hi, M, h, k4, (k1 - k4) // lanes)
-    for j in range(k1, j1):
-        h[j] = 0
-    for p in range(lo, hi):
-        x = values[p]
-        m = M[indices[p]]
-        for j in range(k1, j1):
-            h[j] += x * m[j]
-
-
-@njit(cache=True, fastmath={"contract"})
-def _scatter(indices, values, lo, hi, d, G, j0, j1):
-    """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
-    lanes = VECTOR_BYTES // G.itemsize
-    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
-    k1 = k4 + (j1 - k4) // lanes * lanes
-    _SCATTER4(indices, values, lo, hi, d, G, j0, (k4 - j0) // (4 * lanes))
-    _SCATTER1(indices, values, lo, hi, d, G, k4, (k1 - k4) // lanes)
-    for p in range(lo, hi):
-        x = values[p]
-        g = G[indices[p]]
-        for j in range(k1, j1):
-            g[j] += x * d[j]
 
 
 @njit(cache=True, error_model="numpy")   # numpy's division (no zero check per element) lets the loop vectorise
@@ -203,7 +169,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
             j1 = min(k, j0 + width)
             for i in range(batch):
                 r = order[start + i]
-                _gather(indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
+                gather_columns(indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
         W2T[:] = W2.T
         for i in prange(batch):
             losses[i], corrects[i] = _row(labels[order[start + i]], b1, has_b1, codes1, relu1, m1, W2T, b2,
@@ -255,7 +221,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         for blk in prange(row_blocks):
             g = g_rows[blk]
             for row in range(blk * n_in // row_blocks, (blk + 1) * n_in // row_blocks):
-                _gather(csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
+                gather_columns(csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
                 if l2_1.shape[0]:
                     w = W1[row]
                     for j in range(k):

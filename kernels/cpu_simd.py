@@ -10,7 +10,8 @@ scatter_tiles(nv)(indices, values, lo, hi, dz, acc, j0, ntiles):
     acc[indices[p], j0:j0 + ntiles*T] += values[p] * dz[j0:j0 + ntiles*T] for p in [lo, hi)
 with T = nv * lanes (`lanes`). Callers check bounds: the intrinsics index without checks. W, acc are
 C-contiguous 2-D arrays, h and dz contiguous 1-D ones, all of one float dtype. Products are fused
-multiply-adds, so results equal a plain loop's within rounding.
+multiply-adds, so results equal a plain loop's within rounding. gather_columns and scatter_columns do the
+same over any column range [j0, j1), whole tiles first and the rest one element at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import functools
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -163,3 +164,39 @@ def scatter_tiles(nv: int):
         return sig, codegen
 
     return _scatter
+
+
+_GATHER4, _GATHER1 = gather_tiles(4), gather_tiles(1)
+_SCATTER4, _SCATTER1 = scatter_tiles(4), scatter_tiles(1)
+
+
+@njit(cache=True, fastmath={"contract"})
+def gather_columns(indices, values, lo, hi, M, h, j0, j1):
+    """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
+    lanes = VECTOR_BYTES // M.itemsize
+    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
+    k1 = k4 + (j1 - k4) // lanes * lanes
+    _GATHER4(indices, values, lo, hi, M, h, j0, (k4 - j0) // (4 * lanes))
+    _GATHER1(indices, values, lo, hi, M, h, k4, (k1 - k4) // lanes)
+    for j in range(k1, j1):
+        h[j] = 0
+    for p in range(lo, hi):
+        x = values[p]
+        m = M[indices[p]]
+        for j in range(k1, j1):
+            h[j] += x * m[j]
+
+
+@njit(cache=True, fastmath={"contract"})
+def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
+    """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
+    lanes = VECTOR_BYTES // G.itemsize
+    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
+    k1 = k4 + (j1 - k4) // lanes * lanes
+    _SCATTER4(indices, values, lo, hi, d, G, j0, (k4 - j0) // (4 * lanes))
+    _SCATTER1(indices, values, lo, hi, d, G, k4, (k1 - k4) // lanes)
+    for p in range(lo, hi):
+        x = values[p]
+        g = G[indices[p]]
+        for j in range(k1, j1):
+            g[j] += x * d[j]
