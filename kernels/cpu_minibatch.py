@@ -21,6 +21,7 @@ from .cpu_simd import VECTOR_BYTES, gather_columns
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
+REGROUP = 4         # tasks that regroup a batch's pixels
 SLICE_TILES = 2     # first-layer units per update task, in tiles of 4 vectors (64 float32 or 32 float64 units)
 
 
@@ -130,7 +131,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     g_rows = np.empty((row_blocks, k), dtype)    # each task's gradient row of W1
     gb1 = np.empty(k, dtype)
     colptr = np.empty(n_in + 1, np.int64)        # the batch's stored pixels by input column (CSC)
-    fill = np.empty(n_in, np.int64)
+    fill = np.empty((REGROUP, n_in), np.int64)    # per task: counts, then next free slots
     csc_rows = np.empty(indices.shape[0] if batch >= order.shape[0] else 1, np.int64)
     csc_values = np.empty(csc_rows.shape[0], dtype)
     total, correct = 0.0, 0
@@ -141,28 +142,33 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         step = step0 + bi + 1
         c1 = dtype.type(1 - beta1 ** step) if kind == ADAM else dtype.type(1)
         c2 = dtype.type(1 - beta2 ** step) if kind == ADAM else dtype.type(1)
-        # the batch's rows regrouped by input pixel: each row of W1 is then read once per batch
+        # the batch's stored pixels regrouped by pixel (a counting sort in REGROUP tasks over the rows,
+        # each task's rows after the previous task's: rows stay in order within a pixel)
+        for t in prange(REGROUP):
+            fill[t] = 0
+            for i in range(t * batch // REGROUP, (t + 1) * batch // REGROUP):
+                r = order[start + i]
+                for p in range(indptr[r], indptr[r + 1]):
+                    fill[t, indices[p]] += 1
         nnz = 0
-        fill[:] = 0
-        for i in range(batch):
-            r = order[start + i]
-            nnz += indptr[r + 1] - indptr[r]
-            for p in range(indptr[r], indptr[r + 1]):
-                fill[indices[p]] += 1
+        for j in range(n_in):
+            colptr[j] = nnz
+            for t in range(REGROUP):
+                count = fill[t, j]
+                fill[t, j] = nnz
+                nnz += count
+        colptr[n_in] = nnz
         if csc_rows.shape[0] < nnz:
             csc_rows = np.empty(2 * nnz, np.int64)
             csc_values = np.empty(2 * nnz, dtype)
-        colptr[0] = 0
-        for j in range(n_in):
-            colptr[j + 1] = colptr[j] + fill[j]
-            fill[j] = colptr[j]
-        for i in range(batch):
-            r = order[start + i]
-            for p in range(indptr[r], indptr[r + 1]):
-                q = fill[indices[p]]
-                csc_rows[q] = i
-                csc_values[q] = values[p]
-                fill[indices[p]] = q + 1
+        for t in prange(REGROUP):
+            for i in range(t * batch // REGROUP, (t + 1) * batch // REGROUP):
+                r = order[start + i]
+                for p in range(indptr[r], indptr[r + 1]):
+                    q = fill[t, indices[p]]
+                    csc_rows[q] = i
+                    csc_values[q] = values[p]
+                    fill[t, indices[p]] = q + 1
         # first layer's product, one slice of units per task: that slice of W1 stays in the L2 cache
         for t in prange(slices):
             j0 = t * width
