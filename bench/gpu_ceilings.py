@@ -12,9 +12,11 @@ import sys
 import cupy
 
 
-def _median_ms(fn, repeat=20):
+def median_ms(fn, repeat=20, warmup=1):
+    """Median time of fn() in ms, by CUDA events around each call, after `warmup` untimed calls."""
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    fn()
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeat):
         start.record()
@@ -29,7 +31,7 @@ def _median_ms(fn, repeat=20):
 def copy_gbps(nbytes=2 << 30):
     src = cupy.random.random(nbytes // 4, dtype=cupy.float32)
     dst = cupy.empty_like(src)
-    ms = _median_ms(lambda: dst.__setitem__(Ellipsis, src))
+    ms = median_ms(lambda: dst.__setitem__(Ellipsis, src))
     return 2 * src.nbytes / ms / 1e6
 
 
@@ -42,7 +44,7 @@ def matmul_tflops(dtype, n=8192, tf32=False):
     if tf32:
         linalg.set_compute_type(a.dtype, linalg.COMPUTE_TYPE_TF32)
     try:
-        ms = _median_ms(lambda: a @ b, repeat=10)
+        ms = median_ms(lambda: a @ b, repeat=10)
     finally:
         linalg.set_compute_type(a.dtype, old)
     return 2 * n ** 3 / ms / 1e9

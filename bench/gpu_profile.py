@@ -20,20 +20,7 @@ from fastmnist.kernels import cuda_elementwise, cuda_loss, cuda_optim
 from fastmnist.kernels.cuda_hybrid import CudaHybridBackend
 from fastmnist.kernels.numba_cuda import NumbaCudaBackend
 from fastmnist.train import build_net, init_params, make_recipe
-
-
-def median_ms(fn, repeat=20):
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    fn()
-    fn()
-    times = []
-    for _ in range(repeat):
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop))
-    return sorted(times)[len(times) // 2]
+from gpu_ceilings import median_ms      # run as a script from the repository root: bench/ is on sys.path
 
 
 def branchnet(be, dtype, images, labels):
@@ -46,7 +33,7 @@ def branchnet(be, dtype, images, labels):
 
 def steps(r, label, be, dtype, images, labels):
     net, X, y, rng = branchnet(be, dtype, images, labels)
-    r[f"{label}: step replayed"] = median_ms(lambda: be.train_step(net, X, y, rng))
+    r[f"{label}: step replayed"] = median_ms(lambda: be.train_step(net, X, y, rng), warmup=2)
     assert be.replayer.enabled, be.replayer.failure
     be.synchronize()
     t0 = time.perf_counter()
@@ -55,7 +42,7 @@ def steps(r, label, be, dtype, images, labels):
     r[f"{label}: host time to queue a replayed step"] = (time.perf_counter() - t0) / 50 * 1e3
     be.synchronize()
     be.replayer.enabled = False
-    r[f"{label}: step launched kernel by kernel"] = median_ms(lambda: be.train_step(net, X, y, rng))
+    r[f"{label}: step launched kernel by kernel"] = median_ms(lambda: be.train_step(net, X, y, rng), warmup=2)
     be.replayer.enabled = True
     return net, X, y
 

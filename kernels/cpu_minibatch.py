@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import RELU, activate, derivative
 from .cpu_loss import row_loss
+from .cpu_optim import adam_range, sgd_range
 from .cpu_simd import VECTOR_BYTES, gather_columns
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
@@ -25,20 +26,13 @@ REGROUP = 4         # tasks that regroup a batch's pixels
 SLICE_TILES = 2     # first-layer units per update task, in tiles of 4 vectors (64 float32 or 32 float64 units)
 
 
-@njit(cache=True, error_model="numpy")   # numpy's division (no zero check per element) lets the loop vectorise
+@njit(cache=True)
 def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with cpu_optim's arithmetic."""
+    """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with cpu_optim's loops."""
     if kind == SGD:
-        for j in range(j0, j1):
-            p[j] -= lr * g[j]
-        return
-    for j in range(j0, j1):
-        gj = g[j]
-        vj = v[j] * beta1 + one_minus_beta1 * gj
-        sj = s[j] * beta2 + one_minus_beta2 * (gj * gj)
-        v[j] = vj
-        s[j] = sj
-        p[j] -= lr * (vj / c1) / (np.sqrt(sj / c2) + eps)
+        sgd_range(p, g, lr, j0, j1)
+    else:
+        adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
 
 
 # Sums in any order (reassoc) so that the row's dot products vectorise: within rounding of the reference.

@@ -13,14 +13,15 @@ from numba import njit, prange
 from .cpu_chunks import chunk_bounds, chunks_for
 
 
-@njit(cache=True)
-def _sgd_range(p, g, lr, start, stop):
+# numpy's error model: no zero-division check per element, so the loops vectorise (the results are the same)
+@njit(cache=True, error_model="numpy")
+def sgd_range(p, g, lr, start, stop):
     for i in range(start, stop):
         p[i] -= lr * g[i]
 
 
-@njit(cache=True)
-def _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
+@njit(cache=True, error_model="numpy")
+def adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
     for i in range(start, stop):
         gi = g[i]
         vi = v[i] * beta1 + one_minus_beta1 * gi
@@ -35,11 +36,11 @@ def _sgd_all(params, grads, lr, chunks):
     for t in range(len(params)):
         p, g = params[t], grads[t]
         if chunks == 1:
-            _sgd_range(p, g, lr, 0, p.size)
+            sgd_range(p, g, lr, 0, p.size)
         else:
             for c in prange(chunks):
                 start, stop = chunk_bounds(c, p.size, chunks)
-                _sgd_range(p, g, lr, start, stop)
+                sgd_range(p, g, lr, start, stop)
 
 
 @njit(cache=True, parallel=True)
@@ -47,11 +48,11 @@ def _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minu
     for t in range(len(params)):
         p, g, v, s = params[t], grads[t], vs[t], ss[t]
         if chunks == 1:
-            _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, 0, p.size)
+            adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, 0, p.size)
         else:
             for c in prange(chunks):
                 start, stop = chunk_bounds(c, p.size, chunks)
-                _adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
                             start, stop)
 
 
