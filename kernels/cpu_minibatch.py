@@ -23,7 +23,7 @@ from .cpu_simd import VECTOR_BYTES, gather_columns
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
 REGROUP = 4         # tasks that regroup a batch's pixels
-SLICE_TILES = 2     # first-layer units per update task, in tiles of 4 vectors (64 float32 or 32 float64 units)
+SLICE_TILES = 1     # first-layer units per task, in tiles of 4 vectors (32 float32 or 16 float64 units)
 
 
 @njit(cache=True)
@@ -85,14 +85,15 @@ def _row(label, b1, has_b1, codes1, relu1, m1, W2T, b2, has_b2, codes2, m2, loss
 @njit(cache=True, parallel=True, fastmath={"contract"})
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
                     W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
-                    one_minus_beta2, eps, step0, loss_kind, loss_eps):
+                    one_minus_beta2, eps, step0, loss_kind, loss_eps, slice_tiles=SLICE_TILES):
     """Trains on len(order) // batch batches, rows order[b * batch:(b + 1) * batch] of the compressed input
     (indptr, indices, values); returns (summed loss, number correct, batches).
 
     b1, b2: the biases, read and updated only when has_b1, has_b2. masks1/masks2: (batches, units) per-unit
     dropout scales, or (0, units) for none. l2_1/l2_2: per-unit L2 coefficients (dW += l2 * W), or empty.
     state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
-    shapes for SGD, which reads none). Scalars have the weights' dtype, as cpu_optim's.
+    shapes for SGD, which reads none). Scalars have the weights' dtype, as cpu_optim's. slice_tiles: the
+    first-layer units each task takes, in tiles of 4 vectors.
     """
     dtype = W1.dtype
     n_in, k = W1.shape
@@ -119,7 +120,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     ones2 = np.ones(classes, dtype)
     vW1, sW1, vb1, sb1 = state1
     vW2, sW2, vb2, sb2 = state2
-    width = SLICE_TILES * 4 * (VECTOR_BYTES // W1.itemsize)
+    width = slice_tiles * 4 * (VECTOR_BYTES // W1.itemsize)
     slices = (k + width - 1) // width
     row_blocks = min(n_in, 16)
     g_rows = np.empty((row_blocks, k), dtype)    # each task's gradient row of W1
