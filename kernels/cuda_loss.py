@@ -34,12 +34,27 @@ def _block_sum(threads: int):
     return block_sum
 
 
+def _block_totals(threads: int):
+    """Device function: every thread's (loss, correct) summed into sh_loss[0], sh_correct[0]."""
+    block_sum = _block_sum(threads)
+
+    @cuda.jit(device=True)
+    def block_totals(sh_loss, sh_correct, t, loss, correct):
+        sh_loss[t] = loss
+        sh_correct[t] = correct
+        cuda.syncthreads()
+        block_sum(sh_loss, t)
+        block_sum(sh_correct, t)
+
+    return block_totals
+
+
 @functools.lru_cache(maxsize=None)
 def loss_kernels(threads: int, dtype):
     """(rows kernel, finish kernel) for blocks of `threads` threads (a power of two)."""
     ew = elementwise(dtype)
     zero, one = ew.zero, ew.one
-    block_sum = _block_sum(threads)
+    block_totals = _block_totals(threads)
 
     @cuda.jit
     def rows(kind, out, labels, eps, grad, need_grad, inv_n, part_loss, part_correct):
@@ -76,11 +91,7 @@ def loss_kernels(threads: int, dtype):
                     for k in range(classes):
                         p = math.exp(out[i, k] - top) / total
                         grad[i, k] = (p - (one if k == label else zero)) * inv_n
-        sh_loss[t] = loss
-        sh_correct[t] = correct
-        cuda.syncthreads()
-        block_sum(sh_loss, t)
-        block_sum(sh_correct, t)
+        block_totals(sh_loss, sh_correct, t, loss, correct)
         if t == 0:
             part_loss[cuda.blockIdx.x] = sh_loss[0]
             part_correct[cuda.blockIdx.x] = sh_correct[0]
@@ -96,11 +107,7 @@ def loss_kernels(threads: int, dtype):
         for b in range(t, part_loss.shape[0], threads):
             loss += part_loss[b]
             correct += part_correct[b]
-        sh_loss[t] = loss
-        sh_correct[t] = correct
-        cuda.syncthreads()
-        block_sum(sh_loss, t)
-        block_sum(sh_correct, t)
+        block_totals(sh_loss, sh_correct, t, loss, correct)
         if t == 0:
             if accumulate:
                 total_loss[0] += sh_loss[0]
