@@ -127,8 +127,8 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     gb1 = np.empty(k, dtype)
     colptr = np.empty(n_in + 1, np.int64)        # the batch's stored pixels by input column (CSC)
     fill = np.empty((REGROUP, n_in), np.int64)    # per task: counts, then next free slots
-    csc_rows = np.empty(indices.shape[0] if batch >= order.shape[0] else 1, np.int64)
-    csc_values = np.empty(csc_rows.shape[0], dtype)
+    csc_rows = np.empty(0, np.int64)             # grown to twice the largest batch seen
+    csc_values = np.empty(0, dtype)
     total, correct = 0.0, 0
     for bi in range(batches):
         start = bi * batch
