@@ -100,7 +100,7 @@ class NumbaCudaBackend(ReferenceBackend):
         if hit is None:
             if len(self._constants) > 1024:
                 self._constants.clear()
-            array = self.xp.asarray(host)
+            array = self.xp.array(host)          # a copy: the caller may change its array later
             hit = self._constants[key] = (array, self._dev(array))
         return hit[1]
 
