@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
+import fastmnist  # first: it sets OpenBLAS's thread timeout, read when numpy loads OpenBLAS
 import numpy as np
 import pytest
 
-import fastmnist
 from fastmnist import data
 from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.train import DTYPES, build_net, init_params, make_recipe

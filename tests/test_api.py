@@ -1,5 +1,9 @@
 """fastmnist.train, the model it returns, saving and loading, and the backend registry."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -154,3 +158,13 @@ def test_lr_decay_changes_the_run():
     plain = fastmnist.train("grokking-3layer", backend="numpy", iterations=2, progress=False).final
     decayed = fastmnist.train("grokking-3layer", backend="numpy", iterations=2, lr_decay=0.5, progress=False).final
     assert plain["iteration"] == decayed["iteration"] == 1 and plain["train_err"] != decayed["train_err"]
+
+
+@pytest.mark.parametrize("preset_value,expected", [(None, "4"), ("12", "12")])
+def test_import_sets_openblas_thread_timeout_unless_the_user_did(preset_value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset_value is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset_value
+    code = "import os, fastmnist; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
