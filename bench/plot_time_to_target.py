@@ -3,7 +3,8 @@
     python bench/plot_time_to_target.py OUT.png RESULTS...
 
 RESULTS are pytest-benchmark JSON files holding bench_time_to_target.py's runs and/or JSON files that
-bench/gpu_train.py wrote (one run each, with its history). Needs matplotlib (pip install '.[plots]').
+bench/gpu_train.py wrote (one run each, with its history); NOTE@PATH adds " (NOTE)" to the backend names
+of PATH's runs (e.g. runs made with other recipe settings). Needs matplotlib (pip install '.[plots]').
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ from collections import defaultdict
 def curves(paths):
     """{backend: [[(seconds, test accuracy), ...] per run]}."""
     out = defaultdict(list)
-    for path in paths:
+    for arg in paths:
+        note, _, path = arg.rpartition("@")
+        suffix = f" ({note})" if note else ""
         with open(path) as f:
             doc = json.load(f)
         if "benchmarks" in doc:
             for bench in doc["benchmarks"]:
                 info = bench.get("extra_info", {})
-                out[info.get("backend", bench["name"])].extend(info.get("curves", []))
+                out[info.get("backend", bench["name"]) + suffix].extend(info.get("curves", []))
         elif "history" in doc:
-            out[doc["backend"]].append([(row["elapsed_s"], row["test_acc"]) for row in doc["history"]])
+            out[doc["backend"] + suffix].append([(row["elapsed_s"], row["test_acc"]) for row in doc["history"]])
     return out
 
 
