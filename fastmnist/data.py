@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import math
 import os
 import struct
@@ -199,8 +200,8 @@ def _load_pair(dataset: str, found: dict[str, Path], prefix: str) -> Split:
 
 def _read(dataset: str, path: Path, name: str, kind: str) -> numpy.ndarray:
     resolved = path.resolve()
-    stat = resolved.stat()
-    array, digest = _parse(resolved, kind, stat.st_mtime_ns, stat.st_size)
+    st = resolved.stat()
+    array, digest = _parse(resolved, kind, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     expected = CONTENT_MD5[dataset].get(name)
     if expected and digest != expected:
         raise DataError(f"{path}: checksum mismatch, MD5 of uncompressed content expected {expected}, got {digest}")
@@ -210,7 +211,59 @@ def _read(dataset: str, path: Path, name: str, kind: str) -> numpy.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _parse(path: Path, kind: str, _mtime_ns: int, _size: int) -> tuple[numpy.ndarray, str]:
+def _parse(path: Path, kind: str, stamp: tuple) -> tuple[numpy.ndarray, str]:
+    """(array, MD5 of the uncompressed content) of one IDX file; `stamp` (size, times, inode) tells versions
+    of the file apart, here and in the decoded copies kept in the cache directory."""
+    found = _load_decoded(path, kind, stamp)
+    if found is not None:
+        return found
+    array, digest = _decode(path, kind)
+    _store_decoded(path, kind, stamp, array, digest)
+    return array, digest
+
+
+# Decompressing and hashing the training images takes about 0.3 s. A file whose content has a known MD5 is
+# therefore also kept decoded, as cache/decoded/<md5>.npy, with an index entry per version of the source
+# file giving its MD5 and the CRC-32 of the array; a copy whose CRC-32 does not match is decoded again.
+_KNOWN_MD5 = frozenset(md5 for sums in CONTENT_MD5.values() for md5 in sums.values())
+
+
+def _index_entry(path: Path, kind: str, stamp: tuple) -> Path:
+    key = hashlib.sha1(f"{path}|{kind}|{stamp}".encode()).hexdigest()
+    return default_cache_dir() / "decoded" / f"{key}.json"
+
+
+def _load_decoded(path: Path, kind: str, stamp: tuple):
+    entry = _index_entry(path, kind, stamp)
+    try:
+        meta = json.loads(entry.read_text())
+        array = numpy.load(entry.parent / f"{meta['md5']}.npy", allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    shape_ok = array.ndim == 2 and array.shape[1] == 28 * 28 if kind == "images" else array.ndim == 1
+    if array.dtype != numpy.uint8 or not shape_ok or zlib.crc32(array) != meta.get("crc32"):
+        return None
+    array.flags.writeable = False
+    return array, meta["md5"]
+
+
+def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, digest: str) -> None:
+    if digest not in _KNOWN_MD5:
+        return
+    entry = _index_entry(path, kind, stamp)
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        for target, write in ((entry.parent / f"{digest}.npy", lambda f: numpy.save(f, array, allow_pickle=False)),
+                              (entry, lambda f: f.write(json.dumps({"md5": digest, "crc32": zlib.crc32(array)}).encode()))):
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                write(f)
+            os.replace(tmp, target)
+    except OSError:     # a read-only or full cache directory only costs the next load its 0.3 s
+        pass
+
+
+def _decode(path: Path, kind: str) -> tuple[numpy.ndarray, str]:
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:

@@ -89,6 +89,67 @@ def test_second_load_is_memoised(mnist):
     assert again[0].images is mnist[0].images and again[1].labels is mnist[1].labels
 
 
+_DECODE = data._decode
+
+
+def _fresh_load(monkeypatch, decode_calls):
+    """load_arrays() past the in-process memo, recording which files had to be decoded from the IDX files."""
+    data._parse.cache_clear()
+
+    def spy(path, kind):
+        decode_calls.append(path.name)
+        return _DECODE(path, kind)
+
+    monkeypatch.setattr(data, "_decode", spy)
+    return data.load_arrays()
+
+
+def test_known_files_are_kept_decoded_and_read_back(mnist, monkeypatch, isolated_cache):
+    first_calls, second_calls = [], []
+    first = _fresh_load(monkeypatch, first_calls)
+    assert len(first_calls) == 4 and len(list((isolated_cache / "decoded").glob("*.npy"))) == 4
+    second = _fresh_load(monkeypatch, second_calls)
+    assert second_calls == []
+    for a, b in zip(first, second):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+        assert not b.images.flags.writeable and not b.labels.flags.writeable
+
+
+def test_a_damaged_decoded_copy_is_decoded_again(mnist, monkeypatch, isolated_cache):
+    calls = []
+    first = _fresh_load(monkeypatch, calls)
+    labels_copy = isolated_cache / "decoded" / f"{data.CONTENT_MD5['mnist']['t10k-labels-idx1-ubyte']}.npy"
+    raw = bytearray(labels_copy.read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10                     # still a valid label: only the CRC-32 can tell
+    labels_copy.write_bytes(bytes(raw))
+    calls.clear()
+    again = _fresh_load(monkeypatch, calls)
+    assert calls == ["t10k-labels-idx1-ubyte.gz"]
+    assert np.array_equal(again[1].labels, first[1].labels)
+
+
+def test_a_replaced_source_file_is_not_read_from_its_old_decoded_copy(mnist, monkeypatch, tmp_path):
+    local = tmp_path / "mnist"
+    local.mkdir()
+    for name in data.FILES:
+        (local / f"{name}.gz").write_bytes((SHARED / f"{name}.gz").read_bytes())
+    monkeypatch.setenv("FASTMNIST_DATA", str(local))
+    _fresh_load(monkeypatch, [])
+    labels = np.array(mnist[1].labels)
+    labels[0] = (labels[0] + 1) % 10
+    (local / "t10k-labels-idx1-ubyte.gz").unlink()
+    write(local, "t10k-labels-idx1-ubyte", idx(labels))
+    data._parse.cache_clear()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: checksum mismatch"):
+        data.load_arrays()
+
+
+def test_files_of_unknown_content_are_not_kept_decoded(tmp_path, isolated_cache):
+    write_dataset(tmp_path / "fashion")
+    load_fashion(tmp_path / "fashion")
+    assert not (isolated_cache / "decoded").exists()
+
+
 def test_splits(mnist):
     train, test = mnist
     first = data.load_splits("first-1000")
