@@ -166,18 +166,25 @@ def scatter_tiles(nv: int):
     return _scatter
 
 
-_GATHER4, _GATHER1 = gather_tiles(4), gather_tiles(1)
-_SCATTER4, _SCATTER1 = scatter_tiles(4), scatter_tiles(1)
+GATHER4, GATHER1 = gather_tiles(4), gather_tiles(1)
+SCATTER4, SCATTER1 = scatter_tiles(4), scatter_tiles(1)
+
+
+@njit(cache=True)
+def vector_split(j0, j1, itemsize):
+    """(end of the 4-vector tiles, end of the 1-vector tiles) of columns j0:j1; the rest goes one by one."""
+    lanes = VECTOR_BYTES // itemsize
+    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
+    return k4, k4 + (j1 - k4) // lanes * lanes
 
 
 @njit(cache=True, fastmath={"contract"})
 def gather_columns(indices, values, lo, hi, M, h, j0, j1):
     """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
     lanes = VECTOR_BYTES // M.itemsize
-    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
-    k1 = k4 + (j1 - k4) // lanes * lanes
-    _GATHER4(indices, values, lo, hi, M, h, j0, (k4 - j0) // (4 * lanes))
-    _GATHER1(indices, values, lo, hi, M, h, k4, (k1 - k4) // lanes)
+    k4, k1 = vector_split(j0, j1, M.itemsize)
+    GATHER4(indices, values, lo, hi, M, h, j0, (k4 - j0) // (4 * lanes))
+    GATHER1(indices, values, lo, hi, M, h, k4, (k1 - k4) // lanes)
     for j in range(k1, j1):
         h[j] = 0
     for p in range(lo, hi):
@@ -191,10 +198,9 @@ def gather_columns(indices, values, lo, hi, M, h, j0, j1):
 def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
     """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
     lanes = VECTOR_BYTES // G.itemsize
-    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
-    k1 = k4 + (j1 - k4) // lanes * lanes
-    _SCATTER4(indices, values, lo, hi, d, G, j0, (k4 - j0) // (4 * lanes))
-    _SCATTER1(indices, values, lo, hi, d, G, k4, (k1 - k4) // lanes)
+    k4, k1 = vector_split(j0, j1, G.itemsize)
+    SCATTER4(indices, values, lo, hi, d, G, j0, (k4 - j0) // (4 * lanes))
+    SCATTER1(indices, values, lo, hi, d, G, k4, (k1 - k4) // lanes)
     for p in range(lo, hi):
         x = values[p]
         g = G[indices[p]]

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate, derivative
 from .cpu_dense import column_sums
-from .cpu_simd import VECTOR_BYTES, gather_tiles, scatter_tiles
+from .cpu_simd import GATHER4, SCATTER4, VECTOR_BYTES, gather_columns, scatter_columns, vector_split
 
 
 class CompressedRows(NamedTuple):
@@ -70,16 +70,6 @@ def compress_rows(X: np.ndarray) -> CompressedRows:
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
-_GATHER4, _GATHER1 = gather_tiles(4), gather_tiles(1)
-_SCATTER4, _SCATTER1 = scatter_tiles(4), scatter_tiles(1)
-
-
-@njit(cache=True)
-def _vector_split(k, itemsize):
-    """(end of the 4-vector tiles, end of the 1-vector tiles) of k units; the rest is done one by one."""
-    lanes = VECTOR_BYTES // itemsize
-    k4 = k // (4 * lanes) * 4 * lanes
-    return k4, k4 + (k - k4) // lanes * lanes
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -87,23 +77,14 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
     so that the tile of W they read stays in cache."""
     k = W.shape[1]
-    k4, k1 = _vector_split(k, W.itemsize)
-    lanes = VECTOR_BYTES // W.itemsize
-    for c in range(0, k4, 4 * lanes):
+    k4, _ = vector_split(0, k, W.itemsize)
+    for c in range(0, k4, 4 * (VECTOR_BYTES // W.itemsize)):
         for i in range(start, stop):
             r = rows[i]
-            _GATHER4(indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
+            GATHER4(indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
     for i in range(start, stop):
         r = rows[i]
-        _GATHER1(indices, values, indptr[r], indptr[r + 1], W, H[i], k4, (k1 - k4) // lanes)
-        if k1 < k:
-            h = H[i]
-            h[k1:] = 0
-            for p in range(indptr[r], indptr[r + 1]):
-                x = values[p]
-                row = indices[p]
-                for j in range(k1, k):
-                    h[j] += x * W[row, j]
+        gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], k4, k)
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -111,21 +92,14 @@ def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
     """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
     one tile of units at a time (as _gather_block)."""
     k = acc.shape[1]
-    k4, k1 = _vector_split(k, acc.itemsize)
-    lanes = VECTOR_BYTES // acc.itemsize
-    for c in range(0, k4, 4 * lanes):
+    k4, _ = vector_split(0, k, acc.itemsize)
+    for c in range(0, k4, 4 * (VECTOR_BYTES // acc.itemsize)):
         for i in range(dZ.shape[0]):
             r = rows[start + i]
-            _SCATTER4(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
+            SCATTER4(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
     for i in range(dZ.shape[0]):
         r = rows[start + i]
-        _SCATTER1(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, k4, (k1 - k4) // lanes)
-        if k1 < k:
-            for p in range(indptr[r], indptr[r + 1]):
-                x = values[p]
-                row = indices[p]
-                for j in range(k1, k):
-                    acc[row, j] += x * dZ[i, j]
+        scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, k4, k)
 
 
 @njit(cache=True)
