@@ -17,6 +17,7 @@ import numpy
 import pooch
 
 from fastmnist.errors import DataError
+from fastmnist.files import write_atomically
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("mnist", "fashion-mnist")
@@ -253,12 +254,8 @@ def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, di
     entry = _index_entry(path, kind, stamp)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        for target, write in ((entry.parent / f"{digest}.npy", lambda f: numpy.save(f, array, allow_pickle=False)),
-                              (entry, lambda f: f.write(json.dumps({"md5": digest, "crc32": zlib.crc32(array)}).encode()))):
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                write(f)
-            os.replace(tmp, target)
+        write_atomically(entry.parent / f"{digest}.npy", lambda f: numpy.save(f, array, allow_pickle=False))
+        write_atomically(entry, lambda f: f.write(json.dumps({"md5": digest, "crc32": zlib.crc32(array)}).encode()))
     except OSError:     # a read-only or full cache directory only costs the next load its 0.3 s
         pass
 

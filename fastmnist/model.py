@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FastMnistError, ModelFileError, RecipeError
+from .files import write_atomically
 from .kernels.net import Net
 from .kernels.reference import ReferenceBackend
 from .recipes import Recipe
@@ -83,10 +84,7 @@ class Model:
         header = {"format": np.array(FORMAT), "version": np.array(VERSION), "recipe": np.array(recipe_json),
                   "meta": np.array(meta_json), "checksum": np.array(_checksum(recipe_json, meta_json, arrays))}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **header, **arrays)
-        tmp.replace(path)
+        write_atomically(path, lambda f: np.savez(f, **header, **arrays))
         return path
 
 

@@ -144,6 +144,16 @@ def test_a_replaced_source_file_is_not_read_from_its_old_decoded_copy(mnist, mon
         data.load_arrays()
 
 
+def test_a_cache_directory_that_cannot_be_written_only_costs_the_time(mnist, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("FASTMNIST_CACHE", str(blocker))
+    calls = []
+    again = _fresh_load(monkeypatch, calls)
+    assert len(calls) == 4 and blocker.is_file()
+    assert np.array_equal(again[0].images, mnist[0].images) and np.array_equal(again[1].labels, mnist[1].labels)
+
+
 def test_files_of_unknown_content_are_not_kept_decoded(tmp_path, isolated_cache):
     write_dataset(tmp_path / "fashion")
     load_fashion(tmp_path / "fashion")
