@@ -11,7 +11,9 @@ scatter_tiles(nv)(indices, values, lo, hi, dz, acc, j0, ntiles):
 with T = nv * lanes (`lanes`). Callers check bounds: the intrinsics index without checks. W, acc are
 C-contiguous 2-D arrays, h and dz contiguous 1-D ones, all of one float dtype. Products are fused
 multiply-adds, so results equal a plain loop's within rounding. gather_columns and scatter_columns do the
-same over any column range [j0, j1), whole tiles first and the rest one element at a time.
+same over any column range [j0, j1): its whole vectors in the fewest passes of tiles of at most MAX_TILE
+vectors (`tile_plan`; each pass reads the pixels' indices and values once more), the rest one element at a
+time. gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
 from __future__ import annotations
@@ -93,7 +95,10 @@ def gather_tiles(nv: int):
             w_p, (_, width) = _parts(context, builder, w_ty, args[4])
             h_p, _ = _parts(context, builder, h_ty, args[5])
             j0_v, nt_v = args[6], args[7]
-            sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
+            # up to 5 vectors: two independent sets of accumulators (even and odd pixels) hide the latency of
+            # the FMAs; wider tiles have enough independent accumulators in one set (and no registers for two)
+            nsets = 2 if nv <= 5 else 1
+            sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(nsets)]
             tile = vty.count * nv
             one, two = ir.Constant(i64, 1), ir.Constant(i64, 2)
 
@@ -109,18 +114,21 @@ def gather_tiles(nv: int):
             count = builder.sub(hi_v, lo_v)
             with cgutils.for_range(builder, nt_v) as tloop:
                 col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
-                for a in sets[0] + sets[1]:
+                for a in sum(sets, []):
                     builder.store(ir.Constant(vty, None), a)
-                # two independent sets of accumulators (even and odd pixels) hide the latency of the FMAs
-                with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
-                    p = builder.add(lo_v, builder.mul(ploop.index, two))
-                    accumulate(p, sets[0], col)
-                    accumulate(builder.add(p, one), sets[1], col)
-                with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
-                    accumulate(builder.sub(hi_v, one), sets[0], col)
-                for v, (a, b) in enumerate(zip(*sets)):
+                if nsets == 1:
+                    with cgutils.for_range(builder, count) as ploop:
+                        accumulate(builder.add(lo_v, ploop.index), sets[0], col)
+                else:
+                    with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
+                        p = builder.add(lo_v, builder.mul(ploop.index, two))
+                        accumulate(p, sets[0], col)
+                        accumulate(builder.add(p, one), sets[1], col)
+                    with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
+                        accumulate(builder.sub(hi_v, one), sets[0], col)
+                for v, (a, b) in enumerate(zip(sets[0], sets[1] if nsets == 2 else [None] * nv)):
                     off = builder.add(col, ir.Constant(i64, v * vty.count))
-                    total = builder.fadd(builder.load(a), builder.load(b))
+                    total = builder.load(a) if b is None else builder.fadd(builder.load(a), builder.load(b))
                     builder.store(total, _vector_ptr(builder, h_p, off, vty), align=4)
             return context.get_dummy_value()
 
@@ -166,25 +174,79 @@ def scatter_tiles(nv: int):
     return _scatter
 
 
-GATHER4, GATHER1 = gather_tiles(4), gather_tiles(1)
-SCATTER4, SCATTER1 = scatter_tiles(4), scatter_tiles(1)
+MAX_TILE = 8      # vectors: enough independent accumulators to hide the FMA latency, few enough for registers
+G1, G2, G3, G4, G5, G6, G7, G8 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
+S1, S2, S3, S4, S5, S6, S7, S8 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
-def vector_split(j0, j1, itemsize):
-    """(end of the 4-vector tiles, end of the 1-vector tiles) of columns j0:j1; the rest goes one by one."""
-    lanes = VECTOR_BYTES // itemsize
-    k4 = j0 + (j1 - j0) // (4 * lanes) * 4 * lanes
-    return k4, k4 + (j1 - k4) // lanes * lanes
+def tile_plan(j0, j1, itemsize):
+    """(nv, wide, narrow): the whole vectors of columns j0:j1 as `wide` tiles of nv + 1 vectors followed by
+    `narrow` tiles of nv, in the fewest passes of at most MAX_TILE vectors; (j1 - j0) % lanes columns remain."""
+    vectors = (j1 - j0) // (VECTOR_BYTES // itemsize)
+    passes = -(-vectors // MAX_TILE)
+    if passes == 0:
+        return 0, 0, 0
+    nv = vectors // passes
+    wide = vectors - nv * passes
+    return nv, wide, passes - wide
+
+
+@njit(cache=True)
+def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        G1(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 2:
+        G2(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 3:
+        G3(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 4:
+        G4(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 5:
+        G5(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 6:
+        G6(indices, values, lo, hi, M, h, j0, nt)
+    elif nv == 7:
+        G7(indices, values, lo, hi, M, h, j0, nt)
+    else:
+        G8(indices, values, lo, hi, M, h, j0, nt)
+
+
+@njit(cache=True)
+def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        S1(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 2:
+        S2(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 3:
+        S3(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 4:
+        S4(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 5:
+        S5(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 6:
+        S6(indices, values, lo, hi, d, G, j0, nt)
+    elif nv == 7:
+        S7(indices, values, lo, hi, d, G, j0, nt)
+    else:
+        S8(indices, values, lo, hi, d, G, j0, nt)
 
 
 @njit(cache=True, fastmath={"contract"})
 def gather_columns(indices, values, lo, hi, M, h, j0, j1):
     """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
     lanes = VECTOR_BYTES // M.itemsize
-    k4, k1 = vector_split(j0, j1, M.itemsize)
-    GATHER4(indices, values, lo, hi, M, h, j0, (k4 - j0) // (4 * lanes))
-    GATHER1(indices, values, lo, hi, M, h, k4, (k1 - k4) // lanes)
+    nv, wide, narrow = tile_plan(j0, j1, M.itemsize)
+    gather_tile(nv + 1, indices, values, lo, hi, M, h, j0, wide)
+    k = j0 + wide * (nv + 1) * lanes
+    gather_tile(nv, indices, values, lo, hi, M, h, k, narrow)
+    k1 = k + narrow * nv * lanes
+    if k1 == j1:
+        return
     for j in range(k1, j1):
         h[j] = 0
     for p in range(lo, hi):
@@ -198,9 +260,13 @@ def gather_columns(indices, values, lo, hi, M, h, j0, j1):
 def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
     """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
     lanes = VECTOR_BYTES // G.itemsize
-    k4, k1 = vector_split(j0, j1, G.itemsize)
-    SCATTER4(indices, values, lo, hi, d, G, j0, (k4 - j0) // (4 * lanes))
-    SCATTER1(indices, values, lo, hi, d, G, k4, (k1 - k4) // lanes)
+    nv, wide, narrow = tile_plan(j0, j1, G.itemsize)
+    scatter_tile(nv + 1, indices, values, lo, hi, d, G, j0, wide)
+    k = j0 + wide * (nv + 1) * lanes
+    scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow)
+    k1 = k + narrow * nv * lanes
+    if k1 == j1:
+        return
     for p in range(lo, hi):
         x = values[p]
         g = G[indices[p]]

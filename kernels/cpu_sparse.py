@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate, derivative
 from .cpu_dense import column_sums
-from .cpu_simd import GATHER4, SCATTER4, VECTOR_BYTES, gather_columns, scatter_columns, vector_split
+from .cpu_simd import VECTOR_BYTES, gather_columns, gather_tile, scatter_columns, scatter_tile, tile_plan
 
 
 class CompressedRows(NamedTuple):
@@ -77,14 +77,19 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
     so that the tile of W they read stays in cache."""
     k = W.shape[1]
-    k4, _ = vector_split(0, k, W.itemsize)
-    for c in range(0, k4, 4 * (VECTOR_BYTES // W.itemsize)):
+    lanes = VECTOR_BYTES // W.itemsize
+    nv, wide, narrow = tile_plan(0, k, W.itemsize)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
         for i in range(start, stop):
             r = rows[i]
-            GATHER4(indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
-    for i in range(start, stop):
-        r = rows[i]
-        gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], k4, k)
+            gather_tile(width, indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
+        c += width * lanes
+    if c < k:
+        for i in range(start, stop):
+            r = rows[i]
+            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k)
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -92,14 +97,19 @@ def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
     """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
     one tile of units at a time (as _gather_block)."""
     k = acc.shape[1]
-    k4, _ = vector_split(0, k, acc.itemsize)
-    for c in range(0, k4, 4 * (VECTOR_BYTES // acc.itemsize)):
+    lanes = VECTOR_BYTES // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
         for i in range(dZ.shape[0]):
             r = rows[start + i]
-            SCATTER4(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
-    for i in range(dZ.shape[0]):
-        r = rows[start + i]
-        scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, k4, k)
+            scatter_tile(width, indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
+        c += width * lanes
+    if c < k:
+        for i in range(dZ.shape[0]):
+            r = rows[start + i]
+            scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k)
 
 
 @njit(cache=True)

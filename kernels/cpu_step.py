@@ -66,11 +66,12 @@ def _full_bias_grad(dbc, units, cols):
 
 
 def _pad_first_layer(layers, dtype):
-    """The first layer widened with zero units to a whole number of the sparse kernels' vector tiles (the
-    next layer gets zero weights for them): the padded units compute act(0) * 0 = 0 and get no gradient."""
+    """The first layer widened with zero units to a whole number of vectors, so that the sparse kernels need
+    no scalar tail (the next layer gets zero weights for them): the padded units compute act(0) * 0 = 0 and
+    get no gradient."""
     (W0, codes, scale, b), *rest = layers
     k = W0.shape[1]
-    tile = 4 * cpu_simd.lanes(np.dtype(dtype))
+    tile = cpu_simd.lanes(np.dtype(dtype))
     kp = -(-k // tile) * tile
     scale = np.ones(k, dtype) if scale is None else scale
     if kp == k or not rest:                       # the output layer keeps its width

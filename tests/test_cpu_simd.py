@@ -1,0 +1,68 @@
+"""The SIMD gather / scatter loops of cpu_simd against numpy, over column ranges of every tiling case:
+a single partial vector, whole vectors, tiles of one to MAX_TILE vectors, several passes of mixed widths."""
+
+import numpy as np
+import pytest
+
+from fastmnist.kernels import cpu_simd
+
+TOL = {np.float64: 1e-13, np.float32: 1e-5}
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+def widths(dtype):
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    return sorted({1, lanes - 1, lanes, lanes + 3, 5 * lanes, cpu_simd.MAX_TILE * lanes,
+                   (cpu_simd.MAX_TILE + 1) * lanes + 1, 13 * lanes + 5, 20 * lanes})
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype):
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    for j0 in (0, 3):
+        for width in range(0, 40 * lanes):
+            nv, wide, narrow = cpu_simd.tile_plan(j0, j0 + width, np.dtype(dtype).itemsize)
+            assert wide * (nv + 1) + narrow * nv == width // lanes
+            assert nv + (wide > 0) <= cpu_simd.MAX_TILE
+            assert wide + narrow == -(-(width // lanes) // cpu_simd.MAX_TILE)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("j0", [0, 5])
+def test_gather_and_scatter_columns_match_numpy(dtype, j0):
+    rng = np.random.default_rng()
+    for width in widths(dtype):
+        cols = j0 + width + 2
+        M = rng.standard_normal((50, cols)).astype(dtype)
+        indices = rng.integers(0, 50, 37).astype(np.int32)          # repeats included
+        values = rng.standard_normal(37).astype(dtype)
+        lo, hi = 4, 33
+        h = np.full(cols, np.nan, dtype)
+        cpu_simd.gather_columns(indices, values, lo, hi, M, h, j0, j0 + width)
+        want = values[lo:hi].astype(np.float64) @ M[indices[lo:hi]].astype(np.float64)
+        assert rel_err(h[j0:j0 + width], want[j0:j0 + width]) < TOL[dtype], width
+        assert np.isnan(h[:j0]).all() and np.isnan(h[j0 + width:]).all(), "wrote outside its columns"
+
+        d = rng.standard_normal(cols).astype(dtype)
+        G = rng.standard_normal((50, cols)).astype(dtype)
+        want = G.astype(np.float64)
+        np.add.at(want, (indices[lo:hi, None], np.arange(j0, j0 + width)[None, :]),
+                  values[lo:hi, None].astype(np.float64) * d[None, j0:j0 + width])
+        before = G.copy()
+        cpu_simd.scatter_columns(indices, values, lo, hi, d, G, j0, j0 + width)
+        assert rel_err(G, want) < TOL[dtype], width
+        outside = np.ones(cols, bool)
+        outside[j0:j0 + width] = False
+        assert np.array_equal(G[:, outside], before[:, outside]), "changed columns outside its range"
+
+
+def test_gather_propagates_nan():
+    M = np.ones((4, 24), np.float32)
+    M[2, 17] = np.nan
+    h = np.zeros(24, np.float32)
+    cpu_simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24)
+    assert np.isnan(h[17]) and np.isfinite(np.delete(h, 17)).all()
