@@ -89,3 +89,49 @@ def derivative(h, code):
     if code == RELU and not h > 0:
         return np.float32(0)                  # exact in either dtype; unifies with h's dtype
     return np.float32(1)
+
+
+@njit(cache=True)
+def code_runs(codes):
+    """(start, stop, code) of each run of consecutive units sharing an activation, as a (runs, 3) array."""
+    n = codes.shape[0]
+    runs = np.empty((max(n, 1), 3), np.int64)
+    r = 0
+    j = 0
+    while j < n:
+        e = j + 1
+        while e < n and codes[e] == codes[j]:
+            e += 1
+        runs[r, 0], runs[r, 1], runs[r, 2] = j, e, codes[j]
+        r += 1
+        j = e
+    return runs[:r]
+
+
+@njit(cache=True, fastmath={"contract"})
+def activate_runs(v, runs):
+    """v <- act(v) in place, as `activate`, with one loop per run of code_runs: no branch per unit, so the
+    loops vectorise (a ReLU's sign is a coin toss that a branch would mispredict half the time)."""
+    for r in range(runs.shape[0]):
+        j0, j1, code = runs[r, 0], runs[r, 1], runs[r, 2]
+        if code == RELU:
+            for j in range(j0, j1):
+                z = v[j]
+                v[j] = z if z >= 0 else z * 0          # NaN stays NaN
+        elif code == TANH:
+            for j in range(j0, j1):
+                v[j] = _tanh(v[j])
+
+
+@njit(cache=True, fastmath={"contract"})
+def times_derivative_runs(d, h, runs):
+    """d <- d * act'(z) from h = act(z), as `derivative`, one loop per run of code_runs."""
+    one, zero = np.float32(1), np.float32(0)
+    for r in range(runs.shape[0]):
+        j0, j1, code = runs[r, 0], runs[r, 1], runs[r, 2]
+        if code == RELU:
+            for j in range(j0, j1):
+                d[j] = d[j] * (one if h[j] > 0 else zero)
+        elif code == TANH:
+            for j in range(j0, j1):
+                d[j] = d[j] * (1 - h[j] * h[j])

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .cpu_activation import activate, derivative
+from .cpu_activation import activate_runs, code_runs, times_derivative_runs
 from .cpu_dense import column_sums
 from .cpu_simd import VECTOR_BYTES, gather_columns, gather_tile, scatter_columns, scatter_tile, tile_plan
 
@@ -112,41 +112,44 @@ def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
             scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k)
 
 
-@njit(cache=True)
-def _forward_block(indptr, indices, values, rows, W, b, codes, scale, H, A, start, stop):
+@njit(cache=True, fastmath={"contract"})
+def _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, stop):
     _gather_block(indptr, indices, values, rows, start, stop, W, H)
     k = W.shape[1]
     for i in range(start, stop):
+        h = H[i]
+        if b.shape[0]:
+            for j in range(k):
+                h[j] += b[j]
+        activate_runs(h, runs)
         for j in range(k):
-            z = H[i, j]
-            if b.shape[0]:
-                z += b[j]
-            v = activate(z, codes[j])
-            H[i, j] = v
-            A[i, j] = v * scale[j]
+            A[i, j] = h[j] * scale[j]
 
 
 @njit(cache=True, parallel=True)
 def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A):
     """H = act(X[rows] @ W + b) and A = H * scale for a compressed X; b may be empty (no bias)."""
     n = rows.shape[0]
+    runs = code_runs(codes)
     for blk in prange((n + BLOCK - 1) // BLOCK):
         start = np.int64(blk) * BLOCK
-        _forward_block(indptr, indices, values, rows, W, b, codes, scale, H, A, start, min(n, start + BLOCK))
+        _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, min(n, start + BLOCK))
 
 
 @njit(cache=True, fastmath={"contract"})
-def _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc, db, start, stop):
+def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start, stop):
     k = dA.shape[1]
     db[:] = 0
     dz = np.empty((BLOCK, k), dtype=acc.dtype)
     for s0 in range(start, stop, BLOCK):
         s1 = min(stop, s0 + BLOCK)
         for i in range(s0, s1):
+            d = dz[i - s0]
+            d[:] = dA[i]
+            times_derivative_runs(d, H[i], runs)
             for j in range(k):
-                d = dA[i, j] * derivative(H[i, j], codes[j]) * scale[j]
-                dz[i - s0, j] = d
-                db[j] += d
+                d[j] = d[j] * scale[j]
+                db[j] += d[j]
         _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
 
 
@@ -157,10 +160,11 @@ def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, d
     n, k = dA.shape
     threads = max(1, min(threads, n))
     acc = np.zeros((threads,) + dW.shape, dtype=dW.dtype)
+    runs = code_runs(codes)
     dbs = np.empty((threads, k))
     for t in prange(threads):
         start, stop = np.int64(t) * n // threads, (np.int64(t) + 1) * n // threads
-        _grad_rows(indptr, indices, values, rows, dA, H, codes, scale, acc[t], dbs[t], start, stop)
+        _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc[t], dbs[t], start, stop)
     for r in prange(dW.shape[0]):
         for j in range(k):
             s = acc[0, r, j]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import cpu_dense, cpu_simd, cpu_sparse
+from . import cpu_dense, cpu_head, cpu_loss, cpu_simd, cpu_sparse
 from .cpu_activation import layer_codes
 
 
@@ -65,25 +65,34 @@ def _full_bias_grad(dbc, units, cols):
     return db
 
 
-def _pad_first_layer(layers, dtype):
-    """The first layer widened with zero units to a whole number of vectors, so that the sparse kernels need
-    no scalar tail (the next layer gets zero weights for them): the padded units compute act(0) * 0 = 0 and
-    get no gradient."""
-    (W0, codes, scale, b), *rest = layers
+def _pad_units(layers, li, dtype):
+    """Layer li widened with zero units to a whole number of vectors, so that the sparse and fused kernels
+    need no scalar tail (layer li + 1 gets zero weights for them): the padded units compute act(0) * 0 = 0
+    and get no gradient. The output layer keeps its width."""
+    if li + 1 >= len(layers):
+        return layers
+    W0, codes, scale, b = layers[li]
     k = W0.shape[1]
     tile = cpu_simd.lanes(np.dtype(dtype))
     kp = -(-k // tile) * tile
     scale = np.ones(k, dtype) if scale is None else scale
-    if kp == k or not rest:                       # the output layer keeps its width
-        return [(W0, codes, scale, b)] + rest
-    pad = kp - k
-    W0 = np.concatenate([W0, np.zeros((W0.shape[0], pad), dtype)], axis=1)
-    codes = np.concatenate([codes, np.zeros(pad, codes.dtype)])
-    scale = np.concatenate([scale, np.zeros(pad, dtype)])
-    b = None if b is None else np.concatenate([b, np.zeros(pad, dtype)])
-    W1, codes1, scale1, b1 = rest[0]
-    rest = [(np.concatenate([W1, np.zeros((pad, W1.shape[1]), dtype)]), codes1, scale1, b1)]
-    return [(W0, codes, scale, b)] + rest
+    if kp != k:
+        pad = kp - k
+        W0 = np.concatenate([W0, np.zeros((W0.shape[0], pad), dtype)], axis=1)
+        codes = np.concatenate([codes, np.zeros(pad, codes.dtype)])
+        scale = np.concatenate([scale, np.zeros(pad, dtype)])
+        b = None if b is None else np.concatenate([b, np.zeros(pad, dtype)])
+        W1, codes1, scale1, b1 = layers[li + 1]
+        layers = layers[:li + 1] + [(np.concatenate([W1, np.zeros((pad, W1.shape[1]), dtype)]), codes1, scale1,
+                                     b1)] + layers[li + 2:]
+    layers = list(layers)
+    layers[li] = (np.ascontiguousarray(W0), codes, scale, b)
+    return layers
+
+
+def _fused_head_fits(layers) -> bool:
+    """Two dense layers after the first, the last without dropout: cpu_head.head_step does them in one pass."""
+    return len(layers) == 3 and layers[2][2] is None
 
 
 def sparse_train_step(backend, net, compressed, rows, labels, rng):
@@ -98,56 +107,67 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng):
         raise ValueError("sparse_train_step: rows must be a non-empty selection of the input's rows")
     kept = _kept_units(backend, net, rng, n)
     empty_mask = np.zeros((0, 0), dtype)
-    layers = []                                   # per layer: (compact W, codes, scale or None)
+    empty = np.zeros(0, dtype)
+    layers = []                                   # per layer: (compact W, codes, scale or None, compact b)
     prev = None
     for li, (W, b, seg) in enumerate(zip(net.weights, net.biases, net.segments)):
         cols, scale = kept[li]
         codes = layer_codes(seg, W.shape[1])
         layers.append((_compact(W, prev, cols), _take(codes, cols), scale, _take(b, cols)))
         prev = cols
-    k0 = layers[0][0].shape[1]
-    layers[:2] = _pad_first_layer(layers[:2], dtype)
+    widths = [W.shape[1] for W, _, _, _ in layers]            # compact widths, before any padding
+    fused = _fused_head_fits(layers)
+    layers = _pad_units(layers, 0, dtype)
+    if fused:
+        layers = _pad_units(layers, 1, dtype)
 
     Wc, codes, scale, b = layers[0]
     H = np.empty((n, Wc.shape[1]), dtype)
     A = np.empty_like(H)
-    ones = scale
+    first_scale = scale
     cpu_sparse.sparse_dense_forward(compressed.indptr, compressed.indices, compressed.values, rows, Wc,
-                                    np.zeros(0, dtype) if b is None else b, codes, ones, H, A)
-    acts, hs = [A], [H]
-    for Wc, codes, scale, b in layers[1:]:
-        Z = np.ascontiguousarray(acts[-1] @ Wc)
-        mask = empty_mask if scale is None else scale.reshape(1, -1)
-        A = np.empty_like(Z) if scale is not None else empty_mask
-        cpu_dense.bias_activate_mask(Z, np.zeros(0, dtype) if b is None else b, codes, mask, A)
-        acts.append(Z if scale is None else A)
-        hs.append(Z)
-
-    total, correct, dA = backend.loss(net.loss, acts[-1], labels, net.loss_eps)
-
-    grads = []
-    for li in reversed(range(len(layers))):
-        Wc, codes, scale, b = layers[li]
-        W = net.weights[li]
-        cols, prev = kept[li][0], (kept[li - 1][0] if li else None)
-        dbc = np.empty(Wc.shape[1], dtype)
-        if li:
+                                    empty if b is None else b, codes, first_scale, H, A)
+    dWs, dbs = [None] * len(layers), [None] * len(layers)
+    if fused:
+        (W2, codes2, scale2, b2), (W3, codes3, _, b3) = layers[1:]
+        dA = np.empty_like(A)
+        dWs[1], dbs[1] = np.empty_like(W2), np.empty(W2.shape[1], dtype)
+        dWs[2], dbs[2] = np.empty_like(W3), np.empty(W3.shape[1], dtype)
+        total, correct = cpu_head.head_step(
+            A, W2, empty if b2 is None else b2, codes2, scale2, np.ascontiguousarray(W3),
+            empty if b3 is None else b3, codes3, labels, cpu_loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps),
+            numba.get_num_threads(), dA, dWs[1], dbs[1], dWs[2], dbs[2])
+    else:
+        acts, hs = [A], [H]
+        for Wc, codes, scale, b in layers[1:]:
+            Z = np.ascontiguousarray(acts[-1] @ Wc)
+            mask = empty_mask if scale is None else scale.reshape(1, -1)
+            A = np.empty_like(Z) if scale is not None else empty_mask
+            cpu_dense.bias_activate_mask(Z, empty if b is None else b, codes, mask, A)
+            acts.append(Z if scale is None else A)
+            hs.append(Z)
+        total, correct, dA = backend.loss(net.loss, acts[-1], labels, net.loss_eps)
+        for li in range(len(layers) - 1, 0, -1):
+            Wc, codes, scale, b = layers[li]
+            dbs[li] = np.empty(Wc.shape[1], dtype)
             dZ = np.empty_like(dA)
             mask = empty_mask if scale is None else scale.reshape(1, -1)
-            cpu_dense.activation_grad(dA, hs[li], codes, mask, dZ, dbc)
-            dWc = acts[li - 1].T @ dZ
+            cpu_dense.activation_grad(dA, hs[li], codes, mask, dZ, dbs[li])
+            dWs[li] = acts[li - 1].T @ dZ
             dA = dZ @ Wc.T
-            if li == 1:
-                dWc = dWc[:k0]
-        else:
-            dWc = np.empty_like(Wc)
-            cpu_sparse.sparse_weight_grad(compressed.indptr, compressed.indices, compressed.values, rows, dA,
-                                          hs[0], codes, ones, dWc, dbc, numba.get_num_threads())
-            dWc, dbc = dWc[:, :k0], dbc[:k0]
-        layer_grads = [_full_weight_grad(dWc, W, prev, cols, net.l2_coefficients(li, n))]
+    Wc, codes, _, _ = layers[0]
+    dWs[0], dbs[0] = np.empty_like(Wc), np.empty(Wc.shape[1], dtype)
+    cpu_sparse.sparse_weight_grad(compressed.indptr, compressed.indices, compressed.values, rows, dA, H, codes,
+                                  first_scale, dWs[0], dbs[0], numba.get_num_threads())
+
+    grads = []
+    for li, W in enumerate(net.weights):
+        cols, prev = kept[li][0], (kept[li - 1][0] if li else None)
+        rows_in = W.shape[0] if li == 0 else widths[li - 1]
+        dWc, dbc = dWs[li][:rows_in, :widths[li]], dbs[li][:widths[li]]
+        grads.append(_full_weight_grad(dWc, W, prev, cols, net.l2_coefficients(li, n)))
         if net.biases[li] is not None:
-            layer_grads.append(_full_bias_grad(dbc, W.shape[1], cols))
-        grads[:0] = layer_grads
+            grads.append(_full_bias_grad(dbc, W.shape[1], cols))
     net.step += 1
     backend.update(net.optimizer, net.params(), grads, net.state, lr=net.lr, beta1=net.beta1,
                    beta2=net.beta2, eps=net.eps, step=net.step)

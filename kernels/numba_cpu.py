@@ -363,6 +363,7 @@ class NumbaCpuBackend(ReferenceBackend):
 
     def _sparse_step(self, net, compressed, rows, labels, rng):
         from .cpu_step import sparse_train_step
+        labels = _labels(labels, rows.shape[0], net.weights[-1].shape[1])
         with cpu_threads.parallel_section():
             return sparse_train_step(self, net, compressed, rows, labels, rng)
 
