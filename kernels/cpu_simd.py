@@ -95,10 +95,7 @@ def gather_tiles(nv: int):
             w_p, (_, width) = _parts(context, builder, w_ty, args[4])
             h_p, _ = _parts(context, builder, h_ty, args[5])
             j0_v, nt_v = args[6], args[7]
-            # up to 5 vectors: two independent sets of accumulators (even and odd pixels) hide the latency of
-            # the FMAs; wider tiles have enough independent accumulators in one set (and no registers for two)
-            nsets = 2 if nv <= 5 else 1
-            sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(nsets)]
+            sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
             tile = vty.count * nv
             one, two = ir.Constant(i64, 1), ir.Constant(i64, 2)
 
@@ -114,21 +111,18 @@ def gather_tiles(nv: int):
             count = builder.sub(hi_v, lo_v)
             with cgutils.for_range(builder, nt_v) as tloop:
                 col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
-                for a in sum(sets, []):
+                for a in sets[0] + sets[1]:
                     builder.store(ir.Constant(vty, None), a)
-                if nsets == 1:
-                    with cgutils.for_range(builder, count) as ploop:
-                        accumulate(builder.add(lo_v, ploop.index), sets[0], col)
-                else:
-                    with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
-                        p = builder.add(lo_v, builder.mul(ploop.index, two))
-                        accumulate(p, sets[0], col)
-                        accumulate(builder.add(p, one), sets[1], col)
-                    with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
-                        accumulate(builder.sub(hi_v, one), sets[0], col)
-                for v, (a, b) in enumerate(zip(sets[0], sets[1] if nsets == 2 else [None] * nv)):
+                # two independent sets of accumulators (even and odd pixels) hide the latency of the FMAs
+                with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
+                    p = builder.add(lo_v, builder.mul(ploop.index, two))
+                    accumulate(p, sets[0], col)
+                    accumulate(builder.add(p, one), sets[1], col)
+                with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
+                    accumulate(builder.sub(hi_v, one), sets[0], col)
+                for v, (a, b) in enumerate(zip(*sets)):
                     off = builder.add(col, ir.Constant(i64, v * vty.count))
-                    total = builder.load(a) if b is None else builder.fadd(builder.load(a), builder.load(b))
+                    total = builder.fadd(builder.load(a), builder.load(b))
                     builder.store(total, _vector_ptr(builder, h_p, off, vty), align=4)
             return context.get_dummy_value()
 
@@ -174,9 +168,9 @@ def scatter_tiles(nv: int):
     return _scatter
 
 
-MAX_TILE = 8      # vectors: enough independent accumulators to hide the FMA latency, few enough for registers
-G1, G2, G3, G4, G5, G6, G7, G8 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
-S1, S2, S3, S4, S5, S6, S7, S8 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
+MAX_TILE = 5      # vectors per tile: two sets of accumulators (even and odd pixels) still fit the 16 registers
+G1, G2, G3, G4, G5 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
+S1, S2, S3, S4, S5 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -204,14 +198,8 @@ def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
         G3(indices, values, lo, hi, M, h, j0, nt)
     elif nv == 4:
         G4(indices, values, lo, hi, M, h, j0, nt)
-    elif nv == 5:
-        G5(indices, values, lo, hi, M, h, j0, nt)
-    elif nv == 6:
-        G6(indices, values, lo, hi, M, h, j0, nt)
-    elif nv == 7:
-        G7(indices, values, lo, hi, M, h, j0, nt)
     else:
-        G8(indices, values, lo, hi, M, h, j0, nt)
+        G5(indices, values, lo, hi, M, h, j0, nt)
 
 
 @njit(cache=True)
@@ -226,14 +214,8 @@ def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
         S3(indices, values, lo, hi, d, G, j0, nt)
     elif nv == 4:
         S4(indices, values, lo, hi, d, G, j0, nt)
-    elif nv == 5:
-        S5(indices, values, lo, hi, d, G, j0, nt)
-    elif nv == 6:
-        S6(indices, values, lo, hi, d, G, j0, nt)
-    elif nv == 7:
-        S7(indices, values, lo, hi, d, G, j0, nt)
     else:
-        S8(indices, values, lo, hi, d, G, j0, nt)
+        S5(indices, values, lo, hi, d, G, j0, nt)
 
 
 @njit(cache=True, fastmath={"contract"})
