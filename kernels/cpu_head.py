@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu_activation import activate, activate_runs, code_runs, derivative, times_derivative_runs
+from .cpu_dense import column_sums
 from .cpu_loss import row_loss
 from .cpu_simd import gather_columns, scatter_columns
 
@@ -115,26 +116,8 @@ def head_step(A1, W2, b2, codes2, scale2, W3, b3, codes3, labels, loss_kind, eps
         start, stop = np.int64(t) * n // threads, (np.int64(t) + 1) * n // threads
         totals[t], corrects[t] = _rows(A1, W2, b2, codes2, scale2, W3p, b3, codes3, W2T, W3T, labels, loss_kind,
                                        eps, nd, start, stop, dA1, acc2[t], accb2[t], acc3[t], accb3[t])
-    for r in prange(k1):
-        for j in range(m2):
-            s = acc2[0, r, j]
-            for t in range(1, threads):
-                s += acc2[t, r, j]
-            dW2[r, j] = s
-    for r in range(m2):
-        for c in range(classes):
-            s = acc3[0, r, c]
-            for t in range(1, threads):
-                s += acc3[t, r, c]
-            dW3[r, c] = s
-    for j in range(m2):
-        s = accb2[0, j]
-        for t in range(1, threads):
-            s += accb2[t, j]
-        db2[j] = s
-    for c in range(classes):
-        s = accb3[0, c]
-        for t in range(1, threads):
-            s += accb3[t, c]
-        db3[c] = s
+    column_sums(acc2.reshape(threads, k1 * m2), dW2.reshape(k1 * m2))
+    column_sums(acc3[:, :, :classes].copy().reshape(threads, m2 * classes), dW3.reshape(m2 * classes))
+    column_sums(accb2, db2)
+    column_sums(accb3, db3)
     return totals.sum(), corrects.sum()
