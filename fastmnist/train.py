@@ -82,8 +82,8 @@ def init_params(recipe: Recipe, rng: np.random.RandomState):
 
 
 def build_net(backend, recipe: Recipe, weights, biases, dtype) -> Net:
-    W = [backend.asarray(w, dtype) for w in weights]
-    b = [None if v is None else backend.asarray(v, dtype) for v in biases]
+    W = [backend.parameter(w, dtype) for w in weights]
+    b = [None if v is None else backend.parameter(v, dtype) for v in biases]
     opt = recipe.optimizer
     net = Net(W, b, [layer.segments() for layer in recipe.layers], recipe.loss, recipe.loss_eps,
               opt.kind, opt.lr, opt.beta1, opt.beta2, opt.eps, recipe.dropout,
@@ -91,7 +91,8 @@ def build_net(backend, recipe: Recipe, weights, biases, dtype) -> Net:
               l2=[_per_unit(layer, "l2", 0.0) for layer in recipe.layers],
               repeat_update=recipe.repeat_update)
     if opt.kind != "sgd":
-        net.state = [(backend.xp.zeros_like(p), backend.xp.zeros_like(p)) for p in net.params()]
+        net.state = [(backend.parameter(backend.xp.zeros_like(p), p.dtype),
+                      backend.parameter(backend.xp.zeros_like(p), p.dtype)) for p in net.params()]
     else:
         net.state = [(None, None) for _ in net.params()]
     return net

@@ -3,7 +3,7 @@
 Per batch, the rows that `order` picks from a compressed copy of the input (which is never rebuilt) go
 through the first layer's product one slice of units per task, so that slice of W1 stays in cache; each
 row of the batch, in parallel, goes through the output layer, the loss and the backward pass down to dZ1;
-the output layer is updated in parallel over its inputs; and each task computes whole rows of the first
+the output layer is updated one class per task; and each task computes whole rows of the first
 layer's weight gradient from the pixels (the batch regrouped by pixel) and applies the optimiser to them
 at once, so the full gradient is never stored and no two tasks write the same element. Per-unit dropout
 masks are drawn by the caller, batch by batch in the reference's order. Results equal the reference's
@@ -18,7 +18,7 @@ from numba import njit, prange
 from .cpu_activation import RELU, activate, derivative
 from .cpu_loss import row_loss
 from .cpu_optim import adam_range, sgd_range
-from .cpu_simd import VECTOR_BYTES, gather_columns
+from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
@@ -100,16 +100,17 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     classes = W2.shape[1]
     batches = order.shape[0] // batch
     nd = dtype.type(batch)
-    H1 = np.empty((batch, k), dtype)
-    A1 = np.empty((batch, k), dtype)
-    dZ1 = np.empty((batch, k), dtype)
+    H1 = empty_rows(batch, k, W1)
+    A1 = empty_rows(batch, k, W1)            # rows read by the output layer's gradient
+    dZ1 = empty_rows(batch, k, W1)           # rows read by the first layer's gradient
     H2 = np.empty((batch, classes), dtype)
     A2 = np.empty((batch, classes), dtype)
     dZ2 = np.empty((batch, classes), dtype)
     losses = np.empty(batch)
     corrects = np.empty(batch, np.int64)
-    G2 = np.empty((k, classes), dtype)
-    G2T = np.empty((classes, k), dtype)          # the output layer's gradient, accumulated transposed
+    G2T = np.empty((classes, k), dtype)          # the output layer's gradient, transposed
+    dZ2T = np.empty((classes, batch), dtype)
+    batch_rows = np.arange(batch)
     W2T = np.empty((classes, k), dtype)
     relu1 = True
     for j in range(k):
@@ -179,27 +180,17 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         for i in range(batch):
             total += losses[i]
             correct += corrects[i]
-        # output layer: gradient and update, in parallel over slices of its inputs
-        for t in prange(slices):
-            j0 = t * width
-            j1 = min(k, j0 + width)
-            G2T[:, j0:j1] = 0
-            for i in range(batch):
-                a = A1[i]
-                for c in range(classes):
-                    d = dZ2[i, c]
-                    g = G2T[c]
-                    for j in range(j0, j1):
-                        g[j] += a[j] * d
-            for j in range(j0, j1):
-                g = G2[j]
-                for c in range(classes):
-                    g[c] = G2T[c, j]
-                if l2_2.shape[0]:
-                    for c in range(classes):
-                        g[c] += W2[j, c] * l2_2[c]
-                _update(W2[j], g, vW2[j], sW2[j], 0, classes,
-                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
+        # output layer, one class per task: its column of the gradient (dZ2[:, c] gathered over A1's rows),
+        # then the optimiser on that column of W2
+        dZ2T[:, :] = dZ2.T
+        for c in prange(classes):
+            g = G2T[c]
+            gather_columns(batch_rows, dZ2T[c], 0, batch, A1, g, 0, k)
+            if l2_2.shape[0]:
+                for j in range(k):
+                    g[j] += W2[j, c] * l2_2[c]
+            _update(W2[:, c], g, vW2[:, c], sW2[:, c], 0, k,
+                    kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
         if has_b2:
             gb2[:] = dZ2[0]
             for i in range(1, batch):

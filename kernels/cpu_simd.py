@@ -20,12 +20,43 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 VECTOR_BYTES = 32
+CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a cache line."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + CACHE_LINE, np.uint8)
+    start = -buf.ctypes.data % CACHE_LINE
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(a) -> np.ndarray:
+    """`a` as a C-contiguous array starting on a cache line (a itself when it already is one)."""
+    a = np.asarray(a)
+    if a.flags.c_contiguous and a.ctypes.data % CACHE_LINE == 0:
+        return a
+    out = aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+@njit(cache=True)
+def empty_rows(rows, cols, like):
+    """Inside kernels: an uninitialised (rows, cols) array of like's dtype starting on a cache line
+    (Numba's own arrays start on 32 bytes)."""
+    per_line = CACHE_LINE // like.itemsize
+    buf = np.empty(rows * cols + per_line, like.dtype)
+    start = -(buf.ctypes.data // like.itemsize) % per_line
+    return buf[start:start + rows * cols].reshape((rows, cols))
 
 
 def lanes(dtype) -> int:
@@ -70,7 +101,9 @@ def _vector_ptr(builder, base, offset, vty):
 
 def _check_types(indices, values, matrix, vector):
     ok = (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
+          and indices.ndim == 1 and indices.layout == "C"
           and isinstance(values, types.Array) and values.dtype in (types.float32, types.float64)
+          and values.ndim == 1 and values.layout == "C"
           and isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"
           and isinstance(vector, types.Array) and vector.ndim == 1 and vector.layout == "C"
           and matrix.dtype == values.dtype == vector.dtype)

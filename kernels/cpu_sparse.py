@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate_runs, code_runs, times_derivative_runs
 from .cpu_dense import column_sums
-from .cpu_simd import VECTOR_BYTES, gather_columns, gather_tile, scatter_columns, scatter_tile, tile_plan
+from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns, gather_tile, scatter_columns, scatter_tile, tile_plan
 
 
 class CompressedRows(NamedTuple):
@@ -159,7 +159,8 @@ def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, d
     with one private dW per thread (`threads`: numba.get_num_threads())."""
     n, k = dA.shape
     threads = max(1, min(threads, n))
-    acc = np.zeros((threads,) + dW.shape, dtype=dW.dtype)
+    acc = empty_rows(threads * dW.shape[0], k, dW).reshape((threads,) + dW.shape)
+    acc[:] = 0
     runs = code_runs(codes)
     dbs = np.empty((threads, k))
     for t in prange(threads):

@@ -86,7 +86,7 @@ def _pad_units(layers, li, dtype):
         layers = layers[:li + 1] + [(np.concatenate([W1, np.zeros((pad, W1.shape[1]), dtype)]), codes1, scale1,
                                      b1)] + layers[li + 2:]
     layers = list(layers)
-    layers[li] = (np.ascontiguousarray(W0), codes, scale, b)
+    layers[li] = (cpu_simd.aligned_copy(W0), codes, scale, b)
     return layers
 
 

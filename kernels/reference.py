@@ -28,6 +28,10 @@ class ReferenceBackend:
     def asarray(self, a, dtype=None):
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
+    def parameter(self, a, dtype):
+        """A new array for a trainable parameter (or its optimiser state) with the values of `a`."""
+        return self.xp.array(a, dtype=dtype, order="C")
+
     def to_numpy(self, a):
         return a.get() if hasattr(a, "get") else numpy.asarray(a)
 

@@ -66,3 +66,26 @@ def test_gather_propagates_nan():
     h = np.zeros(24, np.float32)
     cpu_simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24)
     assert np.isnan(h[17]) and np.isfinite(np.delete(h, 17)).all()
+
+
+def test_gather_refuses_strided_indices_or_values():
+    M = np.ones((4, 8), np.float32)
+    h = np.zeros(8, np.float32)
+    values = np.ones(4, np.float32)
+    with pytest.raises(Exception, match="C-contiguous"):
+        cpu_simd.gather_columns(np.arange(4, dtype=np.int32)[::2], values[:2], 0, 2, M, h, 0, 8)
+    with pytest.raises(Exception, match="C-contiguous"):
+        cpu_simd.gather_columns(np.arange(2, dtype=np.int32), values[::2], 0, 2, M, h, 0, 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (784, 160)])
+def test_aligned_arrays_start_on_a_cache_line(dtype, shape):
+    like = np.zeros(1, dtype)
+    for a in (cpu_simd.aligned_empty(shape, dtype), cpu_simd.empty_rows(*shape, like)):
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % cpu_simd.CACHE_LINE == 0
+    src = np.arange(np.prod(shape) * 2, dtype=dtype).reshape(shape[0], -1)[:, ::2]   # strided
+    copy = cpu_simd.aligned_copy(src)
+    assert np.array_equal(copy, src) and copy.flags.c_contiguous and copy.ctypes.data % cpu_simd.CACHE_LINE == 0
+    assert cpu_simd.aligned_copy(copy) is copy
