@@ -115,7 +115,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     dtype = check_dtype(dtype)
     be = get_backend(backend)
     splits = data.load_splits(recipe.split, dataset, data_path)
-    sets = {name: (data.to_float(be.asarray(s.images), dtype, xp=be.xp), be.asarray(s.labels, np.int64))
+    sets = {name: (be.to_float(s.images, dtype), be.asarray(s.labels, np.int64))
             for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
     t_data = time.perf_counter()
 

@@ -52,21 +52,53 @@ def _fill(X, indptr, indices, values):
                 p += 1
 
 
-def compress_rows(X: np.ndarray) -> CompressedRows:
-    """The non-zero entries of a 2-D float array, row by row (NaN counts as non-zero)."""
-    X = np.ascontiguousarray(X)
-    if X.ndim != 2 or X.dtype not in (np.float32, np.float64):
-        raise ValueError(f"compress_rows needs a 2-D float32/float64 array, got {X.dtype} {X.shape}")
+@njit(cache=True, parallel=True)
+def _scale_and_fill(images, denominator, out, indptr, indices, values):
+    for i in prange(images.shape[0]):
+        p = indptr[i]
+        for j in range(images.shape[1]):
+            out[i, j] = images[i, j]
+            out[i, j] = out[i, j] / denominator      # as numpy's astype(dtype) then /= 255, bit for bit
+            if images[i, j] != 0:
+                indices[p] = j
+                values[p] = out[i, j]
+                p += 1
+
+
+def _empty_rows_like(X, dtype) -> CompressedRows:
+    """A CompressedRows for X's non-zero pattern with indices and values still to be filled."""
+    if X.ndim != 2:
+        raise ValueError(f"compress_rows needs a 2-D array, got shape {X.shape}")
     if X.shape[1] >= 2 ** 31:
         raise ValueError("compress_rows: too many columns for int32 indices")
     counts = np.empty(X.shape[0], dtype=np.int64)
     _count_nonzeros(X, counts)
     indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    values = np.empty(indptr[-1], dtype=X.dtype)
-    _fill(X, indptr, indices, values)
-    return CompressedRows(indptr, indices, values, X.shape)
+    return CompressedRows(indptr, np.empty(indptr[-1], np.int32), np.empty(indptr[-1], dtype), X.shape)
+
+
+def compress_rows(X: np.ndarray) -> CompressedRows:
+    """The non-zero entries of a 2-D float array, row by row (NaN counts as non-zero)."""
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        raise ValueError(f"compress_rows needs a float32/float64 array, got {X.dtype}")
+    compressed = _empty_rows_like(X, X.dtype)
+    _fill(X, compressed.indptr, compressed.indices, compressed.values)
+    return compressed
+
+
+def scale_and_compress(images: np.ndarray, dtype) -> tuple[np.ndarray, CompressedRows]:
+    """uint8 pixels as floats in [0, 1] (images / 255, equal to numpy's) and that array's compressed rows,
+    in one parallel pass: each thread first touches its own rows of the new array."""
+    images = np.ascontiguousarray(images)
+    dtype = np.dtype(dtype)
+    if images.dtype != np.uint8 or dtype not in (np.float32, np.float64):
+        raise ValueError(f"scale_and_compress needs uint8 pixels and float32/float64, got {images.dtype}, {dtype}")
+    compressed = _empty_rows_like(images, dtype)
+    out = np.empty(images.shape, dtype)
+    _scale_and_fill(images, dtype.type(255), out, compressed.indptr, compressed.indices, compressed.values)
+    return out, compressed
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache

@@ -98,11 +98,14 @@ class _CompressedInputs:
                 self._entries.move_to_end(key)
                 return hit[1]
         compressed = cpu_sparse.compress_rows(X)
+        self.put(X, compressed)
+        return compressed
+
+    def put(self, X, compressed: cpu_sparse.CompressedRows):
         with self._lock:
-            self._entries[key] = (X, compressed)
+            self._entries[self._key(X)] = (X, compressed)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
-        return compressed
 
     def clear(self):
         with self._lock:
@@ -122,6 +125,15 @@ class NumbaCpuBackend(ReferenceBackend):
         out = cpu_simd.aligned_empty(np.shape(a), dtype)
         out[...] = a
         return out
+
+    def to_float(self, images, dtype):
+        """As the reference's, with the compressed copy that the sparse kernels read made in the same pass."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 2:
+            return super().to_float(images, dtype)
+        X, compressed = cpu_sparse.scale_and_compress(images, dtype)
+        self._inputs.put(X, compressed)
+        return X
 
     def forget_inputs(self):
         """Drop the cached compressed copies of training inputs (needed if one was modified in place)."""

@@ -28,6 +28,12 @@ class ReferenceBackend:
     def asarray(self, a, dtype=None):
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
+    def to_float(self, images, dtype):
+        """Pixels 0..255 (any integer array) as a new float array of this backend in [0, 1]."""
+        out = self.xp.asarray(images).astype(dtype)
+        out /= 255
+        return out
+
     def parameter(self, a, dtype):
         """A new array for a trainable parameter (or its optimiser state) with the values of `a`."""
         return self.xp.array(a, dtype=dtype, order="C")

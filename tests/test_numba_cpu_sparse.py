@@ -51,6 +51,26 @@ def test_compressed_rows_hold_exactly_the_nonzero_entries(dtype):
     assert empty.values.shape == (0,) and list(empty.indptr) == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_to_float_equals_the_reference_and_primes_the_compressed_copy(dtype):
+    rng = np.random.default_rng()
+    images = rng.integers(0, 256, (37, 29)).astype(np.uint8)
+    images[rng.random(images.shape) < 0.8] = 0
+    images[5] = 0                                            # an empty row
+    backend = NumbaCpuBackend()
+    X = backend.to_float(np.asfortranarray(images), dtype)
+    want = ReferenceBackend(np).to_float(images, dtype)
+    assert X.dtype == dtype and X.flags.c_contiguous
+    np.testing.assert_array_equal(X, want)                   # bit for bit: the same division
+    cached = backend._inputs.get(X)
+    np.testing.assert_array_equal(to_dense(cached), want)
+    fresh = cpu_sparse.compress_rows(X)
+    for a, b in zip(cached[:3], fresh[:3]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="uint8"):
+        cpu_sparse.scale_and_compress(images.astype(np.int16), dtype)
+
+
 def test_compress_rows_rejects_what_it_cannot_hold():
     with pytest.raises(ValueError):
         cpu_sparse.compress_rows(np.ones((2, 3), dtype=np.int64))
