@@ -275,20 +275,20 @@ PRESETS: dict[str, Recipe] = {
         ),
         Recipe(
             name="fast",
-            description="Time to 98%: 784 -> ReLU 512 -> softmax 10, Adam with bias correction (lr 0.004, x0.4 per "
+            description="Time to 98%: 784 -> ReLU 320 -> softmax 10, Adam with bias correction (lr 0.006, x0.4 per "
                         "epoch), minibatches of 128 shuffled each epoch over all 60,000 training images; the "
                         "10,000 test images are evaluated after every epoch and training stops at 98% test "
                         "accuracy (at most 10 epochs).",
-            layers=(Layer((Branch(512, "relu", "1", init_gain=2.0),)),
+            layers=(Layer((Branch(320, "relu", "1", init_gain=2.0),)),
                     Layer((Branch(10, "identity", "2", init_gain=1.0),))),
             loss="softmax_ce",
-            optimizer=Optimizer("adam", lr=0.004, beta1=0.9, beta2=0.999, eps=1e-8),
+            optimizer=Optimizer("adam", lr=0.006, beta1=0.9, beta2=0.999, eps=1e-8),
             batch_size=128,
             iterations=10,
             split="full",
             init="normal",
             shuffle=True,
-            lr_decay=0.4,       # seeds 1-7 reach 98% by the third epoch (lr 0.002, x0.6: the fourth)
+            lr_decay=0.4,       # seeds 1, 3, 4, 5 reach 98% at the third epoch, seed 2 at the fourth (README)
             target_accuracy=0.98,
             seed=0,
             eval_every=1,
