@@ -289,3 +289,17 @@ def test_float32_tanh_is_within_five_ulps_over_the_whole_range():
     nan = np.array([np.nan], np.float32)
     apply(nan, out[:1])
     assert np.isnan(out[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_parameters_are_fresh_copies_starting_on_a_cache_line(dtype):
+    rng = np.random.default_rng()
+    source = rng.standard_normal((31, 17))[:, ::2]          # strided, float64
+    p = NumbaCpuBackend().parameter(source, dtype)
+    assert p.dtype == dtype and p.flags.c_contiguous and p.flags.writeable and p.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(p, source.astype(dtype))
+    p[0, 0] = 123
+    assert source[0, 0] != 123
+    q = ReferenceBackend(np).parameter(source, dtype)
+    np.testing.assert_array_equal(q, source.astype(dtype))
+    assert q.flags.c_contiguous and not np.shares_memory(q, source)
