@@ -1,6 +1,6 @@
 """numba-cpu's compiled minibatch epoch (networks with one hidden layer, e.g. the `fast` preset) against the
 reference backend: shuffled batches that leave a remainder, biases or none, relu/tanh branches, per-unit
-dropout with the reference's masks, L2, SGD / Adam-like / Adam, softmax-CE and MSE, over two epochs."""
+dropout with the reference's masks, L2 on both layers, SGD / Adam-like / Adam, softmax-CE and MSE, over two epochs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def make_net(be, dtype, optimizer, bias, keep, l2, loss, segments, seed=0):
     b = [be.asarray(rng.standard_normal(n) * 0.1, dtype) if bias else None for n in SIZES[1:]]
     net = Net(W, b, [segments, ((0, SIZES[-1], "identity"),)], loss, 1e-7 if loss == "softmax_ce" else 0.0,
               optimizer, lr=0.01, dropout="unit", keep=[None if keep is None else np.full(SIZES[1], keep), None],
-              l2=[np.linspace(0.5, 2, SIZES[1]) if l2 else None, None])
+              l2=[np.linspace(0.5, 2, SIZES[1]) if l2 else None, np.linspace(0.2, 1, SIZES[2]) if l2 else None])
     net.state = ([(np.zeros_like(p), np.zeros_like(p)) for p in net.params()] if optimizer != "sgd"
                  else [(None, None)] * len(net.params()))
     return net
