@@ -65,7 +65,7 @@ def _scale_and_fill(images, denominator, out, indptr, indices, values):
                 p += 1
 
 
-def _empty_rows_like(X, dtype) -> CompressedRows:
+def _allocate_compressed(X, dtype) -> CompressedRows:
     """A CompressedRows for X's non-zero pattern with indices and values still to be filled."""
     if X.ndim != 2:
         raise ValueError(f"compress_rows needs a 2-D array, got shape {X.shape}")
@@ -83,7 +83,7 @@ def compress_rows(X: np.ndarray) -> CompressedRows:
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.float32, np.float64):
         raise ValueError(f"compress_rows needs a float32/float64 array, got {X.dtype}")
-    compressed = _empty_rows_like(X, X.dtype)
+    compressed = _allocate_compressed(X, X.dtype)
     _fill(X, compressed.indptr, compressed.indices, compressed.values)
     return compressed
 
@@ -95,7 +95,7 @@ def scale_and_compress(images: np.ndarray, dtype) -> tuple[np.ndarray, Compresse
     dtype = np.dtype(dtype)
     if images.dtype != np.uint8 or dtype not in (np.float32, np.float64):
         raise ValueError(f"scale_and_compress needs uint8 pixels and float32/float64, got {images.dtype}, {dtype}")
-    compressed = _empty_rows_like(images, dtype)
+    compressed = _allocate_compressed(images, dtype)
     out = np.empty(images.shape, dtype)
     _scale_and_fill(images, dtype.type(255), out, compressed.indptr, compressed.indices, compressed.values)
     return out, compressed

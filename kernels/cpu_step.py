@@ -78,7 +78,10 @@ def _pad_units(layers, li, dtype):
     scale = np.ones(k, dtype) if scale is None else scale
     if kp != k:
         pad = kp - k
-        W0 = np.concatenate([W0, np.zeros((W0.shape[0], pad), dtype)], axis=1)
+        padded = cpu_simd.aligned_empty((W0.shape[0], kp), dtype)
+        padded[:, :k] = W0
+        padded[:, k:] = 0
+        W0 = padded
         codes = np.concatenate([codes, np.zeros(pad, codes.dtype)])
         scale = np.concatenate([scale, np.zeros(pad, dtype)])
         b = None if b is None else np.concatenate([b, np.zeros(pad, dtype)])
@@ -86,7 +89,7 @@ def _pad_units(layers, li, dtype):
         layers = layers[:li + 1] + [(np.concatenate([W1, np.zeros((pad, W1.shape[1]), dtype)]), codes1, scale1,
                                      b1)] + layers[li + 2:]
     layers = list(layers)
-    layers[li] = (cpu_simd.aligned_copy(W0), codes, scale, b)
+    layers[li] = (cpu_simd.aligned_copy(W0), codes, scale, b)        # no copy when padded above
     return layers
 
 

@@ -52,11 +52,13 @@ def test_compressed_rows_hold_exactly_the_nonzero_entries(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_to_float_equals_the_reference_and_primes_the_compressed_copy(dtype):
+@pytest.mark.parametrize("rows", [1, 37])
+def test_to_float_equals_the_reference_and_primes_the_compressed_copy(dtype, rows):
     rng = np.random.default_rng()
-    images = rng.integers(0, 256, (37, 29)).astype(np.uint8)
+    images = rng.integers(0, 256, (rows, 29)).astype(np.uint8)
     images[rng.random(images.shape) < 0.8] = 0
-    images[5] = 0                                            # an empty row
+    if rows > 1:
+        images[-1] = 0                                       # an empty row
     backend = NumbaCpuBackend()
     X = backend.to_float(np.asfortranarray(images), dtype)
     want = ReferenceBackend(np).to_float(images, dtype)
