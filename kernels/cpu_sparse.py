@@ -169,20 +169,38 @@ def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A
 
 
 @njit(cache=True, fastmath={"contract"})
+def _dz_rows(dA, H, runs, scale, s0, s1, dz, db):
+    """dz[i - s0] = dA[i] * act'(H[i]) * scale for i in [s0, s1), each row also added to db."""
+    k = dA.shape[1]
+    for i in range(s0, s1):
+        d = dz[i - s0]
+        d[:] = dA[i]
+        times_derivative_runs(d, H[i], runs)
+        for j in range(k):
+            d[j] = d[j] * scale[j]
+            db[j] += d[j]
+
+
+@njit(cache=True, fastmath={"contract"})
 def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start, stop):
     k = dA.shape[1]
     db[:] = 0
     dz = np.empty((BLOCK, k), dtype=acc.dtype)
     for s0 in range(start, stop, BLOCK):
         s1 = min(stop, s0 + BLOCK)
-        for i in range(s0, s1):
-            d = dz[i - s0]
-            d[:] = dA[i]
-            times_derivative_runs(d, H[i], runs)
-            for j in range(k):
-                d[j] = d[j] * scale[j]
-                db[j] += d[j]
+        _dz_rows(dA, H, runs, scale, s0, s1, dz, db)
         _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
+
+
+@njit(cache=True, parallel=True)
+def _sum_private(acc, dW):
+    threads, inputs, k = acc.shape
+    for r in prange(inputs):
+        for j in range(k):
+            s = acc[0, r, j]
+            for t in range(1, threads):
+                s += acc[t, r, j]
+            dW[r, j] = s
 
 
 @njit(cache=True, parallel=True)
@@ -198,10 +216,106 @@ def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, d
     for t in prange(threads):
         start, stop = np.int64(t) * n // threads, (np.int64(t) + 1) * n // threads
         _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc[t], dbs[t], start, stop)
-    for r in prange(dW.shape[0]):
-        for j in range(k):
-            s = acc[0, r, j]
-            for t in range(1, threads):
-                s += acc[t, r, j]
-            dW[r, j] = s
+    _sum_private(acc, dW)
+    column_sums(dbs, db)
+
+
+# -- a whole input in order: its pixels regrouped by column, block by block ----------------------------------
+
+COLUMN_BLOCK = 128   # rows per block of ColumnBlocks: one tile of a block's dZ rows stays in the L1 cache
+
+
+class ColumnBlocks(NamedTuple):
+    """A compressed input's stored pixels regrouped by input column within each block of COLUMN_BLOCK rows:
+    block b's pixels of column j are entries colptr[b, j]:colptr[b, j + 1], each with its row in the block.
+    The weight gradient of a batch of every row in order then reads dZ with gathers (registers accumulate a
+    tile of dW's row j) instead of scattering into dW for every pixel."""
+    colptr: np.ndarray     # (blocks, columns + 1) int64
+    rows: np.ndarray       # (nnz,) int32 row within its block
+    values: np.ndarray     # (nnz,)
+    shape: tuple
+
+
+@njit(cache=True, parallel=True)
+def _regroup_blocks(indptr, indices, values, columns, block, colptr, local, out):
+    n = indptr.shape[0] - 1
+    for blk in prange(colptr.shape[0]):
+        r0 = np.int64(blk) * block
+        r1 = min(n, r0 + block)
+        cp = colptr[blk]
+        cp[:] = 0
+        for p in range(indptr[r0], indptr[r1]):
+            cp[indices[p] + 1] += 1
+        cp[0] = indptr[r0]
+        for j in range(columns):
+            cp[j + 1] += cp[j]
+        nxt = cp[:columns].copy()
+        for r in range(r0, r1):
+            for p in range(indptr[r], indptr[r + 1]):
+                q = nxt[indices[p]]
+                local[q] = r - r0
+                out[q] = values[p]
+                nxt[indices[p]] = q + 1
+
+
+def column_blocks(compressed: CompressedRows) -> ColumnBlocks:
+    n, columns = compressed.shape
+    colptr = np.empty(((n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, columns + 1), np.int64)
+    local = np.empty(compressed.values.shape[0], np.int32)
+    values = np.empty_like(compressed.values)
+    _regroup_blocks(compressed.indptr, compressed.indices, compressed.values, columns, COLUMN_BLOCK, colptr,
+                    local, values)
+    return ColumnBlocks(colptr, local, values, compressed.shape)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _gather_block_columns(colptr, local, values, dz, acc, g):
+    """acc[j] += sum over the block's pixels p of column j of values[p] * dz[local[p]], one tile of units
+    at a time for every column, so that the tile of dz they read stays in cache."""
+    columns, k = acc.shape
+    lanes = VECTOR_BYTES // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    c = 0
+    for t in range(wide + narrow + 1):
+        if t < wide + narrow:
+            width = nv + 1 if t < wide else nv
+            c1 = c + width * lanes
+        else:
+            width, c1 = 0, k                     # the columns after the last whole vector, if any
+            if c == k:
+                break
+        for j in range(columns):
+            lo, hi = colptr[j], colptr[j + 1]
+            if hi == lo:
+                continue
+            if width:
+                gather_tile(width, local, values, lo, hi, dz, g, c, 1)
+            else:
+                gather_columns(local, values, lo, hi, dz, g, c, k)
+            a = acc[j]
+            for u in range(c, c1):
+                a[u] += g[u]
+        c = c1
+
+
+@njit(cache=True, parallel=True)
+def blocked_weight_grad(colptr, local, values, dA, H, codes, scale, dW, db, threads):
+    """sparse_weight_grad for a batch of every row of the input in order, from its ColumnBlocks."""
+    n, k = dA.shape
+    blocks = colptr.shape[0]
+    block = COLUMN_BLOCK
+    threads = max(1, min(threads, blocks))
+    acc = empty_rows(threads * dW.shape[0], k, dW).reshape((threads,) + dW.shape)
+    acc[:] = 0
+    runs = code_runs(codes)
+    dbs = np.zeros((threads, k))
+    for t in prange(threads):
+        dz = empty_rows(block, k, dW)
+        g = empty_rows(1, k, dW)[0]
+        for blk in range(np.int64(t) * blocks // threads, (np.int64(t) + 1) * blocks // threads):
+            s0 = blk * block
+            s1 = min(n, s0 + block)
+            _dz_rows(dA, H, runs, scale, s0, s1, dz, dbs[t])
+            _gather_block_columns(colptr[blk], local, values, dz[:s1 - s0], acc[t], g)
+    _sum_private(acc, dW)
     column_sums(dbs, db)

@@ -98,9 +98,10 @@ def _fused_head_fits(layers) -> bool:
     return len(layers) == 3 and layers[2][2] is None
 
 
-def sparse_train_step(backend, net, compressed, rows, labels, rng):
+def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
     """Forward, loss, backward and update on the samples `rows` of a compressed input.
-    Returns (summed loss, number correct)."""
+    `blocks`: the input's cpu_sparse.ColumnBlocks when `rows` is every row in order (the first layer's weight
+    gradient then gathers instead of scattering), else None. Returns (summed loss, number correct)."""
     dtype = net.dtype
     n = rows.shape[0]
     rows = np.ascontiguousarray(rows, dtype=np.int64)
@@ -108,6 +109,9 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng):
         raise ValueError(f"inputs have {compressed.shape[1]} columns, the first layer {net.weights[0].shape[0]} inputs")
     if n == 0 or rows.min() < 0 or rows.max() >= compressed.shape[0]:
         raise ValueError("sparse_train_step: rows must be a non-empty selection of the input's rows")
+    if blocks is not None and (blocks.shape != compressed.shape or n != compressed.shape[0]
+                               or not np.array_equal(rows, np.arange(n))):
+        raise ValueError("sparse_train_step: column blocks serve only a batch of every row of their input")
     kept = _kept_units(backend, net, rng, n)
     empty_mask = np.zeros((0, 0), dtype)
     empty = np.zeros(0, dtype)
@@ -160,8 +164,12 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng):
             dA = dZ @ Wc.T
     Wc, codes, _, _ = layers[0]
     dWs[0], dbs[0] = np.empty_like(Wc), np.empty(Wc.shape[1], dtype)
-    cpu_sparse.sparse_weight_grad(compressed.indptr, compressed.indices, compressed.values, rows, dA, H, codes,
-                                  first_scale, dWs[0], dbs[0], numba.get_num_threads())
+    if blocks is not None:
+        cpu_sparse.blocked_weight_grad(blocks.colptr, blocks.rows, blocks.values, dA, H, codes, first_scale,
+                                       dWs[0], dbs[0], numba.get_num_threads())
+    else:
+        cpu_sparse.sparse_weight_grad(compressed.indptr, compressed.indices, compressed.values, rows, dA, H,
+                                      codes, first_scale, dWs[0], dbs[0], numba.get_num_threads())
 
     grads = []
     for li, W in enumerate(net.weights):

@@ -91,21 +91,31 @@ class _CompressedInputs:
         return id(X), X.shape, X.strides, X.dtype.str, X.__array_interface__["data"][0]
 
     def get(self, X) -> cpu_sparse.CompressedRows:
+        return self._entry(X)[1]
+
+    def blocks(self, X) -> cpu_sparse.ColumnBlocks:
+        """X's pixels regrouped by column block by block, built on first use (for full-batch steps)."""
+        entry = self._entry(X)
+        if entry[2] is None:
+            entry[2] = cpu_sparse.column_blocks(entry[1])
+        return entry[2]
+
+    def _entry(self, X) -> list:
         key = self._key(X)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None and hit[0] is X:
                 self._entries.move_to_end(key)
-                return hit[1]
-        compressed = cpu_sparse.compress_rows(X)
-        self.put(X, compressed)
-        return compressed
+                return hit
+        return self.put(X, cpu_sparse.compress_rows(X))
 
-    def put(self, X, compressed: cpu_sparse.CompressedRows):
+    def put(self, X, compressed: cpu_sparse.CompressedRows) -> list:
+        entry = [X, compressed, None]
         with self._lock:
-            self._entries[self._key(X)] = (X, compressed)
+            self._entries[self._key(X)] = entry
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+        return entry
 
     def clear(self):
         with self._lock:
@@ -258,11 +268,12 @@ class NumbaCpuBackend(ReferenceBackend):
         if not self._sparse_step_fits(net, X):
             return super().train_epoch(net, X, labels, batch_size, rng, order)
         compressed = self._inputs.get(X)
+        blocks = self._inputs.blocks(X) if batch_size == n and order is None else None
         labels = np.asarray(labels)
         total, correct = 0.0, 0
         for start in range(0, n - batch_size + 1, batch_size):
             rows = np.arange(start, start + batch_size) if order is None else np.asarray(order[start:start + batch_size])
-            t, c = self._sparse_step(net, compressed, rows, labels[rows], rng)
+            t, c = self._sparse_step(net, compressed, rows, labels[rows], rng, blocks)
             total, correct = total + t, correct + c
         return total, correct
 
@@ -379,11 +390,11 @@ class NumbaCpuBackend(ReferenceBackend):
         return (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype
                 and (net.dropout == "unit" or not net.has_dropout()) and not net.repeat_update)
 
-    def _sparse_step(self, net, compressed, rows, labels, rng):
+    def _sparse_step(self, net, compressed, rows, labels, rng, blocks=None):
         from .cpu_step import sparse_train_step
         labels = _labels(labels, rows.shape[0], net.weights[-1].shape[1])
         with cpu_threads.parallel_section():
-            return sparse_train_step(self, net, compressed, rows, labels, rng)
+            return sparse_train_step(self, net, compressed, rows, labels, rng, blocks)
 
 
 def _flat_inplace(a, shape, dtype):

@@ -117,6 +117,36 @@ def test_sparse_forward_and_weight_gradient_match_the_dense_layer(dtype, rows):
     assert not np.any(rdW[:, np.setdiff1d(np.arange(units), kept)])   # what the kernel skips is 0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows,units", [(1, 17), (3, 90), (cpu_sparse.COLUMN_BLOCK + 3, 17), (300, 90)])
+def test_weight_gradient_from_column_blocks_matches_the_dense_layer(dtype, rows, units):
+    rng = np.random.default_rng()
+    n_in = 31
+    X = sparse_images(rng, rows, n_in, dtype)
+    X[:, 4] = 0                                   # a column with no pixels
+    X[0] = 0                                      # a row with none
+    W = rng.standard_normal((n_in, units)).astype(dtype)
+    kept = np.flatnonzero(rng.random(units) < 0.7)
+    scale = np.full(kept.shape, 1 / 0.7, dtype)
+    mask = np.zeros((1, units), dtype)
+    mask[0, kept] = scale
+    _, rH = ref.dense_forward(X, W, None, SEGMENTS, mask)
+    dA = rng.standard_normal((rows, units)).astype(dtype)
+    _, rdW, rdb = ref.dense_backward(dA, X, W, rH, SEGMENTS, mask)
+
+    blocks = cpu_sparse.column_blocks(cpu_sparse.compress_rows(X))
+    assert blocks.colptr.shape == (-(-rows // cpu_sparse.COLUMN_BLOCK), n_in + 1)
+    codes = layer_codes(SEGMENTS, units)[kept]
+    H = np.ascontiguousarray(rH[:, kept])
+    dAk = np.ascontiguousarray(dA[:, kept])
+    for threads in (1, 2, 5):
+        dW = np.full((n_in, kept.size), np.nan, dtype)
+        db = np.full(kept.size, np.nan, dtype)
+        cpu_sparse.blocked_weight_grad(blocks.colptr, blocks.rows, blocks.values, dAk, H, codes, scale, dW, db,
+                                       threads)
+        assert rel_err(dW, rdW[:, kept]) < TOL[dtype] and rel_err(db, rdb[kept]) < TOL[dtype]
+
+
 def small_net(backend, rng, dtype, *, optimizer="adam_like", loss="softmax_ce", dropout="unit", keep=0.8,
               bias=True, l2=True, sizes=(31, 17, 6, 10)):
     weights = [rng.standard_normal((a, b)) / np.sqrt(a) for a, b in zip(sizes, sizes[1:])]
@@ -197,12 +227,27 @@ def test_train_step_on_a_batch_matches_reference():
         assert rel_err(p, q) < 1e-12
 
 
+def test_column_blocks_are_refused_for_a_batch_that_is_not_every_row_in_order():
+    from fastmnist.kernels.cpu_step import sparse_train_step
+    rng = np.random.default_rng()
+    X = sparse_images(rng, 40, 31)
+    y = rng.integers(0, 10, 40)
+    c = cpu_sparse.compress_rows(X)
+    blocks = cpu_sparse.column_blocks(c)
+    net = small_net(be, rng, np.float64)
+    for rows in (rng.permutation(40), np.arange(39)):
+        with pytest.raises(ValueError, match="every row"):
+            sparse_train_step(be, net, c, rows, y[rows], np.random.RandomState(1), blocks)
+
+
 def test_cached_compressed_input_follows_the_array_object():
     rng = np.random.default_rng()
     backend = NumbaCpuBackend()
     X = sparse_images(rng, 20, 31)
     first = backend._inputs.get(X)
     assert backend._inputs.get(X) is first
+    blocks = backend._inputs.blocks(X)
+    assert backend._inputs.blocks(X) is blocks and backend._inputs.get(X) is first
     Y = X.copy()
     Y[0] = 1
     assert backend._inputs.get(Y) is not first
