@@ -28,6 +28,7 @@ class Net:
     repeat_update: bool = False        # seed 000's batch quirk: apply each batch's update batch-size times
     state: list = field(default_factory=list)  # per parameter, (v, s) on the device
     step: int = 0
+    workspace: dict = field(default_factory=dict, repr=False, compare=False)  # a backend's scratch arrays
 
     @property
     def dtype(self):

@@ -227,6 +227,20 @@ def test_train_step_on_a_batch_matches_reference():
         assert rel_err(p, q) < 1e-12
 
 
+def test_full_batch_steps_reuse_their_batch_sized_buffers():
+    rng = np.random.default_rng()
+    X = sparse_images(rng, 50, 31, np.float32)
+    y = rng.integers(0, 10, 50)
+    net = small_net(be, rng, np.float32, keep=0.5)     # the compact width changes from step to step
+    be.train_epoch(net, X, y, None, np.random.RandomState(1))
+    buffers = {role: id(buf) for role, buf in net.workspace.items()}
+    assert set(buffers) == {"H1", "A1", "dA1"}
+    for _ in range(3):
+        be.train_epoch(net, X, y, None, np.random.RandomState(1))
+    assert {role: id(buf) for role, buf in net.workspace.items()} == buffers
+    assert all(buf.ctypes.data % 64 == 0 for buf in net.workspace.values())
+
+
 def test_column_blocks_are_refused_for_a_batch_that_is_not_every_row_in_order():
     from fastmnist.kernels.cpu_step import sparse_train_step
     rng = np.random.default_rng()
