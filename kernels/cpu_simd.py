@@ -99,16 +99,57 @@ def _vector_ptr(builder, base, offset, vty):
     return builder.bitcast(builder.gep(base, [offset], inbounds=True), vty.as_pointer())
 
 
-def _check_types(indices, values, matrix, vector):
+def _check_types(indices, values, matrix, out, out_ndim=1):
     ok = (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
           and indices.ndim == 1 and indices.layout == "C"
           and isinstance(values, types.Array) and values.dtype in (types.float32, types.float64)
           and values.ndim == 1 and values.layout == "C"
           and isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"
-          and isinstance(vector, types.Array) and vector.ndim == 1 and vector.layout == "C"
-          and matrix.dtype == values.dtype == vector.dtype)
+          and isinstance(out, types.Array) and out.ndim == out_ndim and out.layout == "C"
+          and matrix.dtype == values.dtype == out.dtype)
     if not ok:
         raise TypeError("cpu_simd: need integer indices, float values and C-contiguous arrays of one dtype")
+
+
+def _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p, out_off, j0_v, nt_v, accumulate):
+    """The tile loop of a gather: out[out_off + col : + T] (+)= sum of values[p] * W[indices[p], col : + T]."""
+    fty, vty = _vector_type(context, w_ty.dtype)
+    i64 = ir.IntType(64)
+    ind_p, _ = _parts(context, builder, ind_ty, args[0])
+    val_p, _ = _parts(context, builder, val_ty, args[1])
+    lo_v, hi_v = args[2], args[3]
+    w_p, (_, width) = _parts(context, builder, w_ty, args[4])
+    sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
+    tile = vty.count * nv
+    one, two = ir.Constant(i64, 1), ir.Constant(i64, 2)
+
+    def accumulate_pixel(p, accs, col):
+        r = _index(builder, ind_ty, ind_p, p)
+        x = _splat(builder, vty, builder.load(builder.gep(val_p, [p], inbounds=True)))
+        row = builder.add(builder.mul(r, width), col)
+        for v, a in enumerate(accs):
+            w = builder.load(_vector_ptr(builder, w_p, builder.add(row, ir.Constant(i64, v * vty.count)), vty),
+                             align=4)
+            builder.store(_fma(builder, x, w, builder.load(a)), a)
+
+    count = builder.sub(hi_v, lo_v)
+    with cgutils.for_range(builder, nt_v) as tloop:
+        col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
+        outs = [_vector_ptr(builder, out_p, builder.add(builder.add(out_off, col), ir.Constant(i64, v * vty.count)),
+                            vty) for v in range(nv)]
+        for v in range(nv):
+            start = builder.load(outs[v], align=4) if accumulate else ir.Constant(vty, None)
+            builder.store(start, sets[0][v])
+            builder.store(ir.Constant(vty, None), sets[1][v])
+        # two independent sets of accumulators (even and odd pixels) hide the latency of the FMAs
+        with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
+            p = builder.add(lo_v, builder.mul(ploop.index, two))
+            accumulate_pixel(p, sets[0], col)
+            accumulate_pixel(builder.add(p, one), sets[1], col)
+        with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
+            accumulate_pixel(builder.sub(hi_v, one), sets[0], col)
+        for v, (a, b) in enumerate(zip(*sets)):
+            builder.store(builder.fadd(builder.load(a), builder.load(b)), outs[v], align=4)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,48 +161,35 @@ def gather_tiles(nv: int):
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, h_ty, _, _ = signature.args
-            fty, vty = _vector_type(context, w_ty.dtype)
-            i64 = ir.IntType(64)
-            ind_p, _ = _parts(context, builder, ind_ty, args[0])
-            val_p, _ = _parts(context, builder, val_ty, args[1])
-            lo_v, hi_v = args[2], args[3]
-            w_p, (_, width) = _parts(context, builder, w_ty, args[4])
             h_p, _ = _parts(context, builder, h_ty, args[5])
-            j0_v, nt_v = args[6], args[7]
-            sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
-            tile = vty.count * nv
-            one, two = ir.Constant(i64, 1), ir.Constant(i64, 2)
-
-            def accumulate(p, accs, col):
-                r = _index(builder, ind_ty, ind_p, p)
-                x = _splat(builder, vty, builder.load(builder.gep(val_p, [p], inbounds=True)))
-                row = builder.add(builder.mul(r, width), col)
-                for v, a in enumerate(accs):
-                    w = builder.load(_vector_ptr(builder, w_p, builder.add(row, ir.Constant(i64, v * vty.count)),
-                                                 vty), align=4)
-                    builder.store(_fma(builder, x, w, builder.load(a)), a)
-
-            count = builder.sub(hi_v, lo_v)
-            with cgutils.for_range(builder, nt_v) as tloop:
-                col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
-                for a in sets[0] + sets[1]:
-                    builder.store(ir.Constant(vty, None), a)
-                # two independent sets of accumulators (even and odd pixels) hide the latency of the FMAs
-                with cgutils.for_range(builder, builder.ashr(count, one)) as ploop:
-                    p = builder.add(lo_v, builder.mul(ploop.index, two))
-                    accumulate(p, sets[0], col)
-                    accumulate(builder.add(p, one), sets[1], col)
-                with builder.if_then(builder.icmp_signed("!=", builder.and_(count, one), ir.Constant(i64, 0))):
-                    accumulate(builder.sub(hi_v, one), sets[0], col)
-                for v, (a, b) in enumerate(zip(*sets)):
-                    off = builder.add(col, ir.Constant(i64, v * vty.count))
-                    total = builder.fadd(builder.load(a), builder.load(b))
-                    builder.store(total, _vector_ptr(builder, h_p, off, vty), align=4)
+            _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, h_p, ir.Constant(ir.IntType(64), 0),
+                            args[6], args[7], accumulate=False)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return _gather
+
+
+@functools.lru_cache(maxsize=None)
+def gather_add_tiles(nv: int):
+    """gather_add_tiles(nv)(indices, values, lo, hi, W, Out, row, j0, ntiles): as gather_tiles, adding
+    into row `row` of the C-contiguous 2-D Out (no row view is made, so nothing is reference-counted)."""
+    @intrinsic
+    def _gather_add(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles):
+        _check_types(indices, values, W, Out, out_ndim=2)
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            ind_ty, val_ty, _, _, w_ty, out_ty, _, _, _ = signature.args
+            out_p, (_, out_width) = _parts(context, builder, out_ty, args[5])
+            _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p,
+                            builder.mul(args[6], out_width), args[7], args[8], accumulate=True)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _gather_add
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,6 +232,7 @@ def scatter_tiles(nv: int):
 MAX_TILE = 5      # vectors per tile: two sets of accumulators (even and odd pixels) still fit the 16 registers
 G1, G2, G3, G4, G5 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
 S1, S2, S3, S4, S5 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
+A1, A2, A3, A4, A5 = (gather_add_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -233,6 +262,22 @@ def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
         G4(indices, values, lo, hi, M, h, j0, nt)
     else:
         G5(indices, values, lo, hi, M, h, j0, nt)
+
+
+@njit(cache=True)
+def gather_add_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt):
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        A1(indices, values, lo, hi, M, Out, row, j0, nt)
+    elif nv == 2:
+        A2(indices, values, lo, hi, M, Out, row, j0, nt)
+    elif nv == 3:
+        A3(indices, values, lo, hi, M, Out, row, j0, nt)
+    elif nv == 4:
+        A4(indices, values, lo, hi, M, Out, row, j0, nt)
+    else:
+        A5(indices, values, lo, hi, M, Out, row, j0, nt)
 
 
 @njit(cache=True)

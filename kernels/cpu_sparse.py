@@ -17,7 +17,8 @@ from numba import njit, prange
 
 from .cpu_activation import activate_runs, code_runs, times_derivative_runs
 from .cpu_dense import column_sums
-from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns, gather_tile, scatter_columns, scatter_tile, tile_plan
+from .cpu_simd import (VECTOR_BYTES, empty_rows, gather_add_tile, gather_columns, gather_tile, scatter_columns,
+                       scatter_tile, tile_plan)
 
 
 class CompressedRows(NamedTuple):
@@ -269,33 +270,25 @@ def column_blocks(compressed: CompressedRows) -> ColumnBlocks:
 
 
 @njit(cache=True, fastmath={"contract"})
-def _gather_block_columns(colptr, local, values, dz, acc, g):
+def _gather_block_columns(colptr, local, values, dz, acc):
     """acc[j] += sum over the block's pixels p of column j of values[p] * dz[local[p]], one tile of units
     at a time for every column, so that the tile of dz they read stays in cache."""
     columns, k = acc.shape
     lanes = VECTOR_BYTES // acc.itemsize
     nv, wide, narrow = tile_plan(0, k, acc.itemsize)
     c = 0
-    for t in range(wide + narrow + 1):
-        if t < wide + narrow:
-            width = nv + 1 if t < wide else nv
-            c1 = c + width * lanes
-        else:
-            width, c1 = 0, k                     # the columns after the last whole vector, if any
-            if c == k:
-                break
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
         for j in range(columns):
-            lo, hi = colptr[j], colptr[j + 1]
-            if hi == lo:
-                continue
-            if width:
-                gather_tile(width, local, values, lo, hi, dz, g, c, 1)
-            else:
-                gather_columns(local, values, lo, hi, dz, g, c, k)
-            a = acc[j]
-            for u in range(c, c1):
-                a[u] += g[u]
-        c = c1
+            if colptr[j + 1] > colptr[j]:
+                gather_add_tile(width, local, values, colptr[j], colptr[j + 1], dz, acc, j, c, 1)
+        c += width * lanes
+    if c < k:                                    # the columns after the last whole vector
+        for j in range(columns):
+            for p in range(colptr[j], colptr[j + 1]):
+                x = values[p]
+                for u in range(c, k):
+                    acc[j, u] += x * dz[local[p], u]
 
 
 @njit(cache=True, parallel=True)
@@ -311,11 +304,10 @@ def blocked_weight_grad(colptr, local, values, dA, H, codes, scale, dW, db, thre
     dbs = np.zeros((threads, k))
     for t in prange(threads):
         dz = empty_rows(block, k, dW)
-        g = empty_rows(1, k, dW)[0]
         for blk in range(np.int64(t) * blocks // threads, (np.int64(t) + 1) * blocks // threads):
             s0 = blk * block
             s1 = min(n, s0 + block)
             _dz_rows(dA, H, runs, scale, s0, s1, dz, dbs[t])
-            _gather_block_columns(colptr[blk], local, values, dz[:s1 - s0], acc[t], g)
+            _gather_block_columns(colptr[blk], local, values, dz[:s1 - s0], acc[t])
     _sum_private(acc, dW)
     column_sums(dbs, db)

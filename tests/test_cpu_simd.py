@@ -89,3 +89,27 @@ def test_aligned_arrays_start_on_a_cache_line(dtype, shape):
     copy = cpu_simd.aligned_copy(src)
     assert np.array_equal(copy, src) and copy.flags.c_contiguous and copy.ctypes.data % cpu_simd.CACHE_LINE == 0
     assert cpu_simd.aligned_copy(copy) is copy
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+def test_gather_add_tile_adds_into_one_row_of_its_output(dtype, nv):
+    rng = np.random.default_rng()
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    j0, tiles = lanes, 2
+    cols = j0 + tiles * nv * lanes + 3
+    M = rng.standard_normal((50, cols)).astype(dtype)
+    indices = rng.integers(0, 50, 37).astype(np.int32)
+    values = rng.standard_normal(37).astype(dtype)
+    Out = rng.standard_normal((4, cols)).astype(dtype)
+    before = Out.copy()
+    for lo, hi in ((4, 33), (4, 4), (5, 6)):          # odd and even counts, and no pixels
+        cpu_simd.gather_add_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles)
+        span = slice(j0, j0 + tiles * nv * lanes)
+        want = before.astype(np.float64)
+        want[2, span] += values[lo:hi].astype(np.float64) @ M[indices[lo:hi], span].astype(np.float64)
+        assert rel_err(Out, want) < TOL[dtype]
+        outside = np.ones(Out.shape, bool)
+        outside[2, span] = False
+        assert np.array_equal(Out[outside], before[outside]), "changed elements outside its row's tiles"
+        before = Out.copy()
