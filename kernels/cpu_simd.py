@@ -138,7 +138,9 @@ def _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p, out
         outs = [_vector_ptr(builder, out_p, builder.add(builder.add(out_off, col), ir.Constant(i64, v * vty.count)),
                             vty) for v in range(nv)]
         for v in range(nv):
-            start = builder.load(outs[v], align=4) if accumulate else ir.Constant(vty, None)
+            start = ir.Constant(vty, None)
+            if accumulate is not None:                    # an i1 value: start from what out holds
+                start = builder.select(accumulate, builder.load(outs[v], align=4), start)
             builder.store(start, sets[0][v])
             builder.store(ir.Constant(vty, None), sets[1][v])
         # two independent sets of accumulators (even and odd pixels) hide the latency of the FMAs
@@ -163,7 +165,7 @@ def gather_tiles(nv: int):
             ind_ty, val_ty, _, _, w_ty, h_ty, _, _ = signature.args
             h_p, _ = _parts(context, builder, h_ty, args[5])
             _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, h_p, ir.Constant(ir.IntType(64), 0),
-                            args[6], args[7], accumulate=False)
+                            args[6], args[7], accumulate=None)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -172,24 +174,26 @@ def gather_tiles(nv: int):
 
 
 @functools.lru_cache(maxsize=None)
-def gather_add_tiles(nv: int):
-    """gather_add_tiles(nv)(indices, values, lo, hi, W, Out, row, j0, ntiles): as gather_tiles, adding
-    into row `row` of the C-contiguous 2-D Out (no row view is made, so nothing is reference-counted)."""
+def gather_row_tiles(nv: int):
+    """gather_row_tiles(nv)(indices, values, lo, hi, W, Out, row, j0, ntiles, accumulate): as gather_tiles,
+    into row `row` of the C-contiguous 2-D Out, adding to what it holds when `accumulate`. No row view is
+    made, so nothing is reference-counted per call."""
     @intrinsic
-    def _gather_add(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles):
+    def _gather_row(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles, accumulate):
         _check_types(indices, values, W, Out, out_ndim=2)
-        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64)
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64,
+                         types.boolean)
 
         def codegen(context, builder, signature, args):
-            ind_ty, val_ty, _, _, w_ty, out_ty, _, _, _ = signature.args
+            ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
             out_p, (_, out_width) = _parts(context, builder, out_ty, args[5])
             _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p,
-                            builder.mul(args[6], out_width), args[7], args[8], accumulate=True)
+                            builder.mul(args[6], out_width), args[7], args[8], accumulate=args[9])
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return _gather_add
+    return _gather_row
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,7 +236,7 @@ def scatter_tiles(nv: int):
 MAX_TILE = 5      # vectors per tile: two sets of accumulators (even and odd pixels) still fit the 16 registers
 G1, G2, G3, G4, G5 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
 S1, S2, S3, S4, S5 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
-A1, A2, A3, A4, A5 = (gather_add_tiles(nv) for nv in range(1, MAX_TILE + 1))
+R1, R2, R3, R4, R5 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -265,19 +269,19 @@ def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
 
 
 @njit(cache=True)
-def gather_add_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt):
+def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate):
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        A1(indices, values, lo, hi, M, Out, row, j0, nt)
+        R1(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
     elif nv == 2:
-        A2(indices, values, lo, hi, M, Out, row, j0, nt)
+        R2(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
     elif nv == 3:
-        A3(indices, values, lo, hi, M, Out, row, j0, nt)
+        R3(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
     elif nv == 4:
-        A4(indices, values, lo, hi, M, Out, row, j0, nt)
+        R4(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
     else:
-        A5(indices, values, lo, hi, M, Out, row, j0, nt)
+        R5(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
 
 
 @njit(cache=True)

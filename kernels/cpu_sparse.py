@@ -17,8 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate_runs, code_runs, times_derivative_runs
 from .cpu_dense import column_sums
-from .cpu_simd import (VECTOR_BYTES, empty_rows, gather_add_tile, gather_columns, gather_tile, scatter_columns,
-                       scatter_tile, tile_plan)
+from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns, gather_row_tile, scatter_columns, scatter_tile, tile_plan
 
 
 class CompressedRows(NamedTuple):
@@ -117,7 +116,7 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
         width = nv + 1 if t < wide else nv
         for i in range(start, stop):
             r = rows[i]
-            gather_tile(width, indices, values, indptr[r], indptr[r + 1], W, H[i], c, 1)
+            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False)
         c += width * lanes
     if c < k:
         for i in range(start, stop):
@@ -281,7 +280,7 @@ def _gather_block_columns(colptr, local, values, dz, acc):
         width = nv + 1 if t < wide else nv
         for j in range(columns):
             if colptr[j + 1] > colptr[j]:
-                gather_add_tile(width, local, values, colptr[j], colptr[j + 1], dz, acc, j, c, 1)
+                gather_row_tile(width, local, values, colptr[j], colptr[j + 1], dz, acc, j, c, 1, True)
         c += width * lanes
     if c < k:                                    # the columns after the last whole vector
         for j in range(columns):

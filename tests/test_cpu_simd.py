@@ -1,6 +1,8 @@
 """The SIMD gather / scatter loops of cpu_simd against numpy, over column ranges of every tiling case:
 a single partial vector, whole vectors, tiles of one to MAX_TILE vectors, several passes of mixed widths."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -93,7 +95,7 @@ def test_aligned_arrays_start_on_a_cache_line(dtype, shape):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
-def test_gather_add_tile_adds_into_one_row_of_its_output(dtype, nv):
+def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv):
     rng = np.random.default_rng()
     lanes = cpu_simd.lanes(np.dtype(dtype))
     j0, tiles = lanes, 2
@@ -103,11 +105,11 @@ def test_gather_add_tile_adds_into_one_row_of_its_output(dtype, nv):
     values = rng.standard_normal(37).astype(dtype)
     Out = rng.standard_normal((4, cols)).astype(dtype)
     before = Out.copy()
-    for lo, hi in ((4, 33), (4, 4), (5, 6)):          # odd and even counts, and no pixels
-        cpu_simd.gather_add_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles)
+    for (lo, hi), add in itertools.product(((4, 33), (4, 4), (5, 6)), (True, False)):   # odd, even, no pixels
+        cpu_simd.gather_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles, add)
         span = slice(j0, j0 + tiles * nv * lanes)
         want = before.astype(np.float64)
-        want[2, span] += values[lo:hi].astype(np.float64) @ M[indices[lo:hi], span].astype(np.float64)
+        want[2, span] = (want[2, span] if add else 0) + values[lo:hi].astype(np.float64) @ M[indices[lo:hi], span]
         assert rel_err(Out, want) < TOL[dtype]
         outside = np.ones(Out.shape, bool)
         outside[2, span] = False
