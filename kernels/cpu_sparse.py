@@ -192,6 +192,14 @@ def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start
         _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
 
 
+@njit(cache=True)
+def _private_copies(threads, dW):
+    """A zeroed (threads, *dW.shape) array, each thread's copy starting on a cache line."""
+    acc = empty_rows(threads * dW.shape[0], dW.shape[1], dW).reshape((threads,) + dW.shape)
+    acc[:] = 0
+    return acc
+
+
 @njit(cache=True, parallel=True)
 def _sum_private(acc, dW):
     threads, inputs, k = acc.shape
@@ -209,8 +217,7 @@ def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, d
     with one private dW per thread (`threads`: numba.get_num_threads())."""
     n, k = dA.shape
     threads = max(1, min(threads, n))
-    acc = empty_rows(threads * dW.shape[0], k, dW).reshape((threads,) + dW.shape)
-    acc[:] = 0
+    acc = _private_copies(threads, dW)
     runs = code_runs(codes)
     dbs = np.empty((threads, k))
     for t in prange(threads):
@@ -297,8 +304,7 @@ def blocked_weight_grad(colptr, local, values, dA, H, codes, scale, dW, db, thre
     blocks = colptr.shape[0]
     block = COLUMN_BLOCK
     threads = max(1, min(threads, blocks))
-    acc = empty_rows(threads * dW.shape[0], k, dW).reshape((threads,) + dW.shape)
-    acc[:] = 0
+    acc = _private_copies(threads, dW)
     runs = code_runs(codes)
     dbs = np.zeros((threads, k))
     for t in prange(threads):
