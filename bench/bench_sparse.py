@@ -12,15 +12,16 @@ import pytest
 
 from fastmnist.kernels import cpu_simd, cpu_sparse
 from fastmnist.kernels.cpu_activation import layer_codes
+from fastmnist.train import DTYPES
 
 UNITS = 160
 VERSIONS = ("v1-scatter", "v2-column-blocks")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_first_layer_weight_grad(timed, backend_name, dtype, mnist, version):
-    if backend_name != "numba-cpu":
-        pytest.skip("the sparse-input kernels are numba-cpu's")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_first_layer_weight_grad(timer_for, dtype, mnist, version):
+    timed = timer_for("numba-cpu", dtype)
     X = mnist.images(50_000, dtype)
     n, n_in = X.shape
     compressed = cpu_sparse.compress_rows(X)

@@ -169,6 +169,12 @@ def timed(benchmark, be, dtype):
 
 
 @pytest.fixture
+def timer_for(benchmark):
+    """timer_for(backend_name, dtype): the Timer of a benchmark that names its backend itself."""
+    return lambda name, dtype: Timer(benchmark, fastmnist.get_backend(name), dtype)
+
+
+@pytest.fixture
 def check(be):
     """check(array, shape, name): a broken kernel must not be timed silently: right shape, finite values."""
     def check_array(a, shape, name="result"):
