@@ -1,0 +1,160 @@
+"""A/B comparisons on numba-cpu that alternate two versions in one process (this machine's speed drifts by
+up to 2x between runs, so only ratios within one process mean anything). Median seconds per call:
+
+- step-blocks: branchnet's float32 full-batch step with the first layer's weight gradient from column blocks
+  against the scatter version (the backend's blocks withheld);
+- step-workspace: the same step keeping its batch-sized buffers on the net against fresh ones every step;
+- adam: cpu_optim.adam_range against v1, the earlier loop (indices from a run-time start, three divisions),
+  over 250,000 float32 parameters on one thread;
+- activation: cpu_activation's activation and derivative passes over 50,000 x 160 float32 units (102 ReLU,
+  52 tanh) against v1, the earlier loops (indices from each run's start, tanh_float32 under Python's error
+  model), parallel over rows; the results are checked to be identical first.
+
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import fastmnist  # first: it sets OpenBLAS's thread timeout
+import numpy as np
+from numba import njit, prange
+
+from fastmnist import data
+from fastmnist.kernels import cpu_activation, cpu_optim
+from fastmnist.train import build_net, init_params, make_recipe
+
+
+def alternate(variants, rounds):
+    """{name: median seconds} of the zero-argument callables in `variants`, called in turn `rounds` times
+    after one untimed round."""
+    times = {name: [] for name in variants}
+    for r in range(rounds + 1):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _branchnet_step():
+    be = fastmnist.get_backend("numba-cpu")
+    recipe = make_recipe("branchnet")
+    dtype = np.dtype("float32")
+    net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
+    train = data.load_splits("50k-10k-10k").train
+    X, y = be.to_float(train.images, dtype), train.labels.astype(np.int64)
+    rng = np.random.RandomState(5)
+    return be, net, lambda: be.train_epoch(net, X, y, None, rng, None)
+
+
+def step_blocks(rounds=15):
+    be, _, step = _branchnet_step()
+    blocks = be._inputs.blocks
+
+    def without():
+        be._inputs.blocks = lambda X: None
+        try:
+            step()
+        finally:
+            be._inputs.blocks = blocks
+
+    return alternate({"column blocks": step, "scatter": without}, rounds)
+
+
+def step_workspace(rounds=15):
+    _, net, step = _branchnet_step()
+
+    def fresh():
+        net.workspace.clear()
+        step()
+
+    return alternate({"kept buffers": step, "fresh buffers": fresh}, rounds)
+
+
+@njit(cache=True, error_model="numpy")
+def adam_range_v1(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
+    for i in range(start, stop):
+        gi = g[i]
+        vi = v[i] * beta1 + one_minus_beta1 * gi
+        si = s[i] * beta2 + one_minus_beta2 * (gi * gi)
+        v[i] = vi
+        s[i] = si
+        p[i] -= lr * (vi / c1) / (np.sqrt(si / c2) + eps)
+
+
+def adam(rounds=41):
+    f = np.float32
+    n = 784 * 320
+    rng = np.random.default_rng(0)
+    p, g, v, s = (rng.random(n).astype(f) for _ in range(4))
+    args = (f(0.006), f(0.9), f(0.1), f(0.999), f(0.001), f(1e-8), f(1 - 0.9 ** 5), f(1 - 0.999 ** 5), 0, n)
+    return alternate({"vectorised": lambda: cpu_optim.adam_range(p, g, v, s, *args),
+                      "v1": lambda: adam_range_v1(p, g, v, s, *args)}, rounds)
+
+
+tanh_float32_v1 = njit(cache=True, fastmath={"contract"})(cpu_activation.tanh_float32.py_func)
+
+
+@njit(cache=True, fastmath={"contract"})
+def activate_runs_v1(v, runs):
+    for r in range(runs.shape[0]):
+        j0, j1, code = runs[r, 0], runs[r, 1], runs[r, 2]
+        if code == cpu_activation.RELU:
+            for j in range(j0, j1):
+                z = v[j]
+                v[j] = z if z >= 0 else z * 0
+        elif code == cpu_activation.TANH:
+            for j in range(j0, j1):
+                v[j] = tanh_float32_v1(v[j])
+
+
+@njit(cache=True, fastmath={"contract"})
+def times_derivative_runs_v1(d, h, runs):
+    one, zero = np.float32(1), np.float32(0)
+    for r in range(runs.shape[0]):
+        j0, j1, code = runs[r, 0], runs[r, 1], runs[r, 2]
+        if code == cpu_activation.RELU:
+            for j in range(j0, j1):
+                d[j] = d[j] * (one if h[j] > 0 else zero)
+        elif code == cpu_activation.TANH:
+            for j in range(j0, j1):
+                d[j] = d[j] * (1 - h[j] * h[j])
+
+
+def _passes(activate, derivative):
+    @njit(parallel=True)
+    def run(H, D, runs):
+        for i in prange(H.shape[0]):
+            activate(H[i], runs)
+            derivative(D[i], H[i], runs)
+    return run
+
+
+def activation(rounds=15):
+    rng = np.random.default_rng(0)
+    H0 = rng.standard_normal((50_000, 160)).astype(np.float32)
+    D = rng.standard_normal((50_000, 160)).astype(np.float32)
+    codes = np.zeros(160, np.int8)
+    codes[:102], codes[102:154] = cpu_activation.RELU, cpu_activation.TANH
+    runs = cpu_activation.code_runs(codes)
+    new = _passes(cpu_activation.activate_runs, cpu_activation.times_derivative_runs)
+    old = _passes(activate_runs_v1, times_derivative_runs_v1)
+    a, b = H0.copy(), H0.copy()
+    new(a, D.copy(), runs)
+    old(b, D.copy(), runs)
+    assert np.array_equal(a, b), "the two versions disagree"
+    Hs, Ds = (H0.copy(), H0.copy()), (D.copy(), D.copy())       # each version repeats its passes in place
+    return alternate({"vectorised": lambda: new(Hs[0], Ds[0], runs),
+                      "v1": lambda: old(Hs[1], Ds[1], runs)}, rounds)
+
+
+CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or CASES:
+        medians = CASES[name]()
+        print(name, ", ".join(f"{k} {1e3 * t:.2f} ms" for k, t in medians.items()), flush=True)
