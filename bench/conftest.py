@@ -78,7 +78,7 @@ class Mnist:
         """The first `rows` training images as a host (rows, 784) array in [0, 1]."""
         key = (split, np.dtype(dtype).name)
         if key not in self._floats:
-            self._floats[key] = data.to_float(self.split(split).images, dtype)
+            self._floats[key] = ReferenceBackend(np).to_float(self.split(split).images, dtype)
         assert rows <= self._floats[key].shape[0], f"only {self._floats[key].shape[0]} images in {split}"
         return self._floats[key][:rows]
 

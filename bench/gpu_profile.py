@@ -16,6 +16,7 @@ import cupy
 import numpy as np
 
 from fastmnist import data
+from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.kernels import cuda_elementwise, cuda_loss, cuda_optim
 from fastmnist.kernels.cuda_hybrid import CudaHybridBackend
 from fastmnist.kernels.numba_cuda import NumbaCudaBackend
@@ -27,7 +28,7 @@ def branchnet(be, dtype, images, labels):
     recipe = make_recipe("branchnet")
     rng = np.random.RandomState(0)
     net = build_net(be, recipe, *init_params(recipe, rng), dtype)
-    X = data.to_float(cupy.asarray(images), dtype, xp=cupy)
+    X = ReferenceBackend(cupy).to_float(cupy.asarray(images), dtype)
     return net, X, cupy.asarray(labels.astype(np.int64)), rng
 
 

@@ -118,19 +118,6 @@ def load_splits(split: str = "50k-10k-10k", dataset: str = "mnist", path: str | 
     return Splits(split, train, None, test)
 
 
-def to_float(images_uint8, dtype="float32", xp=numpy):
-    """images / 255 as a new float32 or float64 array of the array module `xp` (numpy or cupy)."""
-    try:
-        resolved = None if dtype is None else numpy.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in (numpy.float32, numpy.float64):
-        raise ValueError(f"to_float: dtype {dtype!r} is not float32 or float64")
-    out = xp.asarray(images_uint8).astype(resolved)
-    out /= 255
-    return out
-
-
 def _check_name(what: str, name: str, valid: tuple[str, ...]) -> None:
     if name not in valid:
         raise DataError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")

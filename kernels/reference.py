@@ -29,8 +29,14 @@ class ReferenceBackend:
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
     def to_float(self, images, dtype):
-        """Pixels 0..255 (any integer array) as a new float array of this backend in [0, 1]."""
-        out = self.xp.asarray(images).astype(dtype)
+        """Pixels 0..255 (any integer array) as a new float32 or float64 array of this backend in [0, 1]."""
+        try:
+            resolved = None if dtype is None else numpy.dtype(dtype)
+        except TypeError:
+            resolved = None
+        if resolved not in (numpy.float32, numpy.float64):
+            raise ValueError(f"to_float: dtype {dtype!r} is not float32 or float64")
+        out = self.xp.asarray(images).astype(resolved)
         out /= 255
         return out
 

@@ -182,22 +182,7 @@ def test_fashion_refuses_the_mnist_files(mnist):
         data.load_arrays("fashion-mnist")
 
 
-# to_float and names
-
-
-@pytest.mark.parametrize("dtype", ["float32", np.float64])
-def test_to_float(dtype):
-    images = np.array([[0, 1, 128, 255]], np.uint8)
-    out = data.to_float(images, dtype)
-    assert out.dtype == np.dtype(dtype) and out.flags.writeable
-    assert np.array_equal(out, images.astype(dtype) / np.dtype(dtype).type(255))
-    assert out[0, 0] == 0 and out[0, -1] == 1
-
-
-@pytest.mark.parametrize("dtype", ["float16", "int32", None, "nonsense"])
-def test_to_float_rejects_other_dtypes(dtype):
-    with pytest.raises(ValueError, match=repr(dtype)):
-        data.to_float(np.zeros((1, 784), np.uint8), dtype)
+# names
 
 
 def test_unknown_names():

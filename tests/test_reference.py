@@ -35,6 +35,21 @@ def layer():
     return X, W, b
 
 
+@pytest.mark.parametrize("dtype", ["float32", np.float64])
+def test_to_float(dtype):
+    images = np.array([[0, 1, 128, 255]], np.uint8)
+    out = be.to_float(images, dtype)
+    assert out.dtype == np.dtype(dtype) and out.flags.writeable
+    assert np.array_equal(out, images.astype(dtype) / np.dtype(dtype).type(255))
+    assert out[0, 0] == 0 and out[0, -1] == 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int32", None, "nonsense"])
+def test_to_float_rejects_other_dtypes(dtype):
+    with pytest.raises(ValueError, match=repr(dtype)):
+        be.to_float(np.zeros((1, 784), np.uint8), dtype)
+
+
 def test_forward_matches_formula(layer):
     X, W, b = layer
     A, H = be.dense_forward(X, W, b, SEGMENTS)
