@@ -33,13 +33,17 @@ class Pair(NamedTuple):
     v: object
 
 
-def simulator_enabled() -> bool:
-    """Whether numba-cuda runs kernels in its CPU simulator (NUMBA_ENABLE_CUDASIM=1 at import)."""
+def _numba_cuda_config():
     try:
         from numba.cuda.core import config
-    except ImportError:  # older layouts keep the flag in numba's own config
+    except ImportError:  # older layouts keep the CUDA flags in numba's own config
         from numba.core import config
-    return bool(config.ENABLE_CUDASIM)
+    return config
+
+
+def simulator_enabled() -> bool:
+    """Whether numba-cuda runs kernels in its CPU simulator (NUMBA_ENABLE_CUDASIM=1 at import)."""
+    return bool(_numba_cuda_config().ENABLE_CUDASIM)
 
 
 class NumbaCudaBackend(ReferenceBackend):
@@ -69,6 +73,9 @@ class NumbaCudaBackend(ReferenceBackend):
             ptr = self.cupy_stream.ptr
             self.stream = cuda.external_stream(ptr) if ptr else 0
             self.tiling, self.threads = GPU_TILING, 256
+            # the small layers' kernels launch grids of a few blocks by design: without this numba-cuda warns
+            # once for every new grid size and checks the grid on every launch
+            _numba_cuda_config().CUDA_LOW_OCCUPANCY_WARNINGS = 0
             self.multiprocessors = cuda.get_current_device().MULTIPROCESSOR_COUNT
         super().__init__(xp, name="numba-cuda")
         self.device = "gpu"

@@ -440,6 +440,19 @@ def test_replayed_steps_equal_steps_launched_one_by_one(be):
         close(be, p, p1, dtype)
 
 
+@pytest.mark.skipif(SIMULATED, reason="the simulator checks no grid sizes: only a GPU launch can warn")
+def test_training_launches_no_low_occupancy_warnings(be):
+    import warnings
+
+    net = make_net(be, np.float32, keep=0.7)
+    X, y = training_data(be, np.float32, 7, net.weights[0].shape[0], net.weights[-1].shape[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        be.train_step(net, X, y, np.random.RandomState(0))
+        be.evaluate(net, X, y)
+    assert not [str(w.message) for w in caught if w.category.__name__ == "NumbaPerformanceWarning"]
+
+
 def test_train_step_returns_device_scalars_and_repacks_replaced_weights(be):
     net = make_net(be, np.float64)
     X, y = training_data(be, np.float64, 6, net.weights[0].shape[0], net.weights[-1].shape[1])
