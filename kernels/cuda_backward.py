@@ -29,7 +29,7 @@ def input_grad_kernel(tiling: Tiling, dtype):
     dz, zero = ew.pre_activation_grad, ew.zero
     product = tile_product(tiling, dtype)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(dA, H, codes, mask, mode, W, dX):
         a_tile = cuda.shared.array((TK, TM), ntype)
         b_tile = cuda.shared.array((TK, TN), ntype)
@@ -75,7 +75,7 @@ def weight_grad_kernel(tiling: Tiling, dtype):
     dz, zero = ew.pre_activation_grad, ew.zero
     product = tile_product(tiling, dtype)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(X, dA, H, codes, mask, mode, dW_parts, db_parts):
         a_tile = cuda.shared.array((TK, TM), ntype)
         b_tile = cuda.shared.array((TK, TN), ntype)
@@ -133,7 +133,7 @@ def weight_grad_kernel(tiling: Tiling, dtype):
 def reduce_parts_kernel(dtype):
     zero = elementwise(dtype).zero
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(dW_parts, db_parts, W, l2, has_l2, dW, db):
         j, i = cuda.grid(2)
         parts, n_in, units = dW_parts.shape

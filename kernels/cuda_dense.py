@@ -21,7 +21,7 @@ def forward_kernel(tiling: Tiling, dtype):
     activate, mask_value, zero = ew.activate, ew.mask_value, ew.zero
     product = tile_product(tiling, dtype)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(X, W, b, has_bias, codes, mask, mask_mode, H, A):
         a_tile = cuda.shared.array((TK, TM), ntype)
         b_tile = cuda.shared.array((TK, TN), ntype)

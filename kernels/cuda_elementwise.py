@@ -19,7 +19,7 @@ def epilogue_kernel(dtype):
     ew = elementwise(dtype)
     activate, mask_value = ew.activate, ew.mask_value
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(H, b, has_bias, codes, mask, mode, A):
         """H = act(H + b) in place; A = H * mask when there is a mask."""
         m, n = H.shape
@@ -37,7 +37,7 @@ def epilogue_kernel(dtype):
 def pre_activation_grad_kernel(dtype):
     dz = elementwise(dtype).pre_activation_grad
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(dA, H, codes, mask, mode, dZ):
         m, n = dZ.shape
         for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
@@ -49,7 +49,7 @@ def pre_activation_grad_kernel(dtype):
 
 @functools.lru_cache(maxsize=None)
 def add_l2_kernel(dtype):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(W, l2, dW):
         n_in, n = dW.shape
         for e in range(cuda.grid(1), n_in * n, cuda.gridsize(1)):

@@ -56,7 +56,7 @@ def loss_kernels(threads: int, dtype):
     zero, one = ew.zero, ew.one
     block_totals = _block_totals(threads)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def rows(kind, out, labels, eps, grad, need_grad, inv_n, part_loss, part_correct):
         sh_loss = cuda.shared.array(threads, numba.float64)
         sh_correct = cuda.shared.array(threads, numba.int64)
@@ -96,7 +96,7 @@ def loss_kernels(threads: int, dtype):
             part_loss[cuda.blockIdx.x] = sh_loss[0]
             part_correct[cuda.blockIdx.x] = sh_correct[0]
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def finish(part_loss, part_correct, accumulate, total_loss, total_correct):
         """total (+)= the sum of the partials, in one block."""
         sh_loss = cuda.shared.array(threads, numba.float64)
@@ -123,7 +123,7 @@ def loss_kernels(threads: int, dtype):
 def penalty_kernel(threads: int):
     block_sum = _block_sum(threads)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(W, starts, stops, factors, out):
         """out[0] = sum over segments s of factors[s] * mean(W[:, starts[s]:stops[s]] ** 2) / 2."""
         shared = cuda.shared.array(threads, numba.float64)

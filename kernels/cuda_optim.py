@@ -20,7 +20,7 @@ def update_kernel(dtype):
     one = dtype.type(1)
     cast = numba.from_dtype(dtype)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(kind, p, g, v, s, hyper):
         """hyper (float64, on the device so that a captured step replays with new values): lr, beta1,
         beta2, eps, v_scale, s_scale, where the scales are 1 / (1 - beta ** step) for Adam, 1 otherwise."""

@@ -34,7 +34,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def philox_kernel(counters, keys, out):
     """out[i] = philox4x32(counters[i], keys[i]): for checking the generator against known answers."""
     i = cuda.grid(1)
@@ -63,7 +63,7 @@ def dropout_kernel(dtype):
             else:
                 bwd[i, j] = one if kept else zero
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def kernel(keys, slot, keep, fwd, bwd, scale_bwd):
         g = cuda.grid(1)
         if 4 * g < fwd.shape[0] * fwd.shape[1]:

@@ -514,3 +514,40 @@ def test_backends_report_the_cuda_backends_as_the_machine_allows():
         if not gpu:
             assert reason.startswith("no usable CUDA device")
     assert (auto in CUDA_KERNEL_BACKENDS) == gpu
+
+
+CACHE_PROBE = """
+import gc, json, sys
+import numpy as np
+import fastmnist
+from numba.cuda.dispatcher import CUDADispatcher
+from fastmnist.train import build_net, init_params, make_recipe
+be = fastmnist.get_backend(sys.argv[1])
+recipe = make_recipe("branchnet")
+net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(0)), "float32")
+rng = np.random.RandomState(1)
+X = be.asarray(rng.random_sample((300, 784)), np.float32)
+y = be.asarray(rng.randint(0, 10, 300), np.int64)
+be.train_epoch(net, X, y, 100, rng, rng.permutation(300))
+be.evaluate(net, X, y)
+be.synchronize()
+ours = [d for d in gc.get_objects() if isinstance(d, CUDADispatcher) and d.py_func.__module__.startswith("fastmnist")]
+print(json.dumps([len(ours), sum(sum(d.stats.cache_hits.values()) for d in ours),
+                  sum(sum(d.stats.cache_misses.values()) for d in ours)]))
+"""
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator compiles nothing: only a GPU run has kernels to cache")
+@pytest.mark.parametrize("name", CUDA_KERNEL_BACKENDS)
+def test_a_second_process_loads_every_kernel_from_the_disk_cache(name, tmp_path):
+    """The kernels are compiled with cache=True: a fresh process trains without compiling any of them again."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", CACHE_PROBE, name], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    (kernels, hits0, misses0), (_, hits1, misses1) = runs
+    assert kernels > 0 and misses0 > 0 and hits0 == 0
+    assert misses1 == 0 and hits1 == misses0
