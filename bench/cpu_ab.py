@@ -8,22 +8,25 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   over 250,000 float32 parameters on one thread;
 - activation: cpu_activation's activation and derivative passes over 50,000 x 160 float32 units (102 ReLU,
   52 tanh) against v1, the earlier loops (indices from each run's start, tanh_float32 under Python's error
-  model), parallel over rows; the results are checked to be identical first.
+  model), parallel over rows; the results are checked to be identical first;
+- batch1: grokking-3layer's batch-1 epoch (1,000 samples, float32 and float64) with the output layer's
+  product as a vectorised reduction (cpu_epoch._dot) against v1, a plain loop; first checked to agree.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1]
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import types
 
 import fastmnist  # first: it sets OpenBLAS's thread timeout
 import numpy as np
 from numba import njit, prange
 
 from fastmnist import data
-from fastmnist.kernels import cpu_activation, cpu_optim
+from fastmnist.kernels import cpu_activation, cpu_epoch, cpu_loss, cpu_optim
 from fastmnist.train import build_net, init_params, make_recipe
 
 
@@ -152,7 +155,49 @@ def activation(rounds=15):
                       "v1": lambda: old(Hs[1], Ds[1], runs)}, rounds)
 
 
-CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation}
+@njit(cache=True, fastmath={"contract"})
+def _dot_v1(a, w, zero):
+    total = zero
+    for j in range(a.shape[0]):
+        total += a[j] * w[j]
+    return total
+
+
+def _epoch_with_dot(dot):
+    """cpu_epoch.sgd_epoch_batch1 compiled again with `dot` as its output layer's product."""
+    f = cpu_epoch.sgd_epoch_batch1.py_func
+    g = types.FunctionType(f.__code__, dict(f.__globals__, _dot=dot), f.__name__, f.__defaults__, f.__closure__)
+    return njit(fastmath={"contract"})(g)
+
+
+def batch1(rounds=41):
+    """The batch-1 epoch of grokking-3layer (1,000 samples) in float32 and float64."""
+    be = fastmnist.get_backend("numba-cpu")
+    images = data.load_splits("first-1000").train
+    old = _epoch_with_dot(_dot_v1)
+    variants = {}
+    for dtype in (np.float32, np.float64):
+        X = be.to_float(images.images, dtype)
+        c = be._inputs.get(X)
+        rng = np.random.default_rng(0)
+        W1 = (rng.standard_normal((784, 40)) * 0.05).astype(dtype)
+        W2 = (rng.standard_normal((40, 10)) * 0.2).astype(dtype)
+        codes1 = cpu_activation.layer_codes(((0, 40, "relu"),), 40)
+        codes2 = cpu_activation.layer_codes(((0, 10, "identity"),), 10)
+        none = np.zeros((0, 0), dtype)
+        args = (c.indptr, c.indices, c.values, np.arange(1000), images.labels.astype(np.int64))
+        rest = (codes1, codes2, none, none, dtype(0.005), cpu_loss.LOSS_CODES["mse"], dtype(0))
+        weights = [(W1.copy(), W2.copy()), (W1.copy(), W2.copy())]
+        first = [kernel(*args, *w, *rest) for kernel, w in zip((cpu_epoch.sgd_epoch_batch1, old), weights)]
+        assert first[0][1] == first[1][1] and abs(first[0][0] - first[1][0]) <= 1e-4 * first[1][0], first
+        name = np.dtype(dtype).name
+        variants[f"{name} vectorised"] = lambda k=cpu_epoch.sgd_epoch_batch1, w=weights[0], a=args, r=rest: k(*a, *w, *r)
+        variants[f"{name} v1"] = lambda k=old, w=weights[1], a=args, r=rest: k(*a, *w, *r)
+    return alternate(variants, rounds)
+
+
+CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
+         "batch1": batch1}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

@@ -23,13 +23,22 @@ def _all_equal(codes, code):
     return True
 
 
+@njit(cache=True, fastmath={"contract", "reassoc"})
+def _dot(a, w, zero):
+    """The sum of a[j] * w[j] in whatever order vectorises: the output layer's forward product, the epoch's only
+    reduction (as a plain loop, one chain of dependent additions per class)."""
+    total = zero
+    for j in range(a.shape[0]):
+        total += a[j] * w[j]
+    return total
+
+
 @njit(cache=True, fastmath={"contract"})
 def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, codes2, fwd, bwd, lr, kind, eps):
     """Updates W1 (inputs, hidden) and W2 (hidden, outputs) in place; returns (summed loss, number correct).
 
     The second layer works on a transposed copy of W2, so that its three small products (forward, the
-    gradient to the hidden units, the update) run over contiguous hidden units; the rounding order of every
-    sum is the plain loop's."""
+    gradient to the hidden units, the update) run over contiguous hidden units."""
     n_hidden, n_out = W2.shape
     dtype = W1.dtype
     W2T = np.ascontiguousarray(W2.T)
@@ -61,9 +70,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
         else:
             a[:] = h
         for c in range(n_out):
-            o = zero
-            for j in range(n_hidden):
-                o += a[j] * W2T[c, j]
+            o = _dot(a, W2T[c], zero)
             out[c] = o if identity_out else activate(o, codes2[c])
         loss, ok = row_loss(out, labels[r], kind, eps, one, g, True)
         total += loss
