@@ -10,9 +10,11 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   52 tanh) against v1, the earlier loops (indices from each run's start, tanh_float32 under Python's error
   model), parallel over rows; the results are checked to be identical first;
 - batch1: grokking-3layer's batch-1 epoch (1,000 samples, float32 and float64) with the output layer's
-  product as a vectorised reduction (cpu_epoch._dot) against v1, a plain loop; first checked to agree.
+  product as a vectorised reduction (cpu_epoch._dot) against v1, a plain loop; first checked to agree;
+- step-noise: round by round, a 256 MB parallel copy, a register-bound loop on two threads and branchnet's
+  float32 step (which of them the step's swings from one call to the next follow).
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise]
 """
 
 from __future__ import annotations
@@ -196,8 +198,52 @@ def batch1(rounds=41):
     return alternate(variants, rounds)
 
 
+@njit(cache=True, fastmath=True)
+def _fma_chains(x, n):
+    a = np.zeros(64, np.float32)
+    for _ in range(n):
+        for j in range(64):
+            a[j] = a[j] * x + 1
+    return a.sum()
+
+
+@njit(cache=True, parallel=True)
+def _fma_on_threads(x, n, threads):
+    out = np.zeros(threads)
+    for t in prange(threads):
+        out[t] = _fma_chains(x, n)
+    return out.sum()
+
+
+@njit(cache=True, parallel=True)
+def _copy(a, b):
+    for i in prange(a.shape[0]):
+        b[i] = a[i]
+
+
+def step_noise(rounds=25):
+    """Round by round: a parallel copy of 256 MB (DRAM bandwidth), a register-bound loop on each of two threads
+    (whether both cores are ours) and branchnet's float32 step, to see which of them the step's swings follow."""
+    _, _, step = _branchnet_step()
+    a = np.ones(64_000_000, np.float32)
+    b = np.empty_like(a)
+    x = np.float32(0.999)
+    probes = {"copy": lambda: _copy(a, b), "two threads": lambda: _fma_on_threads(x, 20_000_000, 2), "step": step}
+    times = {name: [] for name in probes}
+    for r in range(rounds + 1):
+        for name, fn in probes.items():
+            t = time.perf_counter()
+            fn()
+            if r:
+                times[name].append(time.perf_counter() - t)
+        if r:
+            print(f"  copy {2 * a.nbytes / times['copy'][-1] / 1e9:5.1f} GB/s, two threads "
+                  f"{1e3 * times['two threads'][-1]:5.1f} ms, step {1e3 * times['step'][-1]:4.0f} ms", flush=True)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
-         "batch1": batch1}
+         "batch1": batch1, "step-noise": step_noise}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:
