@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--data", help="directory with the MNIST files")
     e.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    e.add_argument("--history", action="store_true", help="also print the metrics reported during training")
 
     sub.add_parser("backends", help="list the backends and whether each can run here")
 
@@ -146,8 +147,16 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     model = load(args.model)
     splits = data.load_splits(model.recipe.split, args.dataset, args.data)
-    print(f"{args.model}: recipe {model.recipe.name}, trained on {model.meta.get('backend', '?')} "
-          f"({model.meta.get('dtype', '?')})")
+    meta = model.meta
+    print(f"{args.model}: recipe {model.recipe.name}, trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
+          + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
+          + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
+    if args.history:
+        rows = meta.get("history")
+        if rows is None:
+            print("(this file holds no training history: it was saved before fastmnist kept one)")
+        for row in rows or []:
+            print(format_row(row))
     for name, split in (("val", splits.val), ("test", splits.test)):
         if split is not None:
             print(f"{name} accuracy {model.accuracy(split.images, split.labels):.4f} ({len(split)} images)")

@@ -61,6 +61,7 @@ def test_save_and_load_round_trip(result, tmp_path, test_split):
     loaded = fastmnist.load(path)
     assert loaded.recipe == result.model.recipe
     assert loaded.meta["backend"] == "numpy"
+    assert loaded.meta["history"] == result.history and loaded.meta["timings"] == result.timings
     assert np.array_equal(loaded.predict(test_split.images), result.model.predict(test_split.images))
 
 

@@ -23,6 +23,9 @@ def test_train_save_and_eval(tmp_path):
     assert "grokking-3layer on numpy (float64): 1 iterations" in r.stdout and out.exists()
     e = run("eval", str(out))
     assert e.returncode == 0 and "test accuracy 0.6493 (10000 images)" in e.stdout
+    assert "trained on numpy (float64) for 1 iterations" in e.stdout and "I:0" not in e.stdout
+    h = run("eval", str(out), "--history")
+    assert h.returncode == 0 and "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in h.stdout
 
 
 def test_backends_lists_numpy():
