@@ -32,9 +32,9 @@ from fastmnist.kernels import cpu_activation, cpu_epoch, cpu_loss, cpu_optim
 from fastmnist.train import build_net, init_params, make_recipe
 
 
-def alternate(variants, rounds):
+def alternate(variants, rounds, report=None):
     """{name: median seconds} of the zero-argument callables in `variants`, called in turn `rounds` times
-    after one untimed round."""
+    after one untimed round; report(times), if given, after each timed round ({name: [seconds so far]})."""
     times = {name: [] for name in variants}
     for r in range(rounds + 1):
         for name, fn in variants.items():
@@ -42,6 +42,8 @@ def alternate(variants, rounds):
             fn()
             if r:
                 times[name].append(time.perf_counter() - t)
+        if r and report is not None:
+            report(times)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -229,17 +231,12 @@ def step_noise(rounds=25):
     b = np.empty_like(a)
     x = np.float32(0.999)
     probes = {"copy": lambda: _copy(a, b), "two threads": lambda: _fma_on_threads(x, 20_000_000, 2), "step": step}
-    times = {name: [] for name in probes}
-    for r in range(rounds + 1):
-        for name, fn in probes.items():
-            t = time.perf_counter()
-            fn()
-            if r:
-                times[name].append(time.perf_counter() - t)
-        if r:
-            print(f"  copy {2 * a.nbytes / times['copy'][-1] / 1e9:5.1f} GB/s, two threads "
-                  f"{1e3 * times['two threads'][-1]:5.1f} ms, step {1e3 * times['step'][-1]:4.0f} ms", flush=True)
-    return {name: float(np.median(t)) for name, t in times.items()}
+
+    def report(times):
+        print(f"  copy {2 * a.nbytes / times['copy'][-1] / 1e9:5.1f} GB/s, two threads "
+              f"{1e3 * times['two threads'][-1]:5.1f} ms, step {1e3 * times['step'][-1]:4.0f} ms", flush=True)
+
+    return alternate(probes, rounds, report)
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
