@@ -159,12 +159,7 @@ def activation(rounds=15):
                       "v1": lambda: old(Hs[1], Ds[1], runs)}, rounds)
 
 
-@njit(cache=True, fastmath={"contract"})
-def _dot_v1(a, w, zero):
-    total = zero
-    for j in range(a.shape[0]):
-        total += a[j] * w[j]
-    return total
+_dot_v1 = njit(cache=True, fastmath={"contract"})(cpu_epoch._dot.py_func)     # the same loop, in its written order
 
 
 def _epoch_with_dot(dot):

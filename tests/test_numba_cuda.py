@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -442,8 +443,6 @@ def test_replayed_steps_equal_steps_launched_one_by_one(be):
 
 @pytest.mark.skipif(SIMULATED, reason="the simulator checks no grid sizes: only a GPU launch can warn")
 def test_training_launches_no_low_occupancy_warnings(be):
-    import warnings
-
     net = make_net(be, np.float32, keep=0.7)
     X, y = training_data(be, np.float32, 7, net.weights[0].shape[0], net.weights[-1].shape[1])
     with warnings.catch_warnings(record=True) as caught:
