@@ -12,9 +12,11 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - batch1: grokking-3layer's batch-1 epoch (1,000 samples, float32 and float64) with the output layer's
   product as a vectorised reduction (cpu_epoch._dot) against v1, a plain loop; first checked to agree;
 - step-noise: round by round, a 256 MB parallel copy, a register-bound loop on two threads and branchnet's
-  float32 step (which of them the step's swings from one call to the next follow).
+  float32 step (which of them the step's swings from one call to the next follow);
+- planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
+  `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastmnist import data
-from fastmnist.kernels import cpu_activation, cpu_epoch, cpu_loss, cpu_optim
+from fastmnist.kernels import cpu_activation, cpu_epoch, cpu_head, cpu_loss, cpu_minibatch, cpu_optim, cpu_simd
 from fastmnist.train import build_net, init_params, make_recipe
 
 
@@ -159,21 +161,22 @@ def activation(rounds=15):
                       "v1": lambda: old(Hs[1], Ds[1], runs)}, rounds)
 
 
+def _recompiled(kernel, **replace):
+    """`kernel` compiled again (not cached) from its own source, with some of the functions it calls replaced:
+    how the v1 versions here are made without a second copy of the kernel."""
+    f = kernel.py_func
+    g = types.FunctionType(f.__code__, dict(f.__globals__, **replace), f.__name__, f.__defaults__, f.__closure__)
+    return njit(**{k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")})(g)
+
+
 _dot_v1 = njit(cache=True, fastmath={"contract"})(cpu_epoch._dot.py_func)     # the same loop, in its written order
 
 
-def _epoch_with_dot(dot):
-    """cpu_epoch.sgd_epoch_batch1 compiled again with `dot` as its output layer's product."""
-    f = cpu_epoch.sgd_epoch_batch1.py_func
-    g = types.FunctionType(f.__code__, dict(f.__globals__, _dot=dot), f.__name__, f.__defaults__, f.__closure__)
-    return njit(fastmath={"contract"})(g)
-
-
-def batch1(rounds=41):
-    """The batch-1 epoch of grokking-3layer (1,000 samples) in float32 and float64."""
+def _batch1_variants(old, names):
+    """{"<dtype> <names[0]>": cpu_epoch.sgd_epoch_batch1, "<dtype> <names[1]>": old} on grokking-3layer's
+    batch-1 epoch (1,000 samples) in float32 and float64, each pair first checked to agree."""
     be = fastmnist.get_backend("numba-cpu")
     images = data.load_splits("first-1000").train
-    old = _epoch_with_dot(_dot_v1)
     variants = {}
     for dtype in (np.float32, np.float64):
         X = be.to_float(images.images, dtype)
@@ -190,9 +193,67 @@ def batch1(rounds=41):
         first = [kernel(*args, *w, *rest) for kernel, w in zip((cpu_epoch.sgd_epoch_batch1, old), weights)]
         assert first[0][1] == first[1][1] and abs(first[0][0] - first[1][0]) <= 1e-4 * first[1][0], first
         name = np.dtype(dtype).name
-        variants[f"{name} vectorised"] = lambda k=cpu_epoch.sgd_epoch_batch1, w=weights[0], a=args, r=rest: k(*a, *w, *r)
-        variants[f"{name} v1"] = lambda k=old, w=weights[1], a=args, r=rest: k(*a, *w, *r)
-    return alternate(variants, rounds)
+        for label, kernel, w in zip(names, (cpu_epoch.sgd_epoch_batch1, old), weights):
+            variants[f"{name} {label}"] = lambda k=kernel, w=w, a=args, r=rest: k(*a, *w, *r)
+    return variants
+
+
+def batch1(rounds=41):
+    """The batch-1 epoch of grokking-3layer (1,000 samples) in float32 and float64."""
+    return alternate(_batch1_variants(_recompiled(cpu_epoch.sgd_epoch_batch1, _dot=_dot_v1), ("vectorised", "v1")),
+                     rounds)
+
+
+@njit(inline="always")
+def _gather_per_call_v1(plan, indices, values, lo, hi, M, h, j0, j1):
+    cpu_simd.gather_columns(indices, values, lo, hi, M, h, j0, j1)
+
+
+@njit(inline="always")
+def _scatter_per_call_v1(plan, indices, values, lo, hi, d, G, j0, j1):
+    cpu_simd.scatter_columns(indices, values, lo, hi, d, G, j0, j1)
+
+
+def _fast_epoch(epoch):
+    """One epoch of the `fast` preset (float32, fixed order) on its own network, with cpu_minibatch's epoch
+    kernel swapped for `epoch` during the call."""
+    be = fastmnist.get_backend("numba-cpu")
+    recipe = make_recipe("fast")
+    dtype = np.dtype("float32")
+    net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
+    train = data.load_splits(recipe.split).train
+    X, y = be.to_float(train.images, dtype), train.labels.astype(np.int64)
+    order = np.random.default_rng(0).permutation(X.shape[0])
+    return lambda: _swapped(cpu_minibatch, "minibatch_epoch", epoch, lambda: be.train_epoch(
+        net, X, y, recipe.batch_size, np.random.RandomState(1), order))
+
+
+def _swapped(module, name, kernel, call):
+    saved = getattr(module, name)
+    setattr(module, name, kernel)
+    try:
+        return call()
+    finally:
+        setattr(module, name, saved)
+
+
+def planned(rounds=15):
+    """The kernels that call cpu_simd's gathers and scatters once per row with the tile plan made once
+    (gather_planned / scatter_planned, inlined) against v1, the same kernels calling gather_columns /
+    scatter_columns, which make the plan in every call: the batch-1 epoch, branchnet's step (the fused head,
+    cpu_head._rows) and the `fast` preset's minibatch epoch. Results are identical (checked first)."""
+    v1 = dict(gather_planned=_gather_per_call_v1, scatter_planned=_scatter_per_call_v1)
+    variants = _batch1_variants(_recompiled(cpu_epoch.sgd_epoch_batch1, **v1), ("planned", "v1"))
+    head_v1 = _recompiled(cpu_head.head_step, _rows=_recompiled(cpu_head._rows, **v1))
+    step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
+    steps = {"branchnet step planned": step,
+             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
+    epochs = {"fast epoch planned": _fast_epoch(cpu_minibatch.minibatch_epoch),
+              "fast epoch v1": _fast_epoch(_recompiled(cpu_minibatch.minibatch_epoch, gather_planned=_gather_per_call_v1))}
+    for pair in (steps, epochs):
+        a, b = (f() for f in pair.values())
+        assert a == b, f"the two versions disagree: {a} {b}"
+    return {**alternate(variants, 41), **alternate(steps, rounds), **alternate(epochs, rounds)}
 
 
 @njit(cache=True, fastmath=True)
@@ -235,7 +296,7 @@ def step_noise(rounds=25):
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
-         "batch1": batch1, "step-noise": step_noise}
+         "batch1": batch1, "step-noise": step_noise, "planned": planned}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

@@ -12,7 +12,7 @@ from numba import njit
 
 from .cpu_activation import IDENTITY, RELU, activate, derivative
 from .cpu_loss import row_loss
-from .cpu_simd import gather_columns, scatter_columns
+from .cpu_simd import gather_planned, scatter_planned, tile_plan
 
 
 @njit(cache=True)
@@ -54,10 +54,11 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     zero = one - one
     total = 0.0
     correct = 0
+    plan = tile_plan(0, n_hidden, W1.itemsize)
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
-        gather_columns(indices, values, lo, hi, W1, h, 0, n_hidden)
+        gather_planned(plan, indices, values, lo, hi, W1, h, 0, n_hidden)
         if relu:
             for j in range(n_hidden):
                 h[j] = zero if h[j] < zero else h[j]          # NaN stays NaN
@@ -98,6 +99,6 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
                 W2T[c, j] -= lr * (a[j] * gc)
         for j in range(n_hidden):
             step[j] = -lr * s[j]
-        scatter_columns(indices, values, lo, hi, step, W1, 0, n_hidden)
+        scatter_planned(plan, indices, values, lo, hi, step, W1, 0, n_hidden)
     W2[:] = W2T.T
     return total, correct

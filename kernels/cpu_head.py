@@ -17,7 +17,7 @@ from numba import njit, prange
 from .cpu_activation import activate, activate_runs, code_runs, derivative, times_derivative_runs
 from .cpu_dense import column_sums
 from .cpu_loss import row_loss
-from .cpu_simd import gather_columns, scatter_columns
+from .cpu_simd import gather_planned, scatter_planned, tile_plan
 
 
 BLOCK = 64      # rows whose hidden-layer gradients are buffered, so that dW2 is summed in registers
@@ -41,6 +41,9 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     A1T = np.empty((k1, BLOCK), dtype)         # the block's first-layer activations, transposed
     row = np.empty(m2, dtype)
     runs2 = code_runs(codes2)
+    to_m2 = tile_plan(0, m2, A1.itemsize)
+    to_padded = tile_plan(0, padded, A1.itemsize)
+    to_k1 = tile_plan(0, k1, A1.itemsize)
     dW2[:] = 0
     dW3[:] = 0
     db2[:] = 0
@@ -52,14 +55,14 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
         for b in range(nb):
             i = s0 + b
             a1 = A1[i]
-            gather_columns(every, a1, 0, k1, W2, h2, 0, m2)
+            gather_planned(to_m2, every, a1, 0, k1, W2, h2, 0, m2)
             if b2.shape[0]:
                 for j in range(m2):
                     h2[j] += b2[j]
             activate_runs(h2, runs2)
             for j in range(m2):
                 a2[j] = h2[j] * scale2[j]
-            gather_columns(every, a2, 0, m2, W3, out, 0, padded)
+            gather_planned(to_padded, every, a2, 0, m2, W3, out, 0, padded)
             for c in range(classes):
                 z = out[c] + b3[c] if b3.shape[0] else out[c]
                 out[c] = activate(z, codes3[c])
@@ -69,18 +72,18 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             for c in range(classes):
                 g[c] = g[c] * derivative(out[c], codes3[c])
                 db3[c] += g[c]
-            scatter_columns(every, a2, 0, m2, g, dW3, 0, padded)
+            scatter_planned(to_padded, every, a2, 0, m2, g, dW3, 0, padded)
             d2 = D2[b]
-            gather_columns(every, g, 0, classes, W3T, d2, 0, m2)
+            gather_planned(to_m2, every, g, 0, classes, W3T, d2, 0, m2)
             times_derivative_runs(d2, h2, runs2)
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
-            gather_columns(every, d2, 0, m2, W2T, dA1[i], 0, k1)
+            gather_planned(to_k1, every, d2, 0, m2, W2T, dA1[i], 0, k1)
             for j in range(k1):
                 A1T[j, b] = a1[j]
         for j in range(k1):
-            gather_columns(every, A1T[j], 0, nb, D2, row, 0, m2)
+            gather_planned(to_m2, every, A1T[j], 0, nb, D2, row, 0, m2)
             for u in range(m2):
                 dW2[j, u] += row[u]
     return total, correct

@@ -18,7 +18,7 @@ from numba import njit, prange
 from .cpu_activation import RELU, activate, derivative
 from .cpu_loss import row_loss
 from .cpu_optim import adam_range, sgd_range
-from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns
+from .cpu_simd import VECTOR_BYTES, empty_rows, gather_columns, gather_planned, tile_plan
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
@@ -169,9 +169,10 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         for t in prange(slices):
             j0 = t * width
             j1 = min(k, j0 + width)
+            plan = tile_plan(j0, j1, W1.itemsize)
             for i in range(batch):
                 r = order[start + i]
-                gather_columns(indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
+                gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
         W2T[:] = W2.T
         for i in prange(batch):
             losses[i], corrects[i] = _row(labels[order[start + i]], b1, has_b1, codes1, relu1, m1, W2T, b2,
@@ -212,8 +213,9 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         # those rows of W1 and its moments at once, reading and writing them as contiguous streams
         for blk in prange(row_blocks):
             g = g_rows[blk]
+            plan = tile_plan(0, k, dZ1.itemsize)
             for row in range(blk * n_in // row_blocks, (blk + 1) * n_in // row_blocks):
-                gather_columns(csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
+                gather_planned(plan, csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
                 if l2_1.shape[0]:
                     w = W1[row]
                     for j in range(k):

@@ -303,8 +303,15 @@ def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
 @njit(cache=True, fastmath={"contract"})
 def gather_columns(indices, values, lo, hi, M, h, j0, j1):
     """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
+    gather_planned(tile_plan(j0, j1, M.itemsize), indices, values, lo, hi, M, h, j0, j1)
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
+    """gather_columns with its tile_plan(j0, j1, M.itemsize), which callers that repeat it make once (the
+    plan's integer divisions cost about as much as a short gather)."""
     lanes = VECTOR_BYTES // M.itemsize
-    nv, wide, narrow = tile_plan(j0, j1, M.itemsize)
+    nv, wide, narrow = plan
     gather_tile(nv + 1, indices, values, lo, hi, M, h, j0, wide)
     k = j0 + wide * (nv + 1) * lanes
     gather_tile(nv, indices, values, lo, hi, M, h, k, narrow)
@@ -323,8 +330,14 @@ def gather_columns(indices, values, lo, hi, M, h, j0, j1):
 @njit(cache=True, fastmath={"contract"})
 def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
     """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
+    scatter_planned(tile_plan(j0, j1, G.itemsize), indices, values, lo, hi, d, G, j0, j1)
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
+    """scatter_columns with its tile_plan(j0, j1, G.itemsize) made once by the caller."""
     lanes = VECTOR_BYTES // G.itemsize
-    nv, wide, narrow = tile_plan(j0, j1, G.itemsize)
+    nv, wide, narrow = plan
     scatter_tile(nv + 1, indices, values, lo, hi, d, G, j0, wide)
     k = j0 + wide * (nv + 1) * lanes
     scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow)
