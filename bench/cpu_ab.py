@@ -14,9 +14,10 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - step-noise: round by round, a 256 MB parallel copy, a register-bound loop on two threads and branchnet's
   float32 step (which of them the step's swings from one call to the next follow);
 - planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
-  `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row.
+  `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row;
+- tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6]
 """
 
 from __future__ import annotations
@@ -295,8 +296,24 @@ def step_noise(rounds=25):
     return alternate(probes, rounds, report)
 
 
+def tile6(rounds=21):
+    """branchnet's fused head (cpu_head.head_step, float32, on the arguments of a real step) with cpu_simd's tiles
+    of up to 6 vectors against v1, up to 5 (its 48-unit rows then take one pass instead of two); the two are
+    first checked to agree."""
+    head_v1 = _recompiled(cpu_head.head_step,
+                          _rows=_recompiled(cpu_head._rows, tile_plan=_recompiled(cpu_simd.tile_plan, MAX_TILE=5)))
+    calls, head = [], cpu_head.head_step
+    _, _, step = _branchnet_step()
+    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
+    args = [[a.copy() if isinstance(a, np.ndarray) else a for a in calls[0]] for _ in range(2)]
+    heads = {"head tiles of 6": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
+    (t, c), (t1, c1) = (f() for f in heads.values())
+    assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
+    return alternate(heads, rounds)
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
-         "batch1": batch1, "step-noise": step_noise, "planned": planned}
+         "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

@@ -233,10 +233,11 @@ def scatter_tiles(nv: int):
     return _scatter
 
 
-MAX_TILE = 5      # vectors per tile: two sets of accumulators (even and odd pixels) still fit the 16 registers
-G1, G2, G3, G4, G5 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
-S1, S2, S3, S4, S5 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
-R1, R2, R3, R4, R5 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
+MAX_TILE = 6      # vectors per tile: two sets of accumulators (even and odd pixels) and the broadcast value
+                  # take 13 of the 16 registers (checked in the assembly: no spills)
+G1, G2, G3, G4, G5, G6 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
+S1, S2, S3, S4, S5, S6 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
+R1, R2, R3, R4, R5, R6 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -264,8 +265,10 @@ def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
         G3(indices, values, lo, hi, M, h, j0, nt)
     elif nv == 4:
         G4(indices, values, lo, hi, M, h, j0, nt)
-    else:
+    elif nv == 5:
         G5(indices, values, lo, hi, M, h, j0, nt)
+    else:
+        G6(indices, values, lo, hi, M, h, j0, nt)
 
 
 @njit(cache=True)
@@ -280,8 +283,10 @@ def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate
         R3(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
     elif nv == 4:
         R4(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
-    else:
+    elif nv == 5:
         R5(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+    else:
+        R6(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
 
 
 @njit(cache=True)
@@ -296,8 +301,10 @@ def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
         S3(indices, values, lo, hi, d, G, j0, nt)
     elif nv == 4:
         S4(indices, values, lo, hi, d, G, j0, nt)
-    else:
+    elif nv == 5:
         S5(indices, values, lo, hi, d, G, j0, nt)
+    else:
+        S6(indices, values, lo, hi, d, G, j0, nt)
 
 
 @njit(cache=True, fastmath={"contract"})
