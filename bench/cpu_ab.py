@@ -15,9 +15,11 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   float32 step (which of them the step's swings from one call to the next follow);
 - planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
   `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row;
-- tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5.
+- tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5;
+- batch1-parts (not an A/B): the float32 batch-1 epoch beside its first layer's gather and update loops run
+  alone, with the weights in the L2 cache and folded into the L1 cache.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 batch1-parts]
 """
 
 from __future__ import annotations
@@ -296,6 +298,38 @@ def step_noise(rounds=25):
     return alternate(probes, rounds, report)
 
 
+@njit(cache=True)
+def _gathers(indptr, indices, values, W, h):
+    plan = cpu_simd.tile_plan(0, W.shape[1], W.itemsize)
+    for t in range(indptr.shape[0] - 1):
+        cpu_simd.gather_planned(plan, indices, values, indptr[t], indptr[t + 1], W, h, 0, W.shape[1])
+
+
+@njit(cache=True)
+def _scatters(indptr, indices, values, W, d):
+    plan = cpu_simd.tile_plan(0, W.shape[1], W.itemsize)
+    for t in range(indptr.shape[0] - 1):
+        cpu_simd.scatter_planned(plan, indices, values, indptr[t], indptr[t + 1], d, W, 0, W.shape[1])
+
+
+def batch1_parts(rounds=41):
+    """Not an A/B: the batch-1 epoch (float32) beside its first layer's two loops run alone over the same 1,000
+    samples, the gather and the update, on the 784 x 40 weights (125 KB: the L2 cache) and with the pixel
+    indices folded onto 150 rows (24 KB: the L1 cache)."""
+    variants = {k: v for k, v in _batch1_variants(cpu_epoch.sgd_epoch_batch1, ("epoch", "epoch again")).items()
+                if k == "float32 epoch"}
+    be = fastmnist.get_backend("numba-cpu")
+    c = be._inputs.get(be.to_float(data.load_splits("first-1000").train.images, np.float32))
+    rng = np.random.default_rng(0)
+    W = cpu_simd.aligned_copy((rng.standard_normal((784, 40)) * 0.05).astype(np.float32))
+    h = cpu_simd.aligned_copy(np.zeros(40, np.float32))
+    d = cpu_simd.aligned_copy(np.full(40, 1e-6, np.float32))
+    for where, indices in (("L2", c.indices), ("L1", (c.indices % 150).astype(c.indices.dtype))):
+        variants[f"gathers {where}"] = lambda i=indices: _gathers(c.indptr, i, c.values, W, h)
+        variants[f"updates {where}"] = lambda i=indices: _scatters(c.indptr, i, c.values, W, d)
+    return alternate(variants, rounds)
+
+
 def tile6(rounds=21):
     """branchnet's fused head (cpu_head.head_step, float32, on the arguments of a real step) with cpu_simd's tiles
     of up to 6 vectors against v1, up to 5 (its 48-unit rows then take one pass instead of two); the two are
@@ -313,7 +347,8 @@ def tile6(rounds=21):
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
-         "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6}
+         "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
+         "batch1-parts": batch1_parts}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:
