@@ -11,8 +11,9 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   model), parallel over rows; the results are checked to be identical first;
 - batch1: grokking-3layer's batch-1 epoch (1,000 samples, float32 and float64) with the output layer's
   product as a vectorised reduction (cpu_epoch._dot) against v1, a plain loop; first checked to agree;
-- step-noise: round by round, a 256 MB parallel copy, a register-bound loop on two threads and branchnet's
-  float32 step (which of them the step's swings from one call to the next follow);
+- step-noise: round by round, a 256 MB parallel copy, a register-bound loop on two threads, branchnet's
+  float32 step and the CPU time stolen by the hypervisor during it (which of them the step's swings from
+  one call to the next follow);
 - planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
   `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row;
 - tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5;
@@ -24,6 +25,7 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -282,18 +284,37 @@ def _copy(a, b):
         b[i] = a[i]
 
 
+def _steal_seconds():
+    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted it (/proc/stat's steal
+    column, all CPUs), or 0.0 where the system does not say."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def step_noise(rounds=25):
     """Round by round: a parallel copy of 256 MB (DRAM bandwidth), a register-bound loop on each of two threads
-    (whether both cores are ours) and branchnet's float32 step, to see which of them the step's swings follow."""
+    (whether both cores are ours), branchnet's float32 step, and the time stolen by the hypervisor during the
+    step, to see which of them the step's swings follow."""
     _, _, step = _branchnet_step()
     a = np.ones(64_000_000, np.float32)
     b = np.empty_like(a)
     x = np.float32(0.999)
-    probes = {"copy": lambda: _copy(a, b), "two threads": lambda: _fma_on_threads(x, 20_000_000, 2), "step": step}
+    stolen = []
+
+    def stepped():
+        before = _steal_seconds()
+        step()
+        stolen.append(_steal_seconds() - before)
+
+    probes = {"copy": lambda: _copy(a, b), "two threads": lambda: _fma_on_threads(x, 20_000_000, 2), "step": stepped}
 
     def report(times):
         print(f"  copy {2 * a.nbytes / times['copy'][-1] / 1e9:5.1f} GB/s, two threads "
-              f"{1e3 * times['two threads'][-1]:5.1f} ms, step {1e3 * times['step'][-1]:4.0f} ms", flush=True)
+              f"{1e3 * times['two threads'][-1]:5.1f} ms, step {1e3 * times['step'][-1]:4.0f} ms, "
+              f"stolen during the step {1e3 * stolen[-1]:3.0f} ms", flush=True)
 
     return alternate(probes, rounds, report)
 
