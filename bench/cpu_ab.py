@@ -17,8 +17,8 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
   `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row;
 - tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5;
-- batch1-parts (not an A/B): the float32 batch-1 epoch beside its first layer's gather and update loops run
-  alone, with the weights in the L2 cache and folded into the L1 cache.
+- batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
+  with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
     python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 batch1-parts]
 """
@@ -334,20 +334,24 @@ def _scatters(indptr, indices, values, W, d):
 
 
 def batch1_parts(rounds=41):
-    """Not an A/B: the batch-1 epoch (float32) beside its first layer's two loops run alone over the same 1,000
-    samples, the gather and the update, on the 784 x 40 weights (125 KB: the L2 cache) and with the pixel
-    indices folded onto 150 rows (24 KB: the L1 cache)."""
-    variants = {k: v for k, v in _batch1_variants(cpu_epoch.sgd_epoch_batch1, ("epoch", "epoch again")).items()
-                if k == "float32 epoch"}
+    """Not an A/B: the batch-1 epoch beside its first layer's two loops run alone over the same 1,000 samples, the
+    gather and the update, on the 784 x 40 weights (125 KB in float32, 250 KB in float64: the L2 cache) and with
+    the pixel indices folded onto 150 rows (24 or 47 KB: about the 32 KB L1 cache), in both dtypes."""
+    epochs = _batch1_variants(cpu_epoch.sgd_epoch_batch1, ("epoch", "epoch again"))
     be = fastmnist.get_backend("numba-cpu")
-    c = be._inputs.get(be.to_float(data.load_splits("first-1000").train.images, np.float32))
+    images = data.load_splits("first-1000").train.images
     rng = np.random.default_rng(0)
-    W = cpu_simd.aligned_copy((rng.standard_normal((784, 40)) * 0.05).astype(np.float32))
-    h = cpu_simd.aligned_copy(np.zeros(40, np.float32))
-    d = cpu_simd.aligned_copy(np.full(40, 1e-6, np.float32))
-    for where, indices in (("L2", c.indices), ("L1", (c.indices % 150).astype(c.indices.dtype))):
-        variants[f"gathers {where}"] = lambda i=indices: _gathers(c.indptr, i, c.values, W, h)
-        variants[f"updates {where}"] = lambda i=indices: _scatters(c.indptr, i, c.values, W, d)
+    variants = {}
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        variants[f"{name} epoch"] = epochs[f"{name} epoch"]
+        c = be._inputs.get(be.to_float(images, dtype))
+        W = cpu_simd.aligned_copy((rng.standard_normal((784, 40)) * 0.05).astype(dtype))
+        h = cpu_simd.aligned_copy(np.zeros(40, dtype))
+        d = cpu_simd.aligned_copy(np.full(40, 1e-6, dtype))
+        for where, indices in (("L2", c.indices), ("L1", (c.indices % 150).astype(c.indices.dtype))):
+            variants[f"{name} gathers {where}"] = lambda c=c, i=indices, W=W, h=h: _gathers(c.indptr, i, c.values, W, h)
+            variants[f"{name} updates {where}"] = lambda c=c, i=indices, W=W, d=d: _scatters(c.indptr, i, c.values, W, d)
     return alternate(variants, rounds)
 
 
