@@ -194,7 +194,7 @@ def _batch1_variants(old, names):
         none = np.zeros((0, 0), dtype)
         args = (c.indptr, c.indices, c.values, np.arange(1000), images.labels.astype(np.int64))
         rest = (codes1, codes2, none, none, dtype(0.005), cpu_loss.LOSS_CODES["mse"], dtype(0))
-        weights = [(W1.copy(), W2.copy()), (W1.copy(), W2.copy())]
+        weights = [(cpu_simd.aligned_copy(W1.copy()), W2.copy()) for _ in range(2)]   # as the backend stores them
         first = [kernel(*args, *w, *rest) for kernel, w in zip((cpu_epoch.sgd_epoch_batch1, old), weights)]
         assert first[0][1] == first[1][1] and abs(first[0][0] - first[1][0]) <= 1e-4 * first[1][0], first
         name = np.dtype(dtype).name
