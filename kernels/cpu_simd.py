@@ -13,7 +13,8 @@ C-contiguous 2-D arrays, h and dz contiguous 1-D ones, all of one float dtype. P
 multiply-adds, so results equal a plain loop's within rounding. gather_columns and scatter_columns do the
 same over any column range [j0, j1): its whole vectors in the fewest passes of tiles of at most MAX_TILE
 vectors (`tile_plan`; each pass reads the pixels' indices and values once more), the rest one element at a
-time. gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
+time; gather_planned and scatter_planned do it with a plan made once by kernels that call them row after row.
+gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
 from __future__ import annotations
@@ -315,8 +316,8 @@ def gather_columns(indices, values, lo, hi, M, h, j0, j1):
 
 @njit(cache=True, fastmath={"contract"}, inline="always")
 def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
-    """gather_columns with its tile_plan(j0, j1, M.itemsize), which callers that repeat it make once (the
-    plan's integer divisions cost about as much as a short gather)."""
+    """gather_columns with its tile_plan(j0, j1, M.itemsize) made once by a caller that repeats it over many
+    rows (the plan's integer divisions and an extra call are a noticeable share of a short gather)."""
     lanes = VECTOR_BYTES // M.itemsize
     nv, wide, narrow = plan
     gather_tile(nv + 1, indices, values, lo, hi, M, h, j0, wide)
