@@ -177,29 +177,33 @@ def _recompiled(kernel, **replace):
 _dot_v1 = njit(cache=True, fastmath={"contract"})(cpu_epoch._dot.py_func)     # the same loop, in its written order
 
 
-def _batch1_variants(old, names):
-    """{"<dtype> <names[0]>": cpu_epoch.sgd_epoch_batch1, "<dtype> <names[1]>": old} on grokking-3layer's
-    batch-1 epoch (1,000 samples) in float32 and float64, each pair first checked to agree."""
+def _batch1_epoch(kernel, dtype):
+    """A zero-argument call of `kernel` (cpu_epoch.sgd_epoch_batch1 or a version of it) on grokking-3layer's
+    batch-1 epoch (1,000 samples) with its own weights, cache-line aligned as the backend stores them."""
     be = fastmnist.get_backend("numba-cpu")
     images = data.load_splits("first-1000").train
+    c = be._inputs.get(be.to_float(images.images, dtype))
+    rng = np.random.default_rng(0)
+    W1 = cpu_simd.aligned_copy((rng.standard_normal((784, 40)) * 0.05).astype(dtype))
+    W2 = (rng.standard_normal((40, 10)) * 0.2).astype(dtype)
+    codes1 = cpu_activation.layer_codes(((0, 40, "relu"),), 40)
+    codes2 = cpu_activation.layer_codes(((0, 10, "identity"),), 10)
+    none = np.zeros((0, 0), dtype)
+    args = (c.indptr, c.indices, c.values, np.arange(1000), images.labels.astype(np.int64), W1, W2,
+            codes1, codes2, none, none, dtype(0.005), cpu_loss.LOSS_CODES["mse"], dtype(0))
+    return lambda: kernel(*args)
+
+
+def _batch1_variants(old, names):
+    """{"<dtype> <names[0]>": cpu_epoch.sgd_epoch_batch1, "<dtype> <names[1]>": old} on grokking-3layer's
+    batch-1 epoch in float32 and float64, each pair first checked to agree."""
     variants = {}
     for dtype in (np.float32, np.float64):
-        X = be.to_float(images.images, dtype)
-        c = be._inputs.get(X)
-        rng = np.random.default_rng(0)
-        W1 = (rng.standard_normal((784, 40)) * 0.05).astype(dtype)
-        W2 = (rng.standard_normal((40, 10)) * 0.2).astype(dtype)
-        codes1 = cpu_activation.layer_codes(((0, 40, "relu"),), 40)
-        codes2 = cpu_activation.layer_codes(((0, 10, "identity"),), 10)
-        none = np.zeros((0, 0), dtype)
-        args = (c.indptr, c.indices, c.values, np.arange(1000), images.labels.astype(np.int64))
-        rest = (codes1, codes2, none, none, dtype(0.005), cpu_loss.LOSS_CODES["mse"], dtype(0))
-        weights = [(cpu_simd.aligned_copy(W1.copy()), W2.copy()) for _ in range(2)]   # as the backend stores them
-        first = [kernel(*args, *w, *rest) for kernel, w in zip((cpu_epoch.sgd_epoch_batch1, old), weights)]
+        pair = [_batch1_epoch(kernel, dtype) for kernel in (cpu_epoch.sgd_epoch_batch1, old)]
+        first = [epoch() for epoch in pair]
         assert first[0][1] == first[1][1] and abs(first[0][0] - first[1][0]) <= 1e-4 * first[1][0], first
-        name = np.dtype(dtype).name
-        for label, kernel, w in zip(names, (cpu_epoch.sgd_epoch_batch1, old), weights):
-            variants[f"{name} {label}"] = lambda k=kernel, w=w, a=args, r=rest: k(*a, *w, *r)
+        for label, epoch in zip(names, pair):
+            variants[f"{np.dtype(dtype).name} {label}"] = epoch
     return variants
 
 
@@ -286,12 +290,12 @@ def _copy(a, b):
 
 def _steal_seconds():
     """CPU time the hypervisor gave to other guests while this machine's CPUs wanted it (/proc/stat's steal
-    column, all CPUs), or 0.0 where the system does not say."""
+    column, all CPUs), or NaN where the system does not say (so the report shows "nan", not a false 0)."""
     try:
         with open("/proc/stat") as f:
             return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return float("nan")
 
 
 def step_noise(rounds=25):
@@ -337,14 +341,13 @@ def batch1_parts(rounds=41):
     """Not an A/B: the batch-1 epoch beside its first layer's two loops run alone over the same 1,000 samples, the
     gather and the update, on the 784 x 40 weights (125 KB in float32, 250 KB in float64: the L2 cache) and with
     the pixel indices folded onto 150 rows (24 or 47 KB: about the 32 KB L1 cache), in both dtypes."""
-    epochs = _batch1_variants(cpu_epoch.sgd_epoch_batch1, ("epoch", "epoch again"))
     be = fastmnist.get_backend("numba-cpu")
     images = data.load_splits("first-1000").train.images
     rng = np.random.default_rng(0)
     variants = {}
     for dtype in (np.float32, np.float64):
         name = np.dtype(dtype).name
-        variants[f"{name} epoch"] = epochs[f"{name} epoch"]
+        variants[f"{name} epoch"] = _batch1_epoch(cpu_epoch.sgd_epoch_batch1, dtype)
         c = be._inputs.get(be.to_float(images, dtype))
         W = cpu_simd.aligned_copy((rng.standard_normal((784, 40)) * 0.05).astype(dtype))
         h = cpu_simd.aligned_copy(np.zeros(40, dtype))
