@@ -17,10 +17,12 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - planned: the kernels that gather or scatter once per row (the batch-1 epoch, branchnet's fused head, the
   `fast` minibatch epoch) with the tile plan made once per call of the kernel against v1, made per row;
 - tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5;
+- skip-zero: the batch-1 epoch whose first-layer update skips the vectors of its step that are all zero (units
+  whose ReLU is off) against v1, which updates them all; results are bit-identical;
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 batch1-parts]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts]
 """
 
 from __future__ import annotations
@@ -337,6 +339,20 @@ def _scatters(indptr, indices, values, W, d):
         cpu_simd.scatter_planned(plan, indices, values, indptr[t], indptr[t + 1], d, W, 0, W.shape[1])
 
 
+@njit(inline="always")
+def _scatter_all_v1(plans, columns, indices, values, lo, hi, d, G, j0, j1):
+    last = plans.shape[0] - 1
+    cpu_simd.scatter_planned((plans[last, 0], plans[last, 1], plans[last, 2]), indices, values, lo, hi, d, G, j0, j1)
+
+
+def skip_zero(rounds=41):
+    """The batch-1 epoch whose first-layer update skips the vectors of its step that are all zero (units whose
+    ReLU is off; cpu_simd.scatter_nonzero) against v1, updating every vector (scatter_planned), float32 and
+    float64, each pair first checked to agree."""
+    v1 = _recompiled(cpu_epoch.sgd_epoch_batch1, scatter_nonzero=_scatter_all_v1)
+    return alternate(_batch1_variants(v1, ("skip-zero", "v1")), rounds)
+
+
 def batch1_parts(rounds=41):
     """Not an A/B: the batch-1 epoch beside its first layer's two loops run alone over the same 1,000 samples, the
     gather and the update, on the 784 x 40 weights (125 KB in float32, 250 KB in float64: the L2 cache) and with
@@ -376,7 +392,7 @@ def tile6(rounds=21):
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
-         "batch1-parts": batch1_parts}
+         "batch1-parts": batch1_parts, "skip-zero": skip_zero}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

@@ -12,7 +12,7 @@ from numba import njit
 
 from .cpu_activation import IDENTITY, RELU, activate, derivative
 from .cpu_loss import row_loss
-from .cpu_simd import gather_planned, scatter_planned, tile_plan
+from .cpu_simd import gather_planned, listed_plans, scatter_nonzero, tile_plan
 
 
 @njit(cache=True)
@@ -55,6 +55,8 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     total = 0.0
     correct = 0
     plan = tile_plan(0, n_hidden, W1.itemsize)
+    plans = listed_plans(0, n_hidden, W1.itemsize)
+    live = np.empty(plans.shape[0], np.int64)
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
@@ -99,6 +101,6 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
                 W2T[c, j] -= lr * (a[j] * gc)
         for j in range(n_hidden):
             step[j] = -lr * s[j]
-        scatter_planned(plan, indices, values, lo, hi, step, W1, 0, n_hidden)
+        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1, 0, n_hidden)
     W2[:] = W2T.T
     return total, correct

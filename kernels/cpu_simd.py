@@ -14,6 +14,7 @@ multiply-adds, so results equal a plain loop's within rounding. gather_columns a
 same over any column range [j0, j1): its whole vectors in the fewest passes of tiles of at most MAX_TILE
 vectors (`tile_plan`; each pass reads the pixels' indices and values once more), the rest one element at a
 time; gather_planned and scatter_planned do it with a plan made once by kernels that call them row after row.
+scatter_nonzero skips the vectors of dz that are all zero (scatter_listed_tiles: tiles of listed vectors).
 gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
@@ -197,6 +198,29 @@ def gather_row_tiles(nv: int):
     return _gather_row
 
 
+def _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, nt_v, tile_columns):
+    """The tile loop of a scatter: acc[indices[p], c_v : c_v + lanes] += values[p] * dz[c_v : c_v + lanes] for
+    the nv columns c_v that tile_columns(tile index) gives (i64 values)."""
+    fty, vty = _vector_type(context, acc_ty.dtype)
+    i64 = ir.IntType(64)
+    ind_p, _ = _parts(context, builder, ind_ty, args[0])
+    val_p, _ = _parts(context, builder, val_ty, args[1])
+    lo_v, hi_v = args[2], args[3]
+    dz_p, _ = _parts(context, builder, dz_ty, args[4])
+    acc_p, (_, width) = _parts(context, builder, acc_ty, args[5])
+    with cgutils.for_range(builder, nt_v) as tloop:
+        cols = tile_columns(tloop.index)
+        d = [builder.load(_vector_ptr(builder, dz_p, c, vty), align=4) for c in cols]
+        with cgutils.for_range(builder, builder.sub(hi_v, lo_v)) as ploop:
+            p = builder.add(lo_v, ploop.index)
+            r = _index(builder, ind_ty, ind_p, p)
+            x = _splat(builder, vty, builder.load(builder.gep(val_p, [p], inbounds=True)))
+            row = builder.mul(r, width)
+            for c, dv in zip(cols, d):
+                ptr = _vector_ptr(builder, acc_p, builder.add(row, c), vty)
+                builder.store(_fma(builder, x, dv, builder.load(ptr, align=4)), ptr, align=4)
+
+
 @functools.lru_cache(maxsize=None)
 def scatter_tiles(nv: int):
     @intrinsic
@@ -206,27 +230,14 @@ def scatter_tiles(nv: int):
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, dz_ty, acc_ty, _, _ = signature.args
-            fty, vty = _vector_type(context, acc_ty.dtype)
             i64 = ir.IntType(64)
-            ind_p, _ = _parts(context, builder, ind_ty, args[0])
-            val_p, _ = _parts(context, builder, val_ty, args[1])
-            lo_v, hi_v = args[2], args[3]
-            dz_p, _ = _parts(context, builder, dz_ty, args[4])
-            acc_p, (_, width) = _parts(context, builder, acc_ty, args[5])
-            j0_v, nt_v = args[6], args[7]
-            tile = vty.count * nv
-            with cgutils.for_range(builder, nt_v) as tloop:
-                col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
-                d = [builder.load(_vector_ptr(builder, dz_p, builder.add(col, ir.Constant(i64, v * vty.count)),
-                                              vty), align=4) for v in range(nv)]
-                with cgutils.for_range(builder, builder.sub(hi_v, lo_v)) as ploop:
-                    p = builder.add(lo_v, ploop.index)
-                    r = _index(builder, ind_ty, ind_p, p)
-                    x = _splat(builder, vty, builder.load(builder.gep(val_p, [p], inbounds=True)))
-                    row = builder.add(builder.mul(r, width), col)
-                    for v in range(nv):
-                        ptr = _vector_ptr(builder, acc_p, builder.add(row, ir.Constant(i64, v * vty.count)), vty)
-                        builder.store(_fma(builder, x, d[v], builder.load(ptr, align=4)), ptr, align=4)
+            count = _vector_type(context, acc_ty.dtype)[1].count
+
+            def tile_columns(t):
+                col = builder.add(args[6], builder.mul(t, ir.Constant(i64, count * nv)))
+                return [builder.add(col, ir.Constant(i64, v * count)) for v in range(nv)]
+
+            _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[7], tile_columns)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -234,11 +245,43 @@ def scatter_tiles(nv: int):
     return _scatter
 
 
+@functools.lru_cache(maxsize=None)
+def scatter_listed_tiles(nv: int):
+    """scatter_listed_tiles(nv)(indices, values, lo, hi, dz, acc, columns, first, ntiles): as scatter_tiles over
+    the vectors starting at columns[first], columns[first + 1], ... (ntiles * nv of them, each a multiple of
+    the lane count), in any order: a scatter that skips the vectors of dz that are all zero."""
+    @intrinsic
+    def _scatter_listed(typingctx, indices, values, lo, hi, dz, acc, columns, first, ntiles):
+        _check_types(indices, values, acc, dz)
+        if not (isinstance(columns, types.Array) and columns.dtype == types.int64 and columns.ndim == 1
+                and columns.layout == "C"):
+            raise TypeError("cpu_simd: the column list must be a contiguous int64 array")
+        sig = types.void(indices, values, types.int64, types.int64, dz, acc, columns, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            ind_ty, val_ty, _, _, dz_ty, acc_ty, col_ty, _, _ = signature.args
+            i64 = ir.IntType(64)
+            col_p, _ = _parts(context, builder, col_ty, args[6])
+
+            def tile_columns(t):
+                at = builder.add(args[7], builder.mul(t, ir.Constant(i64, nv)))
+                return [builder.load(builder.gep(col_p, [builder.add(at, ir.Constant(i64, v))], inbounds=True))
+                        for v in range(nv)]
+
+            _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[8], tile_columns)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _scatter_listed
+
+
 MAX_TILE = 6      # vectors per tile: two sets of accumulators (even and odd pixels) and the broadcast value
                   # take 13 of the 16 registers (checked in the assembly: no spills)
 G1, G2, G3, G4, G5, G6 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
 S1, S2, S3, S4, S5, S6 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
 R1, R2, R3, R4, R5, R6 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
+L1, L2, L3, L4, L5, L6 = (scatter_listed_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -308,6 +351,24 @@ def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
         S6(indices, values, lo, hi, d, G, j0, nt)
 
 
+@njit(cache=True)
+def scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, first, nt):
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        L1(indices, values, lo, hi, d, G, columns, first, nt)
+    elif nv == 2:
+        L2(indices, values, lo, hi, d, G, columns, first, nt)
+    elif nv == 3:
+        L3(indices, values, lo, hi, d, G, columns, first, nt)
+    elif nv == 4:
+        L4(indices, values, lo, hi, d, G, columns, first, nt)
+    elif nv == 5:
+        L5(indices, values, lo, hi, d, G, columns, first, nt)
+    else:
+        L6(indices, values, lo, hi, d, G, columns, first, nt)
+
+
 @njit(cache=True, fastmath={"contract"})
 def gather_columns(indices, values, lo, hi, M, h, j0, j1):
     """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
@@ -350,6 +411,45 @@ def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
     k = j0 + wide * (nv + 1) * lanes
     scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow)
     k1 = k + narrow * nv * lanes
+    if k1 == j1:
+        return
+    for p in range(lo, hi):
+        x = values[p]
+        g = G[indices[p]]
+        for j in range(k1, j1):
+            g[j] += x * d[j]
+
+
+@njit(cache=True)
+def listed_plans(j0, j1, itemsize):
+    """plans[m] = tile_plan for m whole vectors, m = 0 .. the whole vectors of columns j0:j1: scatter_nonzero's
+    plans for every count of non-zero vectors, made once by the caller."""
+    lanes = VECTOR_BYTES // itemsize
+    vectors = (j1 - j0) // lanes
+    plans = np.empty((vectors + 1, 3), np.int64)
+    for m in range(vectors + 1):
+        plans[m, 0], plans[m, 1], plans[m, 2] = tile_plan(0, m * lanes, itemsize)
+    return plans
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
+    """scatter_columns that skips the whole vectors of d[j0:j1] that are all zero (which would leave G as it
+    is), e.g. the step of a layer whose ReLU units are mostly off. `plans` is listed_plans(j0, j1, itemsize);
+    `columns` an int64 scratch array of at least len(plans) - 1 elements. NaN counts as non-zero."""
+    lanes = VECTOR_BYTES // G.itemsize
+    m = 0
+    k1 = j0 + (plans.shape[0] - 1) * lanes
+    for c in range(j0, k1, lanes):
+        live = False
+        for j in range(c, c + lanes):
+            live |= d[j] != 0
+        if live:
+            columns[m] = c
+            m += 1
+    nv, wide, narrow = plans[m, 0], plans[m, 1], plans[m, 2]
+    scatter_listed_tile(nv + 1, indices, values, lo, hi, d, G, columns, 0, wide)
+    scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, wide * (nv + 1), narrow)
     if k1 == j1:
         return
     for p in range(lo, hi):

@@ -22,6 +22,13 @@ def widths(dtype):
                    (cpu_simd.MAX_TILE + 1) * lanes + 1, 13 * lanes + 5, 20 * lanes})
 
 
+def _scatter_want(G, indices, values, lo, hi, d, j0, j1):
+    want = G.astype(np.float64)
+    np.add.at(want, (indices[lo:hi, None], np.arange(j0, j1)[None, :]),
+              values[lo:hi, None].astype(np.float64) * d[None, j0:j1])
+    return want
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype):
     lanes = cpu_simd.lanes(np.dtype(dtype))
@@ -51,15 +58,70 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0):
 
         d = rng.standard_normal(cols).astype(dtype)
         G = rng.standard_normal((50, cols)).astype(dtype)
-        want = G.astype(np.float64)
-        np.add.at(want, (indices[lo:hi, None], np.arange(j0, j0 + width)[None, :]),
-                  values[lo:hi, None].astype(np.float64) * d[None, j0:j0 + width])
-        before = G.copy()
+        want, before = _scatter_want(G, indices, values, lo, hi, d, j0, j0 + width), G.copy()
         cpu_simd.scatter_columns(indices, values, lo, hi, d, G, j0, j0 + width)
         assert rel_err(G, want) < TOL[dtype], width
         outside = np.ones(cols, bool)
         outside[j0:j0 + width] = False
         assert np.array_equal(G[:, outside], before[:, outside]), "changed columns outside its range"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("j0", [0, 5])
+def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0):
+    rng = np.random.default_rng()
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    for width in widths(dtype):
+        cols = j0 + width + 2
+        plans = cpu_simd.listed_plans(j0, j0 + width, np.dtype(dtype).itemsize)
+        assert len(plans) == width // lanes + 1
+        columns = np.full(len(plans), -1, np.int64)
+        indices = rng.integers(0, 50, 37).astype(np.int32)
+        values = rng.standard_normal(37).astype(dtype)
+        for zero_share in (0.0, 0.5, 0.8, 1.0):
+            d = rng.standard_normal(cols).astype(dtype)
+            d[j0:j0 + width][rng.random(width) < zero_share] = 0          # some whole vectors end up all zero
+            G = rng.standard_normal((50, cols)).astype(dtype)
+            want, before = _scatter_want(G, indices, values, 4, 33, d, j0, j0 + width), G.copy()
+            cpu_simd.scatter_nonzero(plans, columns, indices, values, 4, 33, d, G, j0, j0 + width)
+            assert rel_err(G, want) < TOL[dtype], (width, zero_share)
+            outside = np.ones(cols, bool)
+            outside[j0:j0 + width] = False
+            assert np.array_equal(G[:, outside], before[:, outside]), "changed columns outside its range"
+            vectors = d[j0:j0 + (width // lanes) * lanes].reshape(-1, lanes)
+            live = np.flatnonzero((vectors != 0).any(axis=1))
+            assert np.array_equal(columns[:len(live)], j0 + live * lanes), "listed the wrong vectors"
+
+
+def test_scatter_nonzero_counts_nan_as_non_zero():
+    d = np.zeros(16, np.float32)
+    d[13] = np.nan
+    G = np.ones((3, 16), np.float32)
+    plans = cpu_simd.listed_plans(0, 16, 4)
+    cpu_simd.scatter_nonzero(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
+                             d, G, 0, 16)
+    assert np.isnan(G[1, 13]) and np.isfinite(np.delete(G.ravel(), 16 + 13)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv):
+    rng = np.random.default_rng()
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    cols = 2 * cpu_simd.MAX_TILE * lanes + 3
+    starts = rng.permutation(2 * cpu_simd.MAX_TILE)[:2 * nv] * lanes              # two tiles, shuffled vectors
+    d = rng.standard_normal(cols).astype(dtype)
+    G = rng.standard_normal((20, cols)).astype(dtype)
+    indices = rng.integers(0, 20, 9).astype(np.int32)
+    values = rng.standard_normal(9).astype(dtype)
+    picked = np.zeros(cols, bool)
+    for c in starts:
+        picked[c:c + lanes] = True
+    want = G.astype(np.float64)
+    np.add.at(want, (indices[:, None], np.flatnonzero(picked)[None, :]),
+              values[:, None].astype(np.float64) * d[None, picked])
+    cpu_simd.scatter_listed_tile(nv, indices, values, 0, 9, d, G, starts.astype(np.int64), 0, 2)
+    assert rel_err(G, want) < TOL[dtype]
 
 
 def test_gather_propagates_nan():
