@@ -19,10 +19,12 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - tile6: branchnet's float32 fused head with SIMD tiles of up to 6 vectors against v1, up to 5;
 - skip-zero: the batch-1 epoch whose first-layer update skips the vectors of its step that are all zero (units
   whose ReLU is off) against v1, which updates them all; results are bit-identical;
+- loop-limits (not an A/B): the batch-1 first-layer loops in cycles per 32-byte vector (L1 and L2) beside a
+  contiguous vectorised update, the clock from a chain of FMAs, and the epoch without pixels;
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits]
 """
 
 from __future__ import annotations
@@ -374,6 +376,71 @@ def batch1_parts(rounds=41):
     return alternate(variants, rounds)
 
 
+@njit(cache=True, fastmath={"contract"})
+def _fma_chain(n, a, b):
+    x = a - a
+    for _ in range(n):
+        x = x * a + b
+    return x
+
+
+@njit(cache=True, fastmath=True)
+def _contiguous_updates(a, d, x, reps):
+    for _ in range(reps):
+        for i in range(a.shape[0]):
+            a[i] += x * d[i]
+
+
+def _cycles_per(call, units, clock_hz, rounds):
+    times = []
+    for _ in range(rounds + 1):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:])) * clock_hz / units
+
+
+def loop_limits(rounds=21):
+    """Not an A/B: the batch-1 epoch's first-layer loops in clock cycles per 32-byte vector, beside what this
+    core does at best. The clock comes from a chain of dependent fused multiply-adds (Zen 3: 4 cycles each).
+    The loops run over synthetic rows (150 stored pixels per sample, 1,000 samples, 40 units) with the rows
+    touched fitting the L1 cache (pixels folded onto 20 rows) or spread over all 784 rows of W1 (L2); the
+    reference is a vectorised a += x * d over a contiguous 3.2 KB array (L1). Also the epoch with every
+    sample's pixels removed: the fixed cost of its per-sample work (the 40 x 10 layer, loss, masks, calls)."""
+    n = 200_000_000
+    _fma_chain(10, 0.5, 0.5)
+    t = time.perf_counter()
+    _fma_chain(n, np.float64(0.9999999), np.float64(1e-9))
+    clock = 4 * n / (time.perf_counter() - t)
+    report = {"clock GHz": clock / 1e9}
+    rng = np.random.default_rng(0)
+    samples, per_sample, units = 1000, 150, 40
+    indptr = np.arange(samples + 1, dtype=np.int64) * per_sample
+    for dtype in (np.float32, np.float64):
+        name, lanes = np.dtype(dtype).name, cpu_simd.lanes(np.dtype(dtype))
+        vectors = samples * per_sample * units // lanes
+        values = rng.random(samples * per_sample).astype(dtype)
+        W = cpu_simd.aligned_copy(rng.random((784, units)).astype(dtype))
+        h = cpu_simd.aligned_copy(np.zeros(units, dtype))
+        d = cpu_simd.aligned_copy(np.full(units, 1e-9, dtype))
+        for where, rows in (("L1", 20), ("L2", 784)):
+            indices = rng.integers(0, rows, samples * per_sample).astype(np.int32)
+            report[f"{name} gather {where}"] = _cycles_per(lambda: _gathers(indptr, indices, values, W, h), vectors,
+                                                           clock, rounds)
+            report[f"{name} update {where}"] = _cycles_per(lambda: _scatters(indptr, indices, values, W, d), vectors,
+                                                           clock, rounds)
+        a, b, reps = np.zeros(800 // (lanes // 4), dtype), np.ones(800 // (lanes // 4), dtype), 100_000
+        _contiguous_updates(a, b, dtype(1e-9), 1)
+        report[f"{name} contiguous update L1"] = _cycles_per(lambda: _contiguous_updates(a, b, dtype(1e-9), reps),
+                                                             reps * a.shape[0] // lanes, clock, rounds)
+        epoch = _batch1_epoch(cpu_epoch.sgd_epoch_batch1, dtype)
+        args = list(epoch.__closure__[0].cell_contents)
+        args[0] = np.zeros_like(args[0])                     # every sample without pixels
+        report[f"{name} epoch without pixels, ms"] = 1e3 * _cycles_per(lambda: cpu_epoch.sgd_epoch_batch1(*args), 1,
+                                                                        1, rounds)
+    return report
+
+
 def tile6(rounds=21):
     """branchnet's fused head (cpu_head.head_step, float32, on the arguments of a real step) with cpu_simd's tiles
     of up to 6 vectors against v1, up to 5 (its 48-unit rows then take one pass instead of two); the two are
@@ -392,9 +459,12 @@ def tile6(rounds=21):
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
-         "batch1-parts": batch1_parts, "skip-zero": skip_zero}
+         "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:
         medians = CASES[name]()
-        print(name, ", ".join(f"{k} {1e3 * t:.2f} ms" for k, t in medians.items()), flush=True)
+        if name == "loop-limits":        # cycles per vector, not seconds
+            print(name, ", ".join(f"{k} {v:.2f}" for k, v in medians.items()), flush=True)
+        else:
+            print(name, ", ".join(f"{k} {1e3 * t:.2f} ms" for k, t in medians.items()), flush=True)
