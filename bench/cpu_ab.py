@@ -21,10 +21,11 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   whose ReLU is off) against v1, which updates them all; results are bit-identical;
 - loop-limits (not an A/B): the batch-1 first-layer loops in cycles per 32-byte vector (L1 and L2) beside a
   contiguous vectorised update, the clock from a chain of FMAs, and the epoch without pixels;
+- head-phases: branchnet's fused head taking each block of rows phase by phase against v1, row by row;
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases]
 """
 
 from __future__ import annotations
@@ -457,9 +458,94 @@ def tile6(rounds=21):
     return alternate(heads, rounds)
 
 
+@njit(cache=True, fastmath={"contract"})
+def _head_rows_v1(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kind, eps, nd, start, stop,
+          dA1, dW2, db2, dW3, db3):
+    """cpu_head._rows before its phases: each row through every product in turn."""
+    k1, m2 = W2.shape
+    classes = db3.shape[0]
+    padded = W3.shape[1]
+    dtype = A1.dtype
+    every = np.arange(max(k1, m2, padded, cpu_head.BLOCK)).astype(np.int32)
+    h2 = np.empty(m2, dtype)
+    a2 = np.empty(m2, dtype)
+    out = np.empty(padded, dtype)
+    g = np.zeros(padded, dtype)
+    D2 = np.empty((cpu_head.BLOCK, m2), dtype)          # the block's hidden-layer gradients dZ2
+    A1T = np.empty((k1, cpu_head.BLOCK), dtype)         # the block's first-layer activations, transposed
+    row = np.empty(m2, dtype)
+    runs2 = cpu_activation.code_runs(codes2)
+    to_m2 = cpu_simd.tile_plan(0, m2, A1.itemsize)
+    to_padded = cpu_simd.tile_plan(0, padded, A1.itemsize)
+    to_k1 = cpu_simd.tile_plan(0, k1, A1.itemsize)
+    dW2[:] = 0
+    dW3[:] = 0
+    db2[:] = 0
+    db3[:] = 0
+    total = 0.0
+    correct = 0
+    for s0 in range(start, stop, cpu_head.BLOCK):
+        nb = min(stop, s0 + cpu_head.BLOCK) - s0
+        for b in range(nb):
+            i = s0 + b
+            a1 = A1[i]
+            cpu_simd.gather_planned(to_m2, every, a1, 0, k1, W2, h2, 0, m2)
+            if b2.shape[0]:
+                for j in range(m2):
+                    h2[j] += b2[j]
+            cpu_activation.activate_runs(h2, runs2)
+            for j in range(m2):
+                a2[j] = h2[j] * scale2[j]
+            cpu_simd.gather_planned(to_padded, every, a2, 0, m2, W3, out, 0, padded)
+            for c in range(classes):
+                z = out[c] + b3[c] if b3.shape[0] else out[c]
+                out[c] = cpu_activation.activate(z, codes3[c])
+            loss, ok = cpu_loss.row_loss(out[:classes], labels[i], loss_kind, eps, nd, g, True)
+            total += loss
+            correct += ok
+            for c in range(classes):
+                g[c] = g[c] * cpu_activation.derivative(out[c], codes3[c])
+                db3[c] += g[c]
+            cpu_simd.scatter_planned(to_padded, every, a2, 0, m2, g, dW3, 0, padded)
+            d2 = D2[b]
+            cpu_simd.gather_planned(to_m2, every, g, 0, classes, W3T, d2, 0, m2)
+            cpu_activation.times_derivative_runs(d2, h2, runs2)
+            for j in range(m2):
+                d2[j] = d2[j] * scale2[j]
+                db2[j] += d2[j]
+            cpu_simd.gather_planned(to_k1, every, d2, 0, m2, W2T, dA1[i], 0, k1)
+            for j in range(k1):
+                A1T[j, b] = a1[j]
+        for j in range(k1):
+            cpu_simd.gather_planned(to_m2, every, A1T[j], 0, nb, D2, row, 0, m2)
+            for u in range(m2):
+                dW2[j, u] += row[u]
+    return total, correct
+
+
+def head_phases(rounds=21):
+    """branchnet's fused head (float32, on the arguments of a real step) taking each block of rows phase by
+    phase (all its hidden-layer products with W2, then the per-row work, then all its products with W2T)
+    against v1, each row through every product in turn (W2 and W2T, 29 KB each, then share the L1 cache);
+    results are bit-identical (checked first). Then whole steps with each version of the head."""
+    head_v1 = _recompiled(cpu_head.head_step, _rows=_head_rows_v1)
+    calls, head = [], cpu_head.head_step
+    _, _, step = _branchnet_step()
+    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
+    args = [[a.copy() if isinstance(a, np.ndarray) else a for a in calls[0]] for _ in range(2)]
+    heads = {"head in phases": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
+    first = [f() for f in heads.values()]
+    assert first[0] == first[1] and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), first
+    step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
+    steps = {"branchnet step in phases": step,
+             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
+    return {**alternate(heads, rounds), **alternate(steps, rounds)}
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
-         "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits}
+         "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
+         "head-phases": head_phases}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

@@ -20,7 +20,8 @@ from .cpu_loss import row_loss
 from .cpu_simd import gather_planned, scatter_planned, tile_plan
 
 
-BLOCK = 64      # rows whose hidden-layer gradients are buffered, so that dW2 is summed in registers
+BLOCK = 64      # rows taken phase by phase (their hidden layer's outputs and gradients buffered), so that each
+                # product's weights stay in the L1 cache and dW2 is summed in registers
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -33,7 +34,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     padded = W3.shape[1]
     dtype = A1.dtype
     every = np.arange(max(k1, m2, padded, BLOCK)).astype(np.int32)
-    h2 = np.empty(m2, dtype)
+    H2 = np.empty((BLOCK, m2), dtype)          # the block's hidden-layer pre-activations, then activations
     a2 = np.empty(m2, dtype)
     out = np.empty(padded, dtype)
     g = np.zeros(padded, dtype)
@@ -52,10 +53,11 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     correct = 0
     for s0 in range(start, stop, BLOCK):
         nb = min(stop, s0 + BLOCK) - s0
+        for b in range(nb):                      # phase by phase, so that W2 and then W2T stay in the L1 cache
+            gather_planned(to_m2, every, A1[s0 + b], 0, k1, W2, H2[b], 0, m2)
         for b in range(nb):
             i = s0 + b
-            a1 = A1[i]
-            gather_planned(to_m2, every, a1, 0, k1, W2, h2, 0, m2)
+            h2 = H2[b]
             if b2.shape[0]:
                 for j in range(m2):
                     h2[j] += b2[j]
@@ -79,7 +81,10 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
-            gather_planned(to_k1, every, d2, 0, m2, W2T, dA1[i], 0, k1)
+        for b in range(nb):
+            gather_planned(to_k1, every, D2[b], 0, m2, W2T, dA1[s0 + b], 0, k1)
+        for b in range(nb):
+            a1 = A1[s0 + b]
             for j in range(k1):
                 A1T[j, b] = a1[j]
         for j in range(k1):
