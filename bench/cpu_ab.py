@@ -22,10 +22,12 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - loop-limits (not an A/B): the batch-1 first-layer loops in cycles per 32-byte vector (L1 and L2) beside a
   contiguous vectorised update, the clock from a chain of FMAs, and the epoch without pixels;
 - head-phases: branchnet's fused head taking each block of rows phase by phase against v1, row by row;
+- step-parts (not an A/B): branchnet's float32 step beside its three big kernels run alone on a real step's
+  arguments (first-layer forward, fused head, first-layer weight gradient);
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases step-parts]
 """
 
 from __future__ import annotations
@@ -542,10 +544,35 @@ def head_phases(rounds=21):
     return {**alternate(heads, rounds), **alternate(steps, rounds)}
 
 
+def step_parts(rounds=21):
+    """Not an A/B: branchnet's float32 step beside its three big kernels, each called alone on the arguments
+    it had in a real step: the first layer's sparse forward, the fused head, the first layer's weight
+    gradient (column blocks)."""
+    from fastmnist.kernels import cpu_sparse, cpu_step
+    kernels = {"forward": (cpu_step.cpu_sparse, "sparse_dense_forward"), "head": (cpu_step.cpu_head, "head_step"),
+               "weight gradient": (cpu_step.cpu_sparse, "blocked_weight_grad")}
+    calls = {}
+    _, _, step = _branchnet_step()
+    saved = {name: getattr(module, attr) for name, (module, attr) in kernels.items()}
+    for name, (module, attr) in kernels.items():
+        setattr(module, attr, lambda *a, name=name: calls.setdefault(name, a) and saved[name](*a))
+    try:
+        step()
+    finally:
+        for name, (module, attr) in kernels.items():
+            setattr(module, attr, saved[name])
+    assert cpu_sparse.sparse_dense_forward is saved["forward"] and set(calls) == set(kernels), sorted(calls)
+    parts = {"step": step}
+    for name, args in calls.items():
+        args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        parts[name] = lambda f=saved[name], args=args: f(*args)
+    return alternate(parts, rounds)
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
          "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
-         "head-phases": head_phases}
+         "head-phases": head_phases, "step-parts": step_parts}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:
