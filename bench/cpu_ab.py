@@ -22,12 +22,14 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - loop-limits (not an A/B): the batch-1 first-layer loops in cycles per 32-byte vector (L1 and L2) beside a
   contiguous vectorised update, the clock from a chain of FMAs, and the epoch without pixels;
 - head-phases: branchnet's fused head taking each block of rows phase by phase against v1, row by row;
+- forward-tiles: branchnet's first-layer sparse forward with tiles of at most 4 vectors against v1, at most 6,
+  float32 and float64, then whole float32 steps with each;
 - step-parts (not an A/B): branchnet's float32 step beside its three big kernels run alone on a real step's
   arguments (first-layer forward, fused head, first-layer weight gradient);
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases step-parts]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases step-parts forward-tiles]
 """
 
 from __future__ import annotations
@@ -171,6 +173,12 @@ def activation(rounds=15):
     Hs, Ds = (H0.copy(), H0.copy()), (D.copy(), D.copy())       # each version repeats its passes in place
     return alternate({"vectorised": lambda: new(Hs[0], Ds[0], runs),
                       "v1": lambda: old(Hs[1], Ds[1], runs)}, rounds)
+
+
+def _copies(args):
+    """Fresh copies of the arrays among a kernel call's arguments, each starting on a cache line as the backend's
+    arrays do (a plain NumPy copy starts 0, 16, 32 or 48 bytes past one, which changes the kernels' speed)."""
+    return [cpu_simd.aligned_copy(a.copy()) if isinstance(a, np.ndarray) else a for a in args]
 
 
 def _recompiled(kernel, **replace):
@@ -453,7 +461,7 @@ def tile6(rounds=21):
     calls, head = [], cpu_head.head_step
     _, _, step = _branchnet_step()
     _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
-    args = [[a.copy() if isinstance(a, np.ndarray) else a for a in calls[0]] for _ in range(2)]
+    args = [_copies(calls[0]) for _ in range(2)]
     heads = {"head tiles of 6": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
     (t, c), (t1, c1) = (f() for f in heads.values())
     assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
@@ -534,7 +542,7 @@ def head_phases(rounds=21):
     calls, head = [], cpu_head.head_step
     _, _, step = _branchnet_step()
     _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
-    args = [[a.copy() if isinstance(a, np.ndarray) else a for a in calls[0]] for _ in range(2)]
+    args = [_copies(calls[0]) for _ in range(2)]
     heads = {"head in phases": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
     first = [f() for f in heads.values()]
     assert first[0] == first[1] and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), first
@@ -564,15 +572,53 @@ def step_parts(rounds=21):
     assert cpu_sparse.sparse_dense_forward is saved["forward"] and set(calls) == set(kernels), sorted(calls)
     parts = {"step": step}
     for name, args in calls.items():
-        args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        args = _copies(args)
         parts[name] = lambda f=saved[name], args=args: f(*args)
     return alternate(parts, rounds)
+
+
+def _branchnet_forward_args(dtype):
+    """The arguments of the first layer's sparse forward in a real branchnet step in `dtype`."""
+    from fastmnist.kernels import cpu_sparse, cpu_step
+    be = fastmnist.get_backend("numba-cpu")
+    recipe = make_recipe("branchnet")
+    net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
+    train = data.load_splits("50k-10k-10k").train
+    X, y = be.to_float(train.images, dtype), train.labels.astype(np.int64)
+    calls, forward = [], cpu_sparse.sparse_dense_forward
+    _swapped(cpu_step.cpu_sparse, "sparse_dense_forward", lambda *a: calls.append(a) or forward(*a),
+             lambda: be.train_epoch(net, X, y, None, np.random.RandomState(5), None))
+    return calls[0]
+
+
+def forward_tiles(rounds=15):
+    """branchnet's first-layer sparse forward (on a real step's arguments, float32 and float64) with tiles of
+    at most cpu_sparse.FORWARD_TILE = 4 vectors against v1, at most cpu_simd.MAX_TILE = 6; then whole float32
+    steps with each. Results are identical: each unit's sum runs over the same pixels in the same order."""
+    from fastmnist.kernels import cpu_sparse, cpu_step
+    v1 = _recompiled(cpu_sparse.sparse_dense_forward, _forward_block=_recompiled(
+        cpu_sparse._forward_block, _gather_block=_recompiled(cpu_sparse._gather_block, FORWARD_TILE=cpu_simd.MAX_TILE)))
+    medians = {}
+    for dtype in (np.float32, np.float64):
+        args = [_copies(_branchnet_forward_args(np.dtype(dtype))) for _ in range(2)]
+        name = np.dtype(dtype).name
+        pair = {f"{name} forward tiles of 4": lambda: cpu_sparse.sparse_dense_forward(*args[0]),
+                f"{name} forward v1": lambda: v1(*args[1])}
+        for f in pair.values():
+            f()
+        assert np.array_equal(args[0][-1], args[1][-1]), "the two versions disagree"
+        medians.update(alternate(pair, rounds))
+    step, step_v1 = (_branchnet_step()[2] for _ in range(2))
+    steps = {"branchnet step tiles of 4": step,
+             "branchnet step v1": lambda: _swapped(cpu_step.cpu_sparse, "sparse_dense_forward", v1, step_v1)}
+    return {**medians, **alternate(steps, rounds)}
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
          "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
-         "head-phases": head_phases, "step-parts": step_parts}
+         "head-phases": head_phases, "step-parts": step_parts,
+         "forward-tiles": forward_tiles}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

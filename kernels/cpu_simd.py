@@ -285,11 +285,12 @@ L1, L2, L3, L4, L5, L6 = (scatter_listed_tiles(nv) for nv in range(1, MAX_TILE +
 
 
 @njit(cache=True)
-def tile_plan(j0, j1, itemsize):
+def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE):
     """(nv, wide, narrow): the whole vectors of columns j0:j1 as `wide` tiles of nv + 1 vectors followed by
-    `narrow` tiles of nv, in the fewest passes of at most MAX_TILE vectors; (j1 - j0) % lanes columns remain."""
+    `narrow` tiles of nv, in the fewest passes of at most max_tile (<= MAX_TILE) vectors; (j1 - j0) % lanes
+    columns remain."""
     vectors = (j1 - j0) // (VECTOR_BYTES // itemsize)
-    passes = -(-vectors // MAX_TILE)
+    passes = -(-vectors // max_tile)
     if passes == 0:
         return 0, 0, 0
     nv = vectors // passes

@@ -102,6 +102,8 @@ def scale_and_compress(images: np.ndarray, dtype) -> tuple[np.ndarray, Compresse
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
+FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 128-byte tiles of W read faster here than
+                   # 5- or 6-vector ones (python bench/cpu_ab.py forward-tiles)
 
 
 @njit(cache=True, fastmath={"contract"})
@@ -110,7 +112,7 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     so that the tile of W they read stays in cache."""
     k = W.shape[1]
     lanes = VECTOR_BYTES // W.itemsize
-    nv, wide, narrow = tile_plan(0, k, W.itemsize)
+    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE)
     c = 0
     for t in range(wide + narrow):
         width = nv + 1 if t < wide else nv
