@@ -30,14 +30,17 @@ def _scatter_want(G, indices, values, lo, hi, d, j0, j1):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype):
+@pytest.mark.parametrize("max_tile", [None, 1, 4])
+def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype, max_tile):
     lanes = cpu_simd.lanes(np.dtype(dtype))
+    limit = max_tile or cpu_simd.MAX_TILE
     for j0 in (0, 3):
         for width in range(0, 40 * lanes):
-            nv, wide, narrow = cpu_simd.tile_plan(j0, j0 + width, np.dtype(dtype).itemsize)
+            args = (j0, j0 + width, np.dtype(dtype).itemsize) + ((max_tile,) if max_tile else ())
+            nv, wide, narrow = cpu_simd.tile_plan(*args)
             assert wide * (nv + 1) + narrow * nv == width // lanes
-            assert nv + (wide > 0) <= cpu_simd.MAX_TILE
-            assert wide + narrow == -(-(width // lanes) // cpu_simd.MAX_TILE)
+            assert nv + (wide > 0) <= limit
+            assert wide + narrow == -(-(width // lanes) // limit)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
