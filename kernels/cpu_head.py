@@ -2,8 +2,9 @@
 the backward pass down to the gradient of the first layer's activations.
 
 For a network X -> [first layer] -> A1 -> W2 (+ b2, act2, per-unit scale2) -> W3 (+ b3, act3) -> loss, each
-row of A1 goes through both products, the activations, the loss and its gradient, the two weight
-gradients and dA1 = dZ2 @ W2.T without leaving the cache; each thread sums its rows' weight gradients
+block of rows of A1 goes through both products, the activations, the loss and its gradient, the two weight
+gradients and dA1 = dZ2 @ W2.T without leaving the cache, phase by phase (all the block's products with W2,
+then the per-row work, then all its products with W2T); each thread sums its rows' weight gradients
 into private buffers, added at the end (race-free under parallel=True). The products are cpu_simd's
 gathers and scatters over the dense rows (every index present), so the weights' tiles stay in registers.
 Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.

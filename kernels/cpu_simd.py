@@ -397,6 +397,18 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
             h[j] += x * m[j]
 
 
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def _scatter_rest(indices, values, lo, hi, d, G, k1, j1):
+    """The columns k1:j1 after a scatter's last whole vector, one element at a time."""
+    if k1 == j1:
+        return
+    for p in range(lo, hi):
+        x = values[p]
+        g = G[indices[p]]
+        for j in range(k1, j1):
+            g[j] += x * d[j]
+
+
 @njit(cache=True, fastmath={"contract"})
 def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
     """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
@@ -412,13 +424,7 @@ def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
     k = j0 + wide * (nv + 1) * lanes
     scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow)
     k1 = k + narrow * nv * lanes
-    if k1 == j1:
-        return
-    for p in range(lo, hi):
-        x = values[p]
-        g = G[indices[p]]
-        for j in range(k1, j1):
-            g[j] += x * d[j]
+    _scatter_rest(indices, values, lo, hi, d, G, k1, j1)
 
 
 @njit(cache=True)
@@ -451,10 +457,4 @@ def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
     nv, wide, narrow = plans[m, 0], plans[m, 1], plans[m, 2]
     scatter_listed_tile(nv + 1, indices, values, lo, hi, d, G, columns, 0, wide)
     scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, wide * (nv + 1), narrow)
-    if k1 == j1:
-        return
-    for p in range(lo, hi):
-        x = values[p]
-        g = G[indices[p]]
-        for j in range(k1, j1):
-            g[j] += x * d[j]
+    _scatter_rest(indices, values, lo, hi, d, G, k1, j1)
