@@ -29,7 +29,8 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
-    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero batch1-parts loop-limits head-phases step-parts forward-tiles]
+    python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero
+                            batch1-parts loop-limits head-phases step-parts forward-tiles]
 """
 
 from __future__ import annotations
