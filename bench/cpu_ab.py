@@ -24,13 +24,15 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - head-phases: branchnet's fused head taking each block of rows phase by phase against v1, row by row;
 - forward-tiles: branchnet's first-layer sparse forward with tiles of at most 4 vectors against v1, at most 6,
   float32 and float64, then whole float32 steps with each;
+- dense-head: branchnet's fused head with dense gathers and scatters (no index array) against v1, which reads
+  an index array 0, 1, 2, ... for every row; then whole float32 steps with each;
 - step-parts (not an A/B): branchnet's float32 step beside its three big kernels run alone on a real step's
   arguments (first-layer forward, fused head, first-layer weight gradient);
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
     python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero
-                            batch1-parts loop-limits head-phases step-parts forward-tiles]
+                            batch1-parts loop-limits head-phases step-parts forward-tiles dense-head]
 """
 
 from __future__ import annotations
@@ -615,11 +617,43 @@ def forward_tiles(rounds=15):
     return {**medians, **alternate(steps, rounds)}
 
 
+_EVERY = np.arange(4096, dtype=np.int32)     # v1's index arrays for the head's dense products (a constant)
+
+
+@njit(inline="always")
+def _gather_every_v1(plan, indices, values, lo, hi, M, h, j0, j1):
+    cpu_simd.gather_planned(plan, _EVERY, values, lo, hi, M, h, j0, j1)
+
+
+@njit(inline="always")
+def _scatter_every_v1(plan, indices, values, lo, hi, d, G, j0, j1):
+    cpu_simd.scatter_planned(plan, _EVERY, values, lo, hi, d, G, j0, j1)
+
+
+def dense_head(rounds=21):
+    """branchnet's fused head (float32, a real step's arguments) with its products as cpu_simd's dense gathers
+    and scatters (indices None: value p goes with row p) against v1, the same loops reading an index array
+    0, 1, 2, ... for every row; bit-identical results (checked first). Then whole steps with each."""
+    head_v1 = _recompiled(cpu_head.head_step, _rows=_recompiled(cpu_head._rows, gather_planned=_gather_every_v1,
+                                                                scatter_planned=_scatter_every_v1))
+    calls, head = [], cpu_head.head_step
+    _, _, step = _branchnet_step()
+    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
+    args = [_copies(calls[0]) for _ in range(2)]
+    heads = {"head dense": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
+    first = [f() for f in heads.values()]
+    assert first[0] == first[1] and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), first
+    step, step_v1 = (_branchnet_step()[2] for _ in range(2))
+    steps = {"branchnet step dense": step,
+             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
+    return {**alternate(heads, rounds), **alternate(steps, rounds)}
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
          "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
          "head-phases": head_phases, "step-parts": step_parts,
-         "forward-tiles": forward_tiles}
+         "forward-tiles": forward_tiles, "dense-head": dense_head}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

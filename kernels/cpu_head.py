@@ -6,8 +6,8 @@ block of rows of A1 goes through both products, the activations, the loss and it
 gradients and dA1 = dZ2 @ W2.T without leaving the cache, phase by phase (all the block's products with W2,
 then the per-row work, then all its products with W2T); each thread sums its rows' weight gradients
 into private buffers, added at the end (race-free under parallel=True). The products are cpu_simd's
-gathers and scatters over the dense rows (every index present), so the weights' tiles stay in registers.
-Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.
+gathers and scatters in their dense form (no indices: value p goes with row p), so the weights' tiles stay
+in registers. Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     classes = db3.shape[0]
     padded = W3.shape[1]
     dtype = A1.dtype
-    every = np.arange(max(k1, m2, padded, BLOCK)).astype(np.int32)
     H2 = np.empty((BLOCK, m2), dtype)          # the block's hidden-layer pre-activations, then activations
     a2 = np.empty(m2, dtype)
     out = np.empty(padded, dtype)
@@ -55,7 +54,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     for s0 in range(start, stop, BLOCK):
         nb = min(stop, s0 + BLOCK) - s0
         for b in range(nb):                      # phase by phase, so that W2 and then W2T stay in the L1 cache
-            gather_planned(to_m2, every, A1[s0 + b], 0, k1, W2, H2[b], 0, m2)
+            gather_planned(to_m2, None, A1[s0 + b], 0, k1, W2, H2[b], 0, m2)
         for b in range(nb):
             i = s0 + b
             h2 = H2[b]
@@ -65,7 +64,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             activate_runs(h2, runs2)
             for j in range(m2):
                 a2[j] = h2[j] * scale2[j]
-            gather_planned(to_padded, every, a2, 0, m2, W3, out, 0, padded)
+            gather_planned(to_padded, None, a2, 0, m2, W3, out, 0, padded)
             for c in range(classes):
                 z = out[c] + b3[c] if b3.shape[0] else out[c]
                 out[c] = activate(z, codes3[c])
@@ -75,21 +74,21 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             for c in range(classes):
                 g[c] = g[c] * derivative(out[c], codes3[c])
                 db3[c] += g[c]
-            scatter_planned(to_padded, every, a2, 0, m2, g, dW3, 0, padded)
+            scatter_planned(to_padded, None, a2, 0, m2, g, dW3, 0, padded)
             d2 = D2[b]
-            gather_planned(to_m2, every, g, 0, classes, W3T, d2, 0, m2)
+            gather_planned(to_m2, None, g, 0, classes, W3T, d2, 0, m2)
             times_derivative_runs(d2, h2, runs2)
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
         for b in range(nb):
-            gather_planned(to_k1, every, D2[b], 0, m2, W2T, dA1[s0 + b], 0, k1)
+            gather_planned(to_k1, None, D2[b], 0, m2, W2T, dA1[s0 + b], 0, k1)
         for b in range(nb):
             a1 = A1[s0 + b]
             for j in range(k1):
                 A1T[j, b] = a1[j]
         for j in range(k1):
-            gather_planned(to_m2, every, A1T[j], 0, nb, D2, row, 0, m2)
+            gather_planned(to_m2, None, A1T[j], 0, nb, D2, row, 0, m2)
             for u in range(m2):
                 dW2[j, u] += row[u]
     return total, correct

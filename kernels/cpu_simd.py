@@ -8,7 +8,8 @@ gather_tiles(nv)(indices, values, lo, hi, W, h, j0, ntiles):
     h[j0:j0 + ntiles*T] = sum over p in [lo, hi) of values[p] * W[indices[p], j0:j0 + ntiles*T]
 scatter_tiles(nv)(indices, values, lo, hi, dz, acc, j0, ntiles):
     acc[indices[p], j0:j0 + ntiles*T] += values[p] * dz[j0:j0 + ntiles*T] for p in [lo, hi)
-with T = nv * lanes (`lanes`). Callers check bounds: the intrinsics index without checks. W, acc are
+with T = nv * lanes (`lanes`). indices may be None: then values[p] goes with row p of W or acc, a dense
+product with no index to load per row. Callers check bounds: the intrinsics index without checks. W, acc are
 C-contiguous 2-D arrays, h and dz contiguous 1-D ones, all of one float dtype. Products are fused
 multiply-adds, so results equal a plain loop's within rounding. gather_columns and scatter_columns do the
 same over any column range [j0, j1): its whole vectors in the fewest passes of tiles of at most MAX_TILE
@@ -83,6 +84,8 @@ def _splat(builder, vty, x):
 
 
 def _index(builder, ind_ty, ind_p, p):
+    if ind_p is None:                                   # no indices: value p goes with row p
+        return p
     r = builder.load(builder.gep(ind_p, [p], inbounds=True))
     if r.type.width == 64:
         return r
@@ -102,22 +105,22 @@ def _vector_ptr(builder, base, offset, vty):
 
 
 def _check_types(indices, values, matrix, out, out_ndim=1):
-    ok = (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
-          and indices.ndim == 1 and indices.layout == "C"
+    ok = ((indices is types.none or isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
+           and indices.ndim == 1 and indices.layout == "C")
           and isinstance(values, types.Array) and values.dtype in (types.float32, types.float64)
           and values.ndim == 1 and values.layout == "C"
           and isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"
           and isinstance(out, types.Array) and out.ndim == out_ndim and out.layout == "C"
           and matrix.dtype == values.dtype == out.dtype)
     if not ok:
-        raise TypeError("cpu_simd: need integer indices, float values and C-contiguous arrays of one dtype")
+        raise TypeError("cpu_simd: need integer indices (or None), float values and C-contiguous arrays of one dtype")
 
 
 def _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p, out_off, j0_v, nt_v, accumulate):
     """The tile loop of a gather: out[out_off + col : + T] (+)= sum of values[p] * W[indices[p], col : + T]."""
     fty, vty = _vector_type(context, w_ty.dtype)
     i64 = ir.IntType(64)
-    ind_p, _ = _parts(context, builder, ind_ty, args[0])
+    ind_p = None if ind_ty is types.none else _parts(context, builder, ind_ty, args[0])[0]
     val_p, _ = _parts(context, builder, val_ty, args[1])
     lo_v, hi_v = args[2], args[3]
     w_p, (_, width) = _parts(context, builder, w_ty, args[4])
@@ -203,7 +206,7 @@ def _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, 
     the nv columns c_v that tile_columns(tile index) gives (i64 values)."""
     fty, vty = _vector_type(context, acc_ty.dtype)
     i64 = ir.IntType(64)
-    ind_p, _ = _parts(context, builder, ind_ty, args[0])
+    ind_p = None if ind_ty is types.none else _parts(context, builder, ind_ty, args[0])[0]
     val_p, _ = _parts(context, builder, val_ty, args[1])
     lo_v, hi_v = args[2], args[3]
     dz_p, _ = _parts(context, builder, dz_ty, args[4])
@@ -392,7 +395,7 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
         h[j] = 0
     for p in range(lo, hi):
         x = values[p]
-        m = M[indices[p]]
+        m = M[p] if indices is None else M[indices[p]]
         for j in range(k1, j1):
             h[j] += x * m[j]
 
@@ -404,7 +407,7 @@ def _scatter_rest(indices, values, lo, hi, d, G, k1, j1):
         return
     for p in range(lo, hi):
         x = values[p]
-        g = G[indices[p]]
+        g = G[p] if indices is None else G[indices[p]]
         for j in range(k1, j1):
             g[j] += x * d[j]
 

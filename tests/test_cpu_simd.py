@@ -45,16 +45,19 @@ def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype, max_tile
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
-def test_gather_and_scatter_columns_match_numpy(dtype, j0):
+@pytest.mark.parametrize("dense", [False, True], ids=["indexed", "dense"])
+def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
     rng = np.random.default_rng()
     for width in widths(dtype):
         cols = j0 + width + 2
         M = rng.standard_normal((50, cols)).astype(dtype)
         indices = rng.integers(0, 50, 37).astype(np.int32)          # repeats included
+        if dense:                                                   # no indices: value p goes with row p
+            indices = np.arange(37, dtype=np.int32)
         values = rng.standard_normal(37).astype(dtype)
         lo, hi = 4, 33
         h = np.full(cols, np.nan, dtype)
-        cpu_simd.gather_columns(indices, values, lo, hi, M, h, j0, j0 + width)
+        cpu_simd.gather_columns(None if dense else indices, values, lo, hi, M, h, j0, j0 + width)
         want = values[lo:hi].astype(np.float64) @ M[indices[lo:hi]].astype(np.float64)
         assert rel_err(h[j0:j0 + width], want[j0:j0 + width]) < TOL[dtype], width
         assert np.isnan(h[:j0]).all() and np.isnan(h[j0 + width:]).all(), "wrote outside its columns"
@@ -62,7 +65,7 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0):
         d = rng.standard_normal(cols).astype(dtype)
         G = rng.standard_normal((50, cols)).astype(dtype)
         want, before = _scatter_want(G, indices, values, lo, hi, d, j0, j0 + width), G.copy()
-        cpu_simd.scatter_columns(indices, values, lo, hi, d, G, j0, j0 + width)
+        cpu_simd.scatter_columns(None if dense else indices, values, lo, hi, d, G, j0, j0 + width)
         assert rel_err(G, want) < TOL[dtype], width
         outside = np.ones(cols, bool)
         outside[j0:j0 + width] = False
