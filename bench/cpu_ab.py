@@ -456,30 +456,20 @@ def loop_limits(rounds=21):
 
 
 def tile6(rounds=21):
-    """branchnet's fused head (cpu_head.head_step, float32, on the arguments of a real step) with cpu_simd's tiles
-    of up to 6 vectors against v1, up to 5 (its 48-unit rows then take one pass instead of two); the two are
-    first checked to agree."""
-    head_v1 = _recompiled(cpu_head.head_step,
-                          _rows=_recompiled(cpu_head._rows, tile_plan=_recompiled(cpu_simd.tile_plan, MAX_TILE=5)))
-    calls, head = [], cpu_head.head_step
-    _, _, step = _branchnet_step()
-    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
-    args = [_copies(calls[0]) for _ in range(2)]
-    heads = {"head tiles of 6": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
-    (t, c), (t1, c1) = (f() for f in heads.values())
-    assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
-    return alternate(heads, rounds)
+    """branchnet's fused head with cpu_simd's tiles of up to 6 vectors against v1, up to 5 (its 48-unit rows then
+    take one pass instead of two); the two are first checked to agree within rounding."""
+    v1 = _recompiled(cpu_head._rows, tile_plan=_recompiled(cpu_simd.tile_plan, MAX_TILE=5))
+    return _head_ab("tiles of 6", _recompiled(cpu_head.head_step, _rows=v1), rounds, steps=False, exact=False)
 
 
 @njit(cache=True, fastmath={"contract"})
 def _head_rows_v1(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kind, eps, nd, start, stop,
           dA1, dW2, db2, dW3, db3):
-    """cpu_head._rows before its phases: each row through every product in turn."""
+    """cpu_head._rows before its phases (with its dense products): each row through all its products in turn."""
     k1, m2 = W2.shape
     classes = db3.shape[0]
     padded = W3.shape[1]
     dtype = A1.dtype
-    every = np.arange(max(k1, m2, padded, cpu_head.BLOCK)).astype(np.int32)
     h2 = np.empty(m2, dtype)
     a2 = np.empty(m2, dtype)
     out = np.empty(padded, dtype)
@@ -502,14 +492,14 @@ def _head_rows_v1(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, 
         for b in range(nb):
             i = s0 + b
             a1 = A1[i]
-            cpu_simd.gather_planned(to_m2, every, a1, 0, k1, W2, h2, 0, m2)
+            cpu_simd.gather_planned(to_m2, None, a1, 0, k1, W2, h2, 0, m2)
             if b2.shape[0]:
                 for j in range(m2):
                     h2[j] += b2[j]
             cpu_activation.activate_runs(h2, runs2)
             for j in range(m2):
                 a2[j] = h2[j] * scale2[j]
-            cpu_simd.gather_planned(to_padded, every, a2, 0, m2, W3, out, 0, padded)
+            cpu_simd.gather_planned(to_padded, None, a2, 0, m2, W3, out, 0, padded)
             for c in range(classes):
                 z = out[c] + b3[c] if b3.shape[0] else out[c]
                 out[c] = cpu_activation.activate(z, codes3[c])
@@ -519,40 +509,51 @@ def _head_rows_v1(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, 
             for c in range(classes):
                 g[c] = g[c] * cpu_activation.derivative(out[c], codes3[c])
                 db3[c] += g[c]
-            cpu_simd.scatter_planned(to_padded, every, a2, 0, m2, g, dW3, 0, padded)
+            cpu_simd.scatter_planned(to_padded, None, a2, 0, m2, g, dW3, 0, padded)
             d2 = D2[b]
-            cpu_simd.gather_planned(to_m2, every, g, 0, classes, W3T, d2, 0, m2)
+            cpu_simd.gather_planned(to_m2, None, g, 0, classes, W3T, d2, 0, m2)
             cpu_activation.times_derivative_runs(d2, h2, runs2)
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
-            cpu_simd.gather_planned(to_k1, every, d2, 0, m2, W2T, dA1[i], 0, k1)
+            cpu_simd.gather_planned(to_k1, None, d2, 0, m2, W2T, dA1[i], 0, k1)
             for j in range(k1):
                 A1T[j, b] = a1[j]
         for j in range(k1):
-            cpu_simd.gather_planned(to_m2, every, A1T[j], 0, nb, D2, row, 0, m2)
+            cpu_simd.gather_planned(to_m2, None, A1T[j], 0, nb, D2, row, 0, m2)
             for u in range(m2):
                 dW2[j, u] += row[u]
     return total, correct
 
 
-def head_phases(rounds=21):
-    """branchnet's fused head (float32, on the arguments of a real step) taking each block of rows phase by
-    phase (all its hidden-layer products with W2, then the per-row work, then all its products with W2T)
-    against v1, each row through every product in turn (W2 and W2T, 29 KB each, then share the L1 cache);
-    results are bit-identical (checked first). Then whole steps with each version of the head."""
-    head_v1 = _recompiled(cpu_head.head_step, _rows=_head_rows_v1)
+def _head_ab(label, head_v1, rounds, steps=True, exact=True):
+    """The fused head (float32, on the arguments of a real step, copied for each version) against head_v1, first
+    checked to give bit-identical results (`exact`) or to agree within rounding; then, if `steps`, whole steps
+    with each version of the head."""
     calls, head = [], cpu_head.head_step
     _, _, step = _branchnet_step()
     _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
     args = [_copies(calls[0]) for _ in range(2)]
-    heads = {"head in phases": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
-    first = [f() for f in heads.values()]
-    assert first[0] == first[1] and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), first
-    step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
-    steps = {"branchnet step in phases": step,
-             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
-    return {**alternate(heads, rounds), **alternate(steps, rounds)}
+    heads = {f"head {label}": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
+    (t, c), (t1, c1) = (f() for f in heads.values())
+    if exact:
+        assert (t, c) == (t1, c1) and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), (t, t1)
+    else:
+        assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
+    medians = alternate(heads, rounds)
+    if steps:
+        step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
+        medians.update(alternate({f"branchnet step {label}": step,
+                                  "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)},
+                                 rounds))
+    return medians
+
+
+def head_phases(rounds=21):
+    """branchnet's fused head taking each block of rows phase by phase (all its hidden-layer products with W2,
+    then the per-row work, then all its products with W2T) against v1, each row through every product in turn
+    (W2 and W2T, 29 KB each, then share the L1 cache); bit-identical. Then whole steps with each."""
+    return _head_ab("in phases", _recompiled(cpu_head.head_step, _rows=_head_rows_v1), rounds)
 
 
 def step_parts(rounds=21):
@@ -631,22 +632,11 @@ def _scatter_every_v1(plan, indices, values, lo, hi, d, G, j0, j1):
 
 
 def dense_head(rounds=21):
-    """branchnet's fused head (float32, a real step's arguments) with its products as cpu_simd's dense gathers
-    and scatters (indices None: value p goes with row p) against v1, the same loops reading an index array
-    0, 1, 2, ... for every row; bit-identical results (checked first). Then whole steps with each."""
-    head_v1 = _recompiled(cpu_head.head_step, _rows=_recompiled(cpu_head._rows, gather_planned=_gather_every_v1,
-                                                                scatter_planned=_scatter_every_v1))
-    calls, head = [], cpu_head.head_step
-    _, _, step = _branchnet_step()
-    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
-    args = [_copies(calls[0]) for _ in range(2)]
-    heads = {"head dense": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
-    first = [f() for f in heads.values()]
-    assert first[0] == first[1] and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), first
-    step, step_v1 = (_branchnet_step()[2] for _ in range(2))
-    steps = {"branchnet step dense": step,
-             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
-    return {**alternate(heads, rounds), **alternate(steps, rounds)}
+    """branchnet's fused head with its products as cpu_simd's dense gathers and scatters (indices None: value p
+    goes with row p) against v1, the same loops reading an index array 0, 1, 2, ... for every row;
+    bit-identical. Then whole steps with each."""
+    v1 = _recompiled(cpu_head._rows, gather_planned=_gather_every_v1, scatter_planned=_scatter_every_v1)
+    return _head_ab("dense", _recompiled(cpu_head.head_step, _rows=v1), rounds)
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
