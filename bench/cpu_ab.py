@@ -66,15 +66,50 @@ def alternate(variants, rounds, report=None):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _branchnet_step():
+def _branchnet_step(dtype=np.float32):
+    """(backend, net, a zero-argument call of one full-batch branchnet step on numba-cpu in `dtype`)."""
     be = fastmnist.get_backend("numba-cpu")
     recipe = make_recipe("branchnet")
-    dtype = np.dtype("float32")
+    dtype = np.dtype(dtype)
     net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
     train = data.load_splits("50k-10k-10k").train
     X, y = be.to_float(train.images, dtype), train.labels.astype(np.int64)
     rng = np.random.RandomState(5)
     return be, net, lambda: be.train_epoch(net, X, y, None, rng, None)
+
+
+def _steps_ab(label, module, name, v1, rounds):
+    """Whole float32 branchnet steps, two nets from the same start, one with `module.name` swapped for v1; their
+    first steps are checked to give the same loss and count first."""
+    step, step_v1 = (_branchnet_step()[2] for _ in range(2))
+    pair = {f"branchnet step {label}": step, "branchnet step v1": lambda: _swapped(module, name, v1, step_v1)}
+    a, b = (f() for f in pair.values())
+    assert a == b, f"the two versions disagree: {a} {b}"
+    return alternate(pair, rounds)
+
+
+def _captured(kernels, call):
+    """The arguments of the first call of each kernel named in `kernels` ((module, attribute) pairs) while
+    `call()` runs, the kernels running as usual."""
+    calls = [None] * len(kernels)
+    saved = [getattr(module, attr) for module, attr in kernels]
+
+    def recording(k):
+        def kernel(*args):
+            if calls[k] is None:
+                calls[k] = args
+            return saved[k](*args)
+        return kernel
+
+    for k, (module, attr) in enumerate(kernels):
+        setattr(module, attr, recording(k))
+    try:
+        call()
+    finally:
+        for (module, attr), f in zip(kernels, saved):
+            setattr(module, attr, f)
+    assert all(c is not None for c in calls), [attr for (_, attr), c in zip(kernels, calls) if c is None]
+    return calls
 
 
 def step_blocks(rounds=15):
@@ -272,15 +307,12 @@ def planned(rounds=15):
     v1 = dict(gather_planned=_gather_per_call_v1, scatter_planned=_scatter_per_call_v1)
     variants = _batch1_variants(_recompiled(cpu_epoch.sgd_epoch_batch1, **v1), ("planned", "v1"))
     head_v1 = _recompiled(cpu_head.head_step, _rows=_recompiled(cpu_head._rows, **v1))
-    step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
-    steps = {"branchnet step planned": step,
-             "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)}
     epochs = {"fast epoch planned": _fast_epoch(cpu_minibatch.minibatch_epoch),
               "fast epoch v1": _fast_epoch(_recompiled(cpu_minibatch.minibatch_epoch, gather_planned=_gather_per_call_v1))}
-    for pair in (steps, epochs):
-        a, b = (f() for f in pair.values())
-        assert a == b, f"the two versions disagree: {a} {b}"
-    return {**alternate(variants, 41), **alternate(steps, rounds), **alternate(epochs, rounds)}
+    a, b = (f() for f in epochs.values())
+    assert a == b, f"the two versions disagree: {a} {b}"
+    return {**alternate(variants, 41), **_steps_ab("planned", cpu_head, "head_step", head_v1, rounds),
+            **alternate(epochs, rounds)}
 
 
 @njit(cache=True, fastmath=True)
@@ -530,10 +562,8 @@ def _head_ab(label, head_v1, rounds, steps=True, exact=True):
     """The fused head (float32, on the arguments of a real step, copied for each version) against head_v1, first
     checked to give bit-identical results (`exact`) or to agree within rounding; then, if `steps`, whole steps
     with each version of the head."""
-    calls, head = [], cpu_head.head_step
-    _, _, step = _branchnet_step()
-    _swapped(cpu_head, "head_step", lambda *a: calls.append(a) or head(*a), step)
-    args = [_copies(calls[0]) for _ in range(2)]
+    (captured,) = _captured([(cpu_head, "head_step")], _branchnet_step()[2])
+    args = [_copies(captured) for _ in range(2)]
     heads = {f"head {label}": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
     (t, c), (t1, c1) = (f() for f in heads.values())
     if exact:
@@ -542,10 +572,7 @@ def _head_ab(label, head_v1, rounds, steps=True, exact=True):
         assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
     medians = alternate(heads, rounds)
     if steps:
-        step, step_v1 = (_branchnet_step()[2] for _ in range(2))          # two nets, from the same start
-        medians.update(alternate({f"branchnet step {label}": step,
-                                  "branchnet step v1": lambda: _swapped(cpu_head, "head_step", head_v1, step_v1)},
-                                 rounds))
+        medians.update(_steps_ab(label, cpu_head, "head_step", head_v1, rounds))
     return medians
 
 
@@ -560,39 +587,14 @@ def step_parts(rounds=21):
     """Not an A/B: branchnet's float32 step beside its three big kernels, each called alone on the arguments
     it had in a real step: the first layer's sparse forward, the fused head, the first layer's weight
     gradient (column blocks)."""
-    from fastmnist.kernels import cpu_sparse, cpu_step
+    from fastmnist.kernels import cpu_step
     kernels = {"forward": (cpu_step.cpu_sparse, "sparse_dense_forward"), "head": (cpu_step.cpu_head, "head_step"),
                "weight gradient": (cpu_step.cpu_sparse, "blocked_weight_grad")}
-    calls = {}
     _, _, step = _branchnet_step()
-    saved = {name: getattr(module, attr) for name, (module, attr) in kernels.items()}
-    for name, (module, attr) in kernels.items():
-        setattr(module, attr, lambda *a, name=name: calls.setdefault(name, a) and saved[name](*a))
-    try:
-        step()
-    finally:
-        for name, (module, attr) in kernels.items():
-            setattr(module, attr, saved[name])
-    assert cpu_sparse.sparse_dense_forward is saved["forward"] and set(calls) == set(kernels), sorted(calls)
     parts = {"step": step}
-    for name, args in calls.items():
-        args = _copies(args)
-        parts[name] = lambda f=saved[name], args=args: f(*args)
+    for (name, (module, attr)), args in zip(kernels.items(), _captured(list(kernels.values()), step)):
+        parts[name] = lambda f=getattr(module, attr), args=_copies(args): f(*args)
     return alternate(parts, rounds)
-
-
-def _branchnet_forward_args(dtype):
-    """The arguments of the first layer's sparse forward in a real branchnet step in `dtype`."""
-    from fastmnist.kernels import cpu_sparse, cpu_step
-    be = fastmnist.get_backend("numba-cpu")
-    recipe = make_recipe("branchnet")
-    net = build_net(be, recipe, *init_params(recipe, np.random.RandomState(recipe.seed)), dtype)
-    train = data.load_splits("50k-10k-10k").train
-    X, y = be.to_float(train.images, dtype), train.labels.astype(np.int64)
-    calls, forward = [], cpu_sparse.sparse_dense_forward
-    _swapped(cpu_step.cpu_sparse, "sparse_dense_forward", lambda *a: calls.append(a) or forward(*a),
-             lambda: be.train_epoch(net, X, y, None, np.random.RandomState(5), None))
-    return calls[0]
 
 
 def forward_tiles(rounds=15):
@@ -604,7 +606,8 @@ def forward_tiles(rounds=15):
         cpu_sparse._forward_block, _gather_block=_recompiled(cpu_sparse._gather_block, FORWARD_TILE=cpu_simd.MAX_TILE)))
     medians = {}
     for dtype in (np.float32, np.float64):
-        args = [_copies(_branchnet_forward_args(np.dtype(dtype))) for _ in range(2)]
+        (captured,) = _captured([(cpu_step.cpu_sparse, "sparse_dense_forward")], _branchnet_step(dtype)[2])
+        args = [_copies(captured) for _ in range(2)]
         name = np.dtype(dtype).name
         pair = {f"{name} forward tiles of 4": lambda: cpu_sparse.sparse_dense_forward(*args[0]),
                 f"{name} forward v1": lambda: v1(*args[1])}
@@ -612,10 +615,7 @@ def forward_tiles(rounds=15):
             f()
         assert np.array_equal(args[0][-1], args[1][-1]), "the two versions disagree"
         medians.update(alternate(pair, rounds))
-    step, step_v1 = (_branchnet_step()[2] for _ in range(2))
-    steps = {"branchnet step tiles of 4": step,
-             "branchnet step v1": lambda: _swapped(cpu_step.cpu_sparse, "sparse_dense_forward", v1, step_v1)}
-    return {**medians, **alternate(steps, rounds)}
+    return {**medians, **_steps_ab("tiles of 4", cpu_step.cpu_sparse, "sparse_dense_forward", v1, rounds)}
 
 
 _EVERY = np.arange(4096, dtype=np.int32)     # v1's index arrays for the head's dense products (a constant)
