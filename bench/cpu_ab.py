@@ -26,13 +26,16 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
   float32 and float64, then whole float32 steps with each;
 - dense-head: branchnet's fused head with dense gathers and scatters (no index array) against v1, which reads
   an index array 0, 1, 2, ... for every row; then whole float32 steps with each;
+- column-pairs: branchnet's float32 first-layer weight gradient from column blocks gathering two adjacent input
+  columns at once against v1, one column per gather (on a real step's arguments); then whole steps with each;
 - step-parts (not an A/B): branchnet's float32 step beside its three big kernels run alone on a real step's
   arguments (first-layer forward, fused head, first-layer weight gradient);
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
   with the weights in the L2 cache and folded into the L1 cache, float32 and float64.
 
     python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero
-                            batch1-parts loop-limits head-phases step-parts forward-tiles dense-head]
+                            batch1-parts loop-limits head-phases step-parts forward-tiles dense-head
+                            column-pairs]
 """
 
 from __future__ import annotations
@@ -639,11 +642,89 @@ def dense_head(rounds=21):
     return _head_ab("dense", _recompiled(cpu_head.head_step, _rows=v1), rounds)
 
 
+# v1 of the first layer's weight gradient from column blocks: one column per gather (before the pairs)
+@njit(cache=True, parallel=True)
+def _regroup_blocks_v1(indptr, indices, values, columns, block, colptr, local, out):
+    n = indptr.shape[0] - 1
+    for blk in prange(colptr.shape[0]):
+        r0 = np.int64(blk) * block
+        r1 = min(n, r0 + block)
+        cp = colptr[blk]
+        cp[:] = 0
+        for p in range(indptr[r0], indptr[r1]):
+            cp[indices[p] + 1] += 1
+        cp[0] = indptr[r0]
+        for j in range(columns):
+            cp[j + 1] += cp[j]
+        nxt = cp[:columns].copy()
+        for r in range(r0, r1):
+            for p in range(indptr[r], indptr[r + 1]):
+                q = nxt[indices[p]]
+                local[q] = r - r0
+                out[q] = values[p]
+                nxt[indices[p]] = q + 1
+
+
+def _column_blocks_v1(indptr, indices, values, columns):
+    from fastmnist.kernels.cpu_sparse import COLUMN_BLOCK
+    colptr = np.empty(((indptr.shape[0] - 1 + COLUMN_BLOCK - 1) // COLUMN_BLOCK, columns + 1), np.int64)
+    local = np.empty(values.shape[0], np.int32)
+    out = np.empty_like(values)
+    _regroup_blocks_v1(indptr, indices, values, columns, COLUMN_BLOCK, colptr, local, out)
+    return colptr, local, out
+
+
+@njit(cache=True, fastmath={"contract"})
+def _gather_block_columns_v1(colptr, local, values, dz, acc):
+    columns, k = colptr.shape[0] - 1, acc.shape[1]
+    lanes = cpu_simd.VECTOR_BYTES // acc.itemsize
+    nv, wide, narrow = cpu_simd.tile_plan(0, k, acc.itemsize)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
+        for j in range(columns):
+            if colptr[j + 1] > colptr[j]:
+                cpu_simd.gather_row_tile(width, local, values, colptr[j], colptr[j + 1], dz, acc, j, c, 1, True)
+        c += width * lanes
+    if c < k:
+        for j in range(columns):
+            for p in range(colptr[j], colptr[j + 1]):
+                for u in range(c, k):
+                    acc[j, u] += values[p] * dz[local[p], u]
+
+
+def column_pairs(rounds=21):
+    """branchnet's float32 first-layer weight gradient (on a real step's arguments) from column blocks whose
+    gathers take two adjacent input columns at once (one read of each dZ row serves both) against v1, one
+    column per gather; then whole steps with each. The sums' order within a column changes (one chain over the
+    pair's rows instead of even and odd rows), so the two agree within rounding, not bit for bit."""
+    from fastmnist.kernels import cpu_sparse, cpu_step
+    v1 = _recompiled(cpu_sparse.blocked_weight_grad, _gather_block_columns=_gather_block_columns_v1,
+                     _private_copies=njit(lambda threads, rows, dW: cpu_sparse._private_copies(threads, dW.shape[0], dW)))
+    _, _, step = _branchnet_step()
+    forward, grad = _captured([(cpu_step.cpu_sparse, "sparse_dense_forward"),
+                               (cpu_step.cpu_sparse, "blocked_weight_grad")], step)
+    blocks_v1 = _column_blocks_v1(*forward[:3], grad[0].shape[1] * 2 - 2)
+    args = [_copies(grad), _copies(list(blocks_v1) + list(grad[3:]))]
+    pair = {"weight gradient pairs": lambda: cpu_sparse.blocked_weight_grad(*args[0]),
+            "weight gradient v1": lambda: v1(*args[1])}
+    for f in pair.values():
+        f()
+    dW, dW_v1 = args[0][7], args[1][7]
+    err = np.linalg.norm(dW.astype(np.float64) - dW_v1) / np.linalg.norm(dW_v1.astype(np.float64))
+    assert err < 1e-5 and np.array_equal(args[0][8], args[1][8]), f"the two versions disagree: {err}"
+
+    def step_v1(colptr, local, values, *rest):
+        return v1(*blocks_v1, *rest)
+    return {**alternate(pair, rounds), **_steps_ab("pairs", cpu_step.cpu_sparse, "blocked_weight_grad", step_v1,
+                                                   rounds)}
+
+
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
          "batch1": batch1, "step-noise": step_noise, "planned": planned, "tile6": tile6,
          "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
          "head-phases": head_phases, "step-parts": step_parts,
-         "forward-tiles": forward_tiles, "dense-head": dense_head}
+         "forward-tiles": forward_tiles, "dense-head": dense_head, "column-pairs": column_pairs}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

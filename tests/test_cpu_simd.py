@@ -183,3 +183,38 @@ def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv):
         outside[2, span] = False
         assert np.array_equal(Out[outside], before[outside]), "changed elements outside its row's tiles"
         before = Out.copy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+def test_gather_pair_row_tile_adds_two_interleaved_sums_into_two_rows(dtype, nv):
+    rng = np.random.default_rng()
+    lanes = cpu_simd.lanes(np.dtype(dtype))
+    j0, tiles = lanes, 2
+    cols = j0 + tiles * nv * lanes + 3
+    M = rng.standard_normal((50, cols)).astype(dtype)
+    indices = rng.integers(0, 50, 37).astype(np.int32)
+    values = rng.standard_normal(2 * 37).astype(dtype)
+    values[11] = 0                                             # an entry with one column only
+    Out = rng.standard_normal((5, cols)).astype(dtype)
+    before = Out.copy()
+    for lo, hi in ((4, 33), (4, 4), (36, 37)):
+        cpu_simd.gather_pair_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles)
+        span = slice(j0, j0 + tiles * nv * lanes)
+        want = before.astype(np.float64)
+        for m in range(2):
+            want[2 + m, span] += values[2 * lo + m:2 * hi:2].astype(np.float64) @ M[indices[lo:hi], span]
+        assert rel_err(Out, want) < TOL[dtype]
+        outside = np.ones(Out.shape, bool)
+        outside[2:4, span] = False
+        assert np.array_equal(Out[outside], before[outside]), "changed elements outside its two rows' tiles"
+        before = Out.copy()
+
+
+def test_gather_pair_row_tile_propagates_nan_to_its_own_row_only():
+    M = np.ones((4, 8), np.float32)
+    values = np.ones(4, np.float32)
+    values[2] = np.nan                                         # entry 1, first row
+    Out = np.zeros((2, 8), np.float32)
+    cpu_simd.gather_pair_row_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 0, 1)
+    assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(8, 2, np.float32))

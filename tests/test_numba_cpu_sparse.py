@@ -124,6 +124,9 @@ def test_weight_gradient_from_column_blocks_matches_the_dense_layer(dtype, rows,
     n_in = 31
     X = sparse_images(rng, rows, n_in, dtype)
     X[:, 4] = 0                                   # a column with no pixels
+    X[:, 6:8] = 0                                 # a pair of columns with none
+    X[1::2, 9] = 0                                # pairs with pixels in one column only in some rows
+    X[::3, 10] = 0
     X[0] = 0                                      # a row with none
     W = rng.standard_normal((n_in, units)).astype(dtype)
     kept = np.flatnonzero(rng.random(units) < 0.7)
@@ -135,7 +138,9 @@ def test_weight_gradient_from_column_blocks_matches_the_dense_layer(dtype, rows,
     _, rdW, rdb = ref.dense_backward(dA, X, W, rH, SEGMENTS, mask)
 
     blocks = cpu_sparse.column_blocks(cpu_sparse.compress_rows(X))
-    assert blocks.colptr.shape == (-(-rows // cpu_sparse.COLUMN_BLOCK), n_in + 1)
+    assert blocks.colptr.shape == (-(-rows // cpu_sparse.COLUMN_BLOCK), (n_in + 1) // 2 + 1)   # n_in is odd
+    paired = (X[:, 0:n_in - 1:2] != 0) | (X[:, 1::2] != 0)
+    assert blocks.rows.shape[0] == paired.sum() + np.count_nonzero(X[:, -1])
     codes = layer_codes(SEGMENTS, units)[kept]
     H = np.ascontiguousarray(rH[:, kept])
     dAk = np.ascontiguousarray(dA[:, kept])
