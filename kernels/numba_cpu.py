@@ -94,7 +94,7 @@ class _CompressedInputs:
         return self._entry(X)[1]
 
     def blocks(self, X) -> cpu_sparse.ColumnBlocks:
-        """X's pixels regrouped by column block by block, built on first use (for full-batch steps)."""
+        """X's pixels regrouped by pairs of columns block by block, built on first use (for full-batch steps)."""
         entry = self._entry(X)
         if entry[2] is None:
             entry[2] = cpu_sparse.column_blocks(entry[1])
