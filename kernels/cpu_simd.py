@@ -16,7 +16,7 @@ same over any column range [j0, j1): its whole vectors in the fewest passes of t
 vectors (`tile_plan`; each pass reads the pixels' indices and values once more), the rest one element at a
 time; gather_planned and scatter_planned do it with a plan made once by kernels that call them row after row.
 scatter_nonzero skips the vectors of dz that are all zero (scatter_listed_tiles: tiles of listed vectors).
-gather_pair_row_tiles(nv) sums two interleaved streams of values over one index list into two rows of Out.
+gather_pair_tiles(nv) sums two interleaved streams of values over one index list into two rows of Out.
 gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
@@ -203,8 +203,8 @@ def gather_row_tiles(nv: int):
 
 
 def _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, args):
-    """The tile loop of gather_pair_row_tiles: rows `row` and `row + 1` of Out each add up their own stream of
-    values (values[2p] and values[2p + 1]) over one shared list of rows of W, so each tile of W is loaded once
+    """The tile loop of gather_pair_tiles: rows row_a and row_b of Out each get their own stream of values
+    (values[2p] and values[2p + 1]) summed over one shared list of rows of W, so each tile of W is loaded once
     for both. One set of accumulators per output row: its chain of FMAs hides the other's latency."""
     fty, vty = _vector_type(context, w_ty.dtype)
     i64 = ir.IntType(64)
@@ -213,16 +213,17 @@ def _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, arg
     lo_v, hi_v = args[2], args[3]
     w_p, (_, width) = _parts(context, builder, w_ty, args[4])
     out_p, (_, out_width) = _parts(context, builder, out_ty, args[5])
-    first = builder.mul(args[6], out_width)
+    starts = [builder.mul(args[6], out_width), builder.mul(args[7], out_width)]
+    accumulate = args[10]
     sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
     tile = vty.count * nv
-    with cgutils.for_range(builder, args[8]) as tloop:
-        col = builder.add(args[7], builder.mul(tloop.index, ir.Constant(i64, tile)))
+    with cgutils.for_range(builder, args[9]) as tloop:
+        col = builder.add(args[8], builder.mul(tloop.index, ir.Constant(i64, tile)))
         outs = [[_vector_ptr(builder, out_p, builder.add(builder.add(start, col), ir.Constant(i64, v * vty.count)),
-                             vty) for v in range(nv)] for start in (first, builder.add(first, out_width))]
+                             vty) for v in range(nv)] for start in starts]
         for accs, ptrs in zip(sets, outs):
             for a, ptr in zip(accs, ptrs):
-                builder.store(builder.load(ptr, align=4), a)
+                builder.store(builder.select(accumulate, builder.load(ptr, align=4), ir.Constant(vty, None)), a)
         with cgutils.for_range(builder, builder.sub(hi_v, lo_v)) as ploop:
             p = builder.add(lo_v, ploop.index)
             r = _index(builder, ind_ty, ind_p, p)
@@ -241,16 +242,18 @@ def _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, arg
 
 
 @functools.lru_cache(maxsize=None)
-def gather_pair_row_tiles(nv: int):
-    """gather_pair_row_tiles(nv)(indices, values, lo, hi, W, Out, row, j0, ntiles): for m = 0, 1,
-    Out[row + m, j0:j0 + ntiles*T] += sum over p in [lo, hi) of values[2p + m] * W[indices[p], j0:j0 + ntiles*T]:
-    two rows of sums over one list of W's rows (two adjacent input columns of a weight gradient)."""
+def gather_pair_tiles(nv: int):
+    """gather_pair_tiles(nv)(indices, values, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate): for
+    (row, m) in ((row_a, 0), (row_b, 1)), Out[row, j0:j0 + ntiles*T] (+)= sum over p in [lo, hi) of
+    values[2p + m] * W[indices[p], j0:j0 + ntiles*T], adding to what Out holds when `accumulate`: two sums over
+    one list of W's rows (two adjacent input columns of a weight gradient)."""
     @intrinsic
-    def _gather_pair(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles):
+    def _gather_pair(typingctx, indices, values, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate):
         _check_types(indices, values, W, Out, out_ndim=2)
         if indices is types.none:
             raise TypeError("cpu_simd: a pair gather needs its index array")
-        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64)
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64,
+                         types.int64, types.boolean)
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
@@ -346,7 +349,7 @@ G1, G2, G3, G4, G5, G6 = (gather_tiles(nv) for nv in range(1, MAX_TILE + 1))
 S1, S2, S3, S4, S5, S6 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
 R1, R2, R3, R4, R5, R6 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
 L1, L2, L3, L4, L5, L6 = (scatter_listed_tiles(nv) for nv in range(1, MAX_TILE + 1))
-P1, P2, P3, P4, P5, P6 = (gather_pair_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
+P1, P2, P3, P4, P5, P6 = (gather_pair_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -400,21 +403,21 @@ def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate
 
 
 @njit(cache=True)
-def gather_pair_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt):
+def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate):
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        P1(indices, values, lo, hi, M, Out, row, j0, nt)
+        P1(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
     elif nv == 2:
-        P2(indices, values, lo, hi, M, Out, row, j0, nt)
+        P2(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
     elif nv == 3:
-        P3(indices, values, lo, hi, M, Out, row, j0, nt)
+        P3(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
     elif nv == 4:
-        P4(indices, values, lo, hi, M, Out, row, j0, nt)
+        P4(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
     elif nv == 5:
-        P5(indices, values, lo, hi, M, Out, row, j0, nt)
+        P5(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
     else:
-        P6(indices, values, lo, hi, M, Out, row, j0, nt)
+        P6(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
 
 
 @njit(cache=True)

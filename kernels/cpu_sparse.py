@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .cpu_activation import activate_runs, code_runs, times_derivative_runs
 from .cpu_dense import column_sums
-from .cpu_simd import (VECTOR_BYTES, empty_rows, gather_columns, gather_pair_row_tile, gather_row_tile, scatter_columns,
+from .cpu_simd import (VECTOR_BYTES, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
                        scatter_tile, tile_plan)
 
 
@@ -338,7 +338,7 @@ def _gather_block_columns(colptr, local, values, dz, acc):
         width = nv + 1 if t < wide else nv
         for q in range(pairs):
             if colptr[q + 1] > colptr[q]:
-                gather_pair_row_tile(width, local, values, colptr[q], colptr[q + 1], dz, acc, 2 * q, c, 1)
+                gather_pair_tile(width, local, values, colptr[q], colptr[q + 1], dz, acc, 2 * q, 2 * q + 1, c, 1, True)
         c += width * lanes
     if c < k:                                    # the columns after the last whole vector
         for q in range(pairs):
