@@ -7,7 +7,8 @@ gradients and dA1 = dZ2 @ W2.T without leaving the cache, phase by phase (all th
 then the per-row work, then all its products with W2T); each thread sums its rows' weight gradients
 into private buffers, added at the end (race-free under parallel=True). The products are cpu_simd's
 gathers and scatters in their dense form (no indices: value p goes with row p), so the weights' tiles stay
-in registers. Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.
+in registers; the three big ones (with W2, W2T, and dW2's) take two rows at a time, each tile of the
+weights loaded once for both. Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from numba import njit, prange
 from .cpu_activation import activate, activate_runs, code_runs, derivative, times_derivative_runs
 from .cpu_dense import column_sums
 from .cpu_loss import row_loss
-from .cpu_simd import gather_planned, scatter_planned, tile_plan
+from .cpu_simd import gather_planned, gather_two_rows_planned, scatter_planned, tile_plan
 
 
 BLOCK = 64      # rows taken phase by phase (their hidden layer's outputs and gradients buffered), so that each
@@ -53,8 +54,12 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     correct = 0
     for s0 in range(start, stop, BLOCK):
         nb = min(stop, s0 + BLOCK) - s0
-        for b in range(nb):                      # phase by phase, so that W2 and then W2T stay in the L1 cache
-            gather_planned(to_m2, None, A1[s0 + b], 0, k1, W2, H2[b], 0, m2)
+        # phase by phase, so that W2 and then W2T stay in the L1 cache; the products two rows at a time, so that
+        # each tile of the weights loaded serves both
+        for b in range(0, nb - 1, 2):
+            gather_two_rows_planned(to_m2, A1, s0 + b, s0 + b + 1, 0, k1, W2, H2, b, b + 1, 0, m2, False)
+        if nb % 2:
+            gather_planned(to_m2, None, A1[s0 + nb - 1], 0, k1, W2, H2[nb - 1], 0, m2)
         for b in range(nb):
             i = s0 + b
             h2 = H2[b]
@@ -81,16 +86,20 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
-        for b in range(nb):
-            gather_planned(to_k1, None, D2[b], 0, m2, W2T, dA1[s0 + b], 0, k1)
+        for b in range(0, nb - 1, 2):
+            gather_two_rows_planned(to_k1, D2, b, b + 1, 0, m2, W2T, dA1, s0 + b, s0 + b + 1, 0, k1, False)
+        if nb % 2:
+            gather_planned(to_k1, None, D2[nb - 1], 0, m2, W2T, dA1[s0 + nb - 1], 0, k1)
         for b in range(nb):
             a1 = A1[s0 + b]
             for j in range(k1):
                 A1T[j, b] = a1[j]
-        for j in range(k1):
-            gather_planned(to_m2, None, A1T[j], 0, nb, D2, row, 0, m2)
+        for j in range(0, k1 - 1, 2):
+            gather_two_rows_planned(to_m2, A1T, j, j + 1, 0, nb, D2, dW2, j, j + 1, 0, m2, True)
+        if k1 % 2:
+            gather_planned(to_m2, None, A1T[k1 - 1], 0, nb, D2, row, 0, m2)
             for u in range(m2):
-                dW2[j, u] += row[u]
+                dW2[k1 - 1, u] += row[u]
     return total, correct
 
 

@@ -16,7 +16,8 @@ same over any column range [j0, j1): its whole vectors in the fewest passes of t
 vectors (`tile_plan`; each pass reads the pixels' indices and values once more), the rest one element at a
 time; gather_planned and scatter_planned do it with a plan made once by kernels that call them row after row.
 scatter_nonzero skips the vectors of dz that are all zero (scatter_listed_tiles: tiles of listed vectors).
-gather_pair_tiles(nv) sums two interleaved streams of values over one index list into two rows of Out.
+gather_pair_tiles(nv) sums two interleaved streams of values over one index list into two rows of Out;
+gather_two_rows_tiles(nv) and gather_two_rows_planned do two rows of a dense product V @ W at once.
 gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
@@ -105,11 +106,11 @@ def _vector_ptr(builder, base, offset, vty):
     return builder.bitcast(builder.gep(base, [offset], inbounds=True), vty.as_pointer())
 
 
-def _check_types(indices, values, matrix, out, out_ndim=1):
+def _check_types(indices, values, matrix, out, out_ndim=1, values_ndim=1):
     ok = ((indices is types.none or isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
            and indices.ndim == 1 and indices.layout == "C")
           and isinstance(values, types.Array) and values.dtype in (types.float32, types.float64)
-          and values.ndim == 1 and values.layout == "C"
+          and values.ndim == values_ndim and values.layout == "C"
           and isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"
           and isinstance(out, types.Array) and out.ndim == out_ndim and out.layout == "C"
           and matrix.dtype == values.dtype == out.dtype)
@@ -202,34 +203,30 @@ def gather_row_tiles(nv: int):
     return _gather_row
 
 
-def _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, args):
-    """The tile loop of gather_pair_tiles: rows row_a and row_b of Out each get their own stream of values
-    (values[2p] and values[2p + 1]) summed over one shared list of rows of W, so each tile of W is loaded once
-    for both. One set of accumulators per output row: its chain of FMAs hides the other's latency."""
+def _two_sums_codegen(nv, context, builder, w_ty, out_ty, args, entry):
+    """The tile loop of gather_pair_tiles and gather_two_rows_tiles: rows row_a and row_b of Out each get their
+    own stream of values summed over one list of rows of W, so each tile of W is loaded once for both. One set of
+    accumulators per output row: its chain of FMAs hides the other's latency. args: (lo, hi, W, Out, row_a,
+    row_b, j0, ntiles, accumulate); entry(p) gives entry p's row of W and its two values (i64, scalars)."""
     fty, vty = _vector_type(context, w_ty.dtype)
     i64 = ir.IntType(64)
-    ind_p = _parts(context, builder, ind_ty, args[0])[0]
-    val_p, _ = _parts(context, builder, val_ty, args[1])
-    lo_v, hi_v = args[2], args[3]
-    w_p, (_, width) = _parts(context, builder, w_ty, args[4])
-    out_p, (_, out_width) = _parts(context, builder, out_ty, args[5])
-    starts = [builder.mul(args[6], out_width), builder.mul(args[7], out_width)]
-    accumulate = args[10]
+    lo_v, hi_v = args[0], args[1]
+    w_p, (_, width) = _parts(context, builder, w_ty, args[2])
+    out_p, (_, out_width) = _parts(context, builder, out_ty, args[3])
+    starts = [builder.mul(args[4], out_width), builder.mul(args[5], out_width)]
+    accumulate = args[8]
     sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
     tile = vty.count * nv
-    with cgutils.for_range(builder, args[9]) as tloop:
-        col = builder.add(args[8], builder.mul(tloop.index, ir.Constant(i64, tile)))
+    with cgutils.for_range(builder, args[7]) as tloop:
+        col = builder.add(args[6], builder.mul(tloop.index, ir.Constant(i64, tile)))
         outs = [[_vector_ptr(builder, out_p, builder.add(builder.add(start, col), ir.Constant(i64, v * vty.count)),
                              vty) for v in range(nv)] for start in starts]
         for accs, ptrs in zip(sets, outs):
             for a, ptr in zip(accs, ptrs):
                 builder.store(builder.select(accumulate, builder.load(ptr, align=4), ir.Constant(vty, None)), a)
         with cgutils.for_range(builder, builder.sub(hi_v, lo_v)) as ploop:
-            p = builder.add(lo_v, ploop.index)
-            r = _index(builder, ind_ty, ind_p, p)
-            pair = builder.mul(p, ir.Constant(i64, 2))
-            xs = [_splat(builder, vty, builder.load(builder.gep(val_p, [builder.add(pair, ir.Constant(i64, m))],
-                                                                inbounds=True))) for m in range(2)]
+            r, values = entry(builder.add(lo_v, ploop.index))
+            xs = [_splat(builder, vty, x) for x in values]
             row = builder.add(builder.mul(r, width), col)
             for v in range(nv):
                 w = builder.load(_vector_ptr(builder, w_p, builder.add(row, ir.Constant(i64, v * vty.count)), vty),
@@ -239,6 +236,9 @@ def _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, arg
         for accs, ptrs in zip(sets, outs):
             for a, ptr in zip(accs, ptrs):
                 builder.store(builder.load(a), ptr, align=4)
+
+
+_TWO_SUMS_TAIL = (types.int64, types.int64, types.int64, types.int64, types.int64, types.int64, types.boolean)
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,17 +252,51 @@ def gather_pair_tiles(nv: int):
         _check_types(indices, values, W, Out, out_ndim=2)
         if indices is types.none:
             raise TypeError("cpu_simd: a pair gather needs its index array")
-        sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64,
-                         types.int64, types.boolean)
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:])
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
-            _gather_pair_codegen(nv, context, builder, ind_ty, val_ty, w_ty, out_ty, args)
+            ind_p = _parts(context, builder, ind_ty, args[0])[0]
+            val_p, _ = _parts(context, builder, val_ty, args[1])
+
+            def entry(p):
+                pair = builder.mul(p, ir.Constant(ir.IntType(64), 2))
+                return _index(builder, ind_ty, ind_p, p), [
+                    builder.load(builder.gep(val_p, [builder.add(pair, ir.Constant(ir.IntType(64), m))], inbounds=True))
+                    for m in range(2)]
+
+            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[2:], entry)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return _gather_pair
+
+
+@functools.lru_cache(maxsize=None)
+def gather_two_rows_tiles(nv: int):
+    """gather_two_rows_tiles(nv)(V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate): for
+    (row, v) in ((row_a, va), (row_b, vb)), Out[row, j0:j0 + ntiles*T] (+)= sum over p in [lo, hi) of
+    V[v, p] * W[p, j0:j0 + ntiles*T]: two rows of a dense product V @ W, each tile of W loaded once for both."""
+    @intrinsic
+    def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate):
+        _check_types(types.none, V, W, Out, out_ndim=2, values_ndim=2)
+        sig = types.void(V, *_TWO_SUMS_TAIL[:2], types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:])
+
+        def codegen(context, builder, signature, args):
+            v_ty, w_ty, out_ty = signature.args[0], signature.args[5], signature.args[6]
+            v_p, (_, v_width) = _parts(context, builder, v_ty, args[0])
+            firsts = [builder.mul(args[1], v_width), builder.mul(args[2], v_width)]
+
+            def entry(p):
+                return p, [builder.load(builder.gep(v_p, [builder.add(first, p)], inbounds=True)) for first in firsts]
+
+            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[3:], entry)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _gather_two_rows
 
 
 def _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, nt_v, tile_columns):
@@ -350,6 +384,7 @@ S1, S2, S3, S4, S5, S6 = (scatter_tiles(nv) for nv in range(1, MAX_TILE + 1))
 R1, R2, R3, R4, R5, R6 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
 L1, L2, L3, L4, L5, L6 = (scatter_listed_tiles(nv) for nv in range(1, MAX_TILE + 1))
 P1, P2, P3, P4, P5, P6 = (gather_pair_tiles(nv) for nv in range(1, MAX_TILE + 1))
+T1, T2, T3, T4, T5, T6 = (gather_two_rows_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
 @njit(cache=True)
@@ -421,6 +456,24 @@ def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, 
 
 
 @njit(cache=True)
+def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate):
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        T1(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+    elif nv == 2:
+        T2(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+    elif nv == 3:
+        T3(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+    elif nv == 4:
+        T4(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+    elif nv == 5:
+        T5(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+    else:
+        T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+
+
+@njit(cache=True)
 def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
     if nt == 0 or nv == 0:
         return
@@ -481,6 +534,25 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
         m = M[p] if indices is None else M[indices[p]]
         for j in range(k1, j1):
             h[j] += x * m[j]
+
+
+@njit(cache=True, fastmath={"contract"}, inline="always")
+def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate):
+    """Out[row, j0:j1] (+)= V[v, lo:hi] @ M[lo:hi, j0:j1] for (row, v) in ((row_a, va), (row_b, vb)), with
+    plan = tile_plan(j0, j1, M.itemsize): two rows of a dense product at once (gather_two_rows_tiles), the
+    columns after the last whole vector one element at a time."""
+    lanes = VECTOR_BYTES // M.itemsize
+    nv, wide, narrow = plan
+    gather_two_rows_tile(nv + 1, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, wide, accumulate)
+    k = j0 + wide * (nv + 1) * lanes
+    gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate)
+    k1 = k + narrow * nv * lanes
+    for row, v in ((row_a, va), (row_b, vb)):
+        for j in range(k1, j1):
+            if not accumulate:
+                Out[row, j] = 0
+            for p in range(lo, hi):
+                Out[row, j] += V[v, p] * M[p, j]
 
 
 @njit(cache=True, fastmath={"contract"}, inline="always")

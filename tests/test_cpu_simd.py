@@ -222,3 +222,37 @@ def test_gather_pair_tile_propagates_nan_to_its_own_row_only():
     Out = np.zeros((2, 8), np.float32)
     cpu_simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True)
     assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(8, 2, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("j0", [0, 5])
+def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0):
+    rng = np.random.default_rng()
+    for width in widths(dtype):
+        cols = j0 + width + 2
+        M = rng.standard_normal((40, cols)).astype(dtype)
+        V = rng.standard_normal((4, 40)).astype(dtype)
+        for (lo, hi), add, (va, vb, ra, rb) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False),
+                                                                 ((0, 1, 1, 2), (3, 1, 4, 0))):
+            Out = rng.standard_normal((5, cols)).astype(dtype)
+            before = Out.copy()
+            plan = cpu_simd.tile_plan(j0, j0 + width, M.itemsize)
+            cpu_simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add)
+            span = slice(j0, j0 + width)
+            want = before.astype(np.float64)
+            for r, v in ((ra, va), (rb, vb)):
+                want[r, span] = (want[r, span] if add else 0) + V[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
+            magnitude = np.abs(before[[ra, rb], span]) * add + np.abs(V[[va, vb], lo:hi]) @ np.abs(M[lo:hi, span])
+            assert np.linalg.norm(Out - want) <= TOL[dtype] * np.linalg.norm(magnitude), (width, lo, hi, add)
+            outside = np.ones(Out.shape, bool)
+            outside[[ra, rb], span] = False
+            assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' columns"
+
+
+def test_gather_two_rows_propagates_nan_to_its_own_row_only():
+    M = np.ones((3, 8), np.float32)
+    V = np.ones((2, 3), np.float32)
+    V[1, 2] = np.nan
+    Out = np.zeros((2, 8), np.float32)
+    cpu_simd.gather_two_rows_planned(cpu_simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False)
+    assert np.array_equal(Out[0], np.full(8, 3, np.float32)) and np.isnan(Out[1]).all()
