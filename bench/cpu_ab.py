@@ -29,7 +29,9 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 - column-pairs: branchnet's float32 first-layer weight gradient from column blocks gathering two adjacent input
   columns at once against v1, one column per gather (on a real step's arguments); then whole steps with each;
 - two-rows: branchnet's float32 fused head with its three big products two rows at a time against v1, one row at
-  a time; then whole steps with each;
+  a time (both with dW2's products on a transposed copy of the block, as then); then whole steps with each;
+- in-place-columns: the fused head with dW2's products reading the block's columns of A1 in place against v1,
+  which copies the block transposed first; then whole steps with each;
 - step-parts (not an A/B): branchnet's float32 step beside its three big kernels run alone on a real step's
   arguments (first-layer forward, fused head, first-layer weight gradient);
 - batch1-parts (not an A/B): the batch-1 epoch beside its first layer's gather and update loops run alone,
@@ -37,7 +39,7 @@ up to 2x between runs, so only ratios within one process mean anything). Median 
 
     python bench/cpu_ab.py [step-blocks step-workspace adam activation batch1 step-noise planned tile6 skip-zero
                             batch1-parts loop-limits head-phases step-parts forward-tiles dense-head
-                            column-pairs two-rows]
+                            column-pairs two-rows in-place-columns]
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ def _branchnet_step(dtype=np.float32):
     return be, net, lambda: be.train_epoch(net, X, y, None, rng, None)
 
 
-def _steps_ab(label, module, name, v1, rounds, exact=True):
-    """Whole float32 branchnet steps, two nets from the same start, one with `module.name` swapped for v1; their
-    first steps are checked to give the same loss and count first (the loss within rounding unless `exact`)."""
+def _steps_ab(label, module, name, v1, rounds, exact=True, current=None):
+    """Whole float32 branchnet steps, two nets from the same start, one with `module.name` swapped for v1 (and the
+    other for `current`, if given); their first steps are checked to give the same loss and count first (the
+    loss within rounding unless `exact`)."""
     step, step_v1 = (_branchnet_step()[2] for _ in range(2))
+    if current is not None and current is not getattr(module, name):
+        step = (lambda call: lambda: _swapped(module, name, current, call))(step)
     pair = {f"branchnet step {label}": step, "branchnet step v1": lambda: _swapped(module, name, v1, step_v1)}
     a, b = (f() for f in pair.values())
     assert a == b if exact else a[1] == b[1] and abs(a[0] - b[0]) <= 1e-5 * abs(b[0]), \
@@ -565,13 +570,14 @@ def _head_rows_v1(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, 
     return total, correct
 
 
-def _head_ab(label, head_v1, rounds, steps=True, exact=True):
-    """The fused head (float32, on the arguments of a real step, copied for each version) against head_v1, first
-    checked to give bit-identical results (`exact`) or to agree within rounding; then, if `steps`, whole steps
-    with each version of the head."""
+def _head_ab(label, head_v1, rounds, steps=True, exact=True, head=None):
+    """The fused head (float32, on the arguments of a real step, copied for each version; cpu_head.head_step
+    unless `head` is given) against head_v1, first checked to give bit-identical results (`exact`) or to agree
+    within rounding; then, if `steps`, whole steps with each version of the head."""
     (captured,) = _captured([(cpu_head, "head_step")], _branchnet_step()[2])
     args = [_copies(captured) for _ in range(2)]
-    heads = {f"head {label}": lambda: cpu_head.head_step(*args[0]), "head v1": lambda: head_v1(*args[1])}
+    head = cpu_head.head_step if head is None else head
+    heads = {f"head {label}": lambda: head(*args[0]), "head v1": lambda: head_v1(*args[1])}
     (t, c), (t1, c1) = (f() for f in heads.values())
     if exact:
         assert (t, c) == (t1, c1) and all(np.array_equal(a, b) for a, b in zip(args[0][-5:], args[1][-5:])), (t, t1)
@@ -579,7 +585,7 @@ def _head_ab(label, head_v1, rounds, steps=True, exact=True):
         assert c == c1 and abs(t - t1) <= 1e-5 * abs(t1), f"the two versions disagree: {t, c} {t1, c1}"
     medians = alternate(heads, rounds)
     if steps:
-        medians.update(_steps_ab(label, cpu_head, "head_step", head_v1, rounds, exact))
+        medians.update(_steps_ab(label, cpu_head, "head_step", head_v1, rounds, exact, current=head))
     return medians
 
 
@@ -724,10 +730,46 @@ def column_pairs(rounds=21):
                                                    rounds)}
 
 
+_COPIED_COLUMNS = {       # the fused head before dW2's products read the block's columns in place
+    "    row = np.empty((1, m2), dtype)\n":
+        "    row = np.empty((1, m2), dtype)\n    A1T = np.empty((k1, BLOCK), dtype)\n",
+    "        block = A1[s0:s0 + nb]\n":
+        "        for b in range(nb):\n            for j in range(k1):\n                A1T[j, b] = A1[s0 + b, j]\n"
+        "        block = A1T\n",
+    "j, j + 1, 0, m2, True, True)": "j, j + 1, 0, m2, True, False)",
+    "0, 0, 0, m2, False, True)": "0, 0, 0, m2, False, False)",
+}
+
+
+def _source_variant(kernel, replacements, **replace):
+    """`kernel` compiled again (not cached) from its source with a few lines changed (each `replacements` key
+    must occur once) and, as in _recompiled, some functions it calls replaced: a v1 that differs from the
+    current kernel in a few lines, without a second copy of it."""
+    import inspect
+    import textwrap
+    source = textwrap.dedent(inspect.getsource(kernel.py_func))
+    source = source[source.index("def "):]
+    for old, new in replacements.items():
+        assert source.count(old) == 1, f"{kernel.__name__} no longer has exactly one {old!r}"
+        source = source.replace(old, new)
+    namespace = dict(kernel.py_func.__globals__, **replace)
+    exec(compile(source, f"<{kernel.__name__} v1>", "exec"), namespace)
+    return njit(**{k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")})(
+        namespace[kernel.__name__])
+
+
+def in_place_columns(rounds=21):
+    """branchnet's float32 fused head with dW2's products reading the block's columns of A1 in place
+    (gather_two_rows_planned's `transposed`) against v1, which first copies the block transposed (A1T);
+    bit-identical. Then whole steps with each."""
+    v1 = _source_variant(cpu_head._rows, _COPIED_COLUMNS)
+    return _head_ab("in place", _recompiled(cpu_head.head_step, _rows=v1), rounds)
+
+
 @njit(inline="always")
-def _one_row_at_a_time_v1(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate):
+def _one_row_at_a_time_v1(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
     """v1 of cpu_simd.gather_two_rows_planned: each row's product alone (the weights' tiles loaded per row);
-    whole vectors only, as the fused head's products are."""
+    whole vectors and rows of V only (not transposed), as the fused head with A1T has them."""
     lanes = cpu_simd.VECTOR_BYTES // M.itemsize
     nv, wide, narrow = plan
     for row, v in ((row_a, va), (row_b, vb)):
@@ -739,10 +781,12 @@ def _one_row_at_a_time_v1(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1,
 def two_rows(rounds=21):
     """branchnet's float32 fused head with its three big products (with W2, W2T and dW2's) two rows at a time
     (cpu_simd.gather_two_rows_planned: each tile of the weights loaded once for both rows) against v1, one row
-    at a time; then whole steps with each. Within rounding, not bit for bit (one chain of FMAs per row
-    instead of even and odd terms)."""
-    v1 = _recompiled(cpu_head._rows, gather_two_rows_planned=_one_row_at_a_time_v1)
-    return _head_ab("two rows", _recompiled(cpu_head.head_step, _rows=v1), rounds, exact=False)
+    at a time, both with dW2's products reading a transposed copy of the block (as before in_place_columns);
+    then whole steps with each. Within rounding, not bit for bit (one chain of FMAs per row instead of even
+    and odd terms)."""
+    head = _recompiled(cpu_head.head_step, _rows=_source_variant(cpu_head._rows, _COPIED_COLUMNS))
+    v1 = _source_variant(cpu_head._rows, _COPIED_COLUMNS, gather_two_rows_planned=_one_row_at_a_time_v1)
+    return _head_ab("two rows", _recompiled(cpu_head.head_step, _rows=v1), rounds, exact=False, head=head)
 
 
 CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": adam, "activation": activation,
@@ -750,7 +794,7 @@ CASES = {"step-blocks": step_blocks, "step-workspace": step_workspace, "adam": a
          "batch1-parts": batch1_parts, "skip-zero": skip_zero, "loop-limits": loop_limits,
          "head-phases": head_phases, "step-parts": step_parts,
          "forward-tiles": forward_tiles, "dense-head": dense_head, "column-pairs": column_pairs,
-         "two-rows": two_rows}
+         "two-rows": two_rows, "in-place-columns": in_place_columns}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or CASES:

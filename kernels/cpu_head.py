@@ -40,8 +40,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     out = np.empty(padded, dtype)
     g = np.zeros(padded, dtype)
     D2 = np.empty((BLOCK, m2), dtype)          # the block's hidden-layer gradients dZ2
-    A1T = np.empty((k1, BLOCK), dtype)         # the block's first-layer activations, transposed
-    row = np.empty(m2, dtype)
+    row = np.empty((1, m2), dtype)
     runs2 = code_runs(codes2)
     to_m2 = tile_plan(0, m2, A1.itemsize)
     to_padded = tile_plan(0, padded, A1.itemsize)
@@ -57,7 +56,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
         # phase by phase, so that W2 and then W2T stay in the L1 cache; the products two rows at a time, so that
         # each tile of the weights loaded serves both
         for b in range(0, nb - 1, 2):
-            gather_two_rows_planned(to_m2, A1, s0 + b, s0 + b + 1, 0, k1, W2, H2, b, b + 1, 0, m2, False)
+            gather_two_rows_planned(to_m2, A1, s0 + b, s0 + b + 1, 0, k1, W2, H2, b, b + 1, 0, m2, False, False)
         if nb % 2:
             gather_planned(to_m2, None, A1[s0 + nb - 1], 0, k1, W2, H2[nb - 1], 0, m2)
         for b in range(nb):
@@ -87,19 +86,17 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
         for b in range(0, nb - 1, 2):
-            gather_two_rows_planned(to_k1, D2, b, b + 1, 0, m2, W2T, dA1, s0 + b, s0 + b + 1, 0, k1, False)
+            gather_two_rows_planned(to_k1, D2, b, b + 1, 0, m2, W2T, dA1, s0 + b, s0 + b + 1, 0, k1, False,
+                                    False)
         if nb % 2:
             gather_planned(to_k1, None, D2[nb - 1], 0, m2, W2T, dA1[s0 + nb - 1], 0, k1)
-        for b in range(nb):
-            a1 = A1[s0 + b]
-            for j in range(k1):
-                A1T[j, b] = a1[j]
-        for j in range(0, k1 - 1, 2):
-            gather_two_rows_planned(to_m2, A1T, j, j + 1, 0, nb, D2, dW2, j, j + 1, 0, m2, True)
+        block = A1[s0:s0 + nb]
+        for j in range(0, k1 - 1, 2):          # dW2 += block.T @ D2, reading the block's columns in place
+            gather_two_rows_planned(to_m2, block, j, j + 1, 0, nb, D2, dW2, j, j + 1, 0, m2, True, True)
         if k1 % 2:
-            gather_planned(to_m2, None, A1T[k1 - 1], 0, nb, D2, row, 0, m2)
+            gather_two_rows_planned(to_m2, block, k1 - 1, k1 - 1, 0, nb, D2, row, 0, 0, 0, m2, False, True)
             for u in range(m2):
-                dW2[k1 - 1, u] += row[u]
+                dW2[k1 - 1, u] += row[0, u]
     return total, correct
 
 

@@ -17,7 +17,7 @@ vectors (`tile_plan`; each pass reads the pixels' indices and values once more),
 time; gather_planned and scatter_planned do it with a plan made once by kernels that call them row after row.
 scatter_nonzero skips the vectors of dz that are all zero (scatter_listed_tiles: tiles of listed vectors).
 gather_pair_tiles(nv) sums two interleaved streams of values over one index list into two rows of Out;
-gather_two_rows_tiles(nv) and gather_two_rows_planned do two rows of a dense product V @ W at once.
+gather_two_rows_tiles(nv) and gather_two_rows_planned do two rows of a dense product V @ W (or V.T @ W) at once.
 gather_tile / scatter_tile pick the intrinsic for a tile width known only at run time.
 """
 
@@ -275,23 +275,29 @@ def gather_pair_tiles(nv: int):
 
 @functools.lru_cache(maxsize=None)
 def gather_two_rows_tiles(nv: int):
-    """gather_two_rows_tiles(nv)(V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate): for
+    """gather_two_rows_tiles(nv)(V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, transposed): for
     (row, v) in ((row_a, va), (row_b, vb)), Out[row, j0:j0 + ntiles*T] (+)= sum over p in [lo, hi) of
-    V[v, p] * W[p, j0:j0 + ntiles*T]: two rows of a dense product V @ W, each tile of W loaded once for both."""
+    U[v, p] * W[p, j0:j0 + ntiles*T], with U = V.T if `transposed` else V: two rows of a dense product U @ W,
+    each tile of W loaded once for both (transposed: V's columns read in place, no transposed copy)."""
     @intrinsic
-    def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate):
+    def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, transposed):
         _check_types(types.none, V, W, Out, out_ndim=2, values_ndim=2)
-        sig = types.void(V, *_TWO_SUMS_TAIL[:2], types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:])
+        sig = types.void(V, *_TWO_SUMS_TAIL[:2], types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:],
+                         types.boolean)
 
         def codegen(context, builder, signature, args):
             v_ty, w_ty, out_ty = signature.args[0], signature.args[5], signature.args[6]
             v_p, (_, v_width) = _parts(context, builder, v_ty, args[0])
-            firsts = [builder.mul(args[1], v_width), builder.mul(args[2], v_width)]
+            one = ir.Constant(ir.IntType(64), 1)
+            step = builder.select(args[12], v_width, one)            # from one term to the next
+            across = builder.select(args[12], one, v_width)          # from one of U's rows to the next
+            firsts = [builder.mul(args[1], across), builder.mul(args[2], across)]
 
             def entry(p):
-                return p, [builder.load(builder.gep(v_p, [builder.add(first, p)], inbounds=True)) for first in firsts]
+                at = builder.mul(p, step)
+                return p, [builder.load(builder.gep(v_p, [builder.add(first, at)], inbounds=True)) for first in firsts]
 
-            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[3:], entry)
+            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[3:12], entry)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -456,21 +462,21 @@ def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, 
 
 
 @njit(cache=True)
-def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate):
+def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed):
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        T1(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T1(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
     elif nv == 2:
-        T2(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T2(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
     elif nv == 3:
-        T3(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T3(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
     elif nv == 4:
-        T4(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T4(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
     elif nv == 5:
-        T5(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T5(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
     else:
-        T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
 
 
 @njit(cache=True)
@@ -537,22 +543,22 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
 
 
 @njit(cache=True, fastmath={"contract"}, inline="always")
-def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate):
-    """Out[row, j0:j1] (+)= V[v, lo:hi] @ M[lo:hi, j0:j1] for (row, v) in ((row_a, va), (row_b, vb)), with
-    plan = tile_plan(j0, j1, M.itemsize): two rows of a dense product at once (gather_two_rows_tiles), the
-    columns after the last whole vector one element at a time."""
+def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
+    """Out[row, j0:j1] (+)= U[v, lo:hi] @ M[lo:hi, j0:j1] for (row, v) in ((row_a, va), (row_b, vb)), U = V.T if
+    `transposed` else V, with plan = tile_plan(j0, j1, M.itemsize): two rows of a dense product at once
+    (gather_two_rows_tiles), the columns after the last whole vector one element at a time."""
     lanes = VECTOR_BYTES // M.itemsize
     nv, wide, narrow = plan
-    gather_two_rows_tile(nv + 1, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, wide, accumulate)
+    gather_two_rows_tile(nv + 1, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, wide, accumulate, transposed)
     k = j0 + wide * (nv + 1) * lanes
-    gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate)
+    gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate, transposed)
     k1 = k + narrow * nv * lanes
     for row, v in ((row_a, va), (row_b, vb)):
         for j in range(k1, j1):
             if not accumulate:
                 Out[row, j] = 0
             for p in range(lo, hi):
-                Out[row, j] += V[v, p] * M[p, j]
+                Out[row, j] += (V[p, v] if transposed else V[v, p]) * M[p, j]
 
 
 @njit(cache=True, fastmath={"contract"}, inline="always")

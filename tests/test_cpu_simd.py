@@ -226,23 +226,25 @@ def test_gather_pair_tile_propagates_nan_to_its_own_row_only():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
-def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0, transposed):
     rng = np.random.default_rng()
     for width in widths(dtype):
         cols = j0 + width + 2
         M = rng.standard_normal((40, cols)).astype(dtype)
-        V = rng.standard_normal((4, 40)).astype(dtype)
+        U = rng.standard_normal((4, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
+        V = np.ascontiguousarray(U.T) if transposed else U
         for (lo, hi), add, (va, vb, ra, rb) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False),
                                                                  ((0, 1, 1, 2), (3, 1, 4, 0))):
             Out = rng.standard_normal((5, cols)).astype(dtype)
             before = Out.copy()
             plan = cpu_simd.tile_plan(j0, j0 + width, M.itemsize)
-            cpu_simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add)
+            cpu_simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
             span = slice(j0, j0 + width)
             want = before.astype(np.float64)
             for r, v in ((ra, va), (rb, vb)):
-                want[r, span] = (want[r, span] if add else 0) + V[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
-            magnitude = np.abs(before[[ra, rb], span]) * add + np.abs(V[[va, vb], lo:hi]) @ np.abs(M[lo:hi, span])
+                want[r, span] = (want[r, span] if add else 0) + U[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
+            magnitude = np.abs(before[[ra, rb], span]) * add + np.abs(U[[va, vb], lo:hi]) @ np.abs(M[lo:hi, span])
             assert np.linalg.norm(Out - want) <= TOL[dtype] * np.linalg.norm(magnitude), (width, lo, hi, add)
             outside = np.ones(Out.shape, bool)
             outside[[ra, rb], span] = False
@@ -254,5 +256,5 @@ def test_gather_two_rows_propagates_nan_to_its_own_row_only():
     V = np.ones((2, 3), np.float32)
     V[1, 2] = np.nan
     Out = np.zeros((2, 8), np.float32)
-    cpu_simd.gather_two_rows_planned(cpu_simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False)
+    cpu_simd.gather_two_rows_planned(cpu_simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False, False)
     assert np.array_equal(Out[0], np.full(8, 3, np.float32)) and np.isnan(Out[1]).all()
