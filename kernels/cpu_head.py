@@ -7,8 +7,9 @@ gradients and dA1 = dZ2 @ W2.T without leaving the cache, phase by phase (all th
 then the per-row work, then all its products with W2T); each thread sums its rows' weight gradients
 into private buffers, added at the end (race-free under parallel=True). The products are cpu_simd's
 gathers and scatters in their dense form (no indices: value p goes with row p), so the weights' tiles stay
-in registers; the three big ones (with W2, W2T, and dW2's) take two rows at a time, each tile of the
-weights loaded once for both. Results equal the composed operations (BLAS products, the element-wise passes, the loss) within rounding.
+in registers; the three big ones (with W2, W2T, and dW2's, which reads the block's columns of A1 in place)
+take two rows at a time, each tile of the weights loaded once for both. Results equal the composed
+operations (BLAS products, the element-wise passes, the loss) within rounding.
 """
 
 from __future__ import annotations
