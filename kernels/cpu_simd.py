@@ -238,7 +238,7 @@ def _two_sums_codegen(nv, context, builder, w_ty, out_ty, args, entry):
                 builder.store(builder.load(a), ptr, align=4)
 
 
-_TWO_SUMS_TAIL = (types.int64, types.int64, types.int64, types.int64, types.int64, types.int64, types.boolean)
+_TWO_SUMS_REST = (types.int64,) * 4 + (types.boolean,)     # row_a, row_b, j0, ntiles, accumulate
 
 
 @functools.lru_cache(maxsize=None)
@@ -252,7 +252,7 @@ def gather_pair_tiles(nv: int):
         _check_types(indices, values, W, Out, out_ndim=2)
         if indices is types.none:
             raise TypeError("cpu_simd: a pair gather needs its index array")
-        sig = types.void(indices, values, types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:])
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, *_TWO_SUMS_REST)
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
@@ -282,8 +282,7 @@ def gather_two_rows_tiles(nv: int):
     @intrinsic
     def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, transposed):
         _check_types(types.none, V, W, Out, out_ndim=2, values_ndim=2)
-        sig = types.void(V, *_TWO_SUMS_TAIL[:2], types.int64, types.int64, W, Out, *_TWO_SUMS_TAIL[2:],
-                         types.boolean)
+        sig = types.void(V, types.int64, types.int64, types.int64, types.int64, W, Out, *_TWO_SUMS_REST, types.boolean)
 
         def codegen(context, builder, signature, args):
             v_ty, w_ty, out_ty = signature.args[0], signature.args[5], signature.args[6]

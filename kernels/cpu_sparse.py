@@ -252,45 +252,31 @@ class ColumnBlocks(NamedTuple):
     shape: tuple
 
 
-@njit(cache=True)
-def _pair_entries(indptr, indices, r):
-    """How many entries row r contributes: its stored pixels with pixels 2q and 2q + 1 counted once."""
-    count = 0
-    last = -1
-    for p in range(indptr[r], indptr[r + 1]):
-        q = indices[p] >> 1
-        if q != last:
-            count += 1
-            last = q
-    return count
-
-
 @njit(cache=True, parallel=True)
-def _block_entries(indptr, indices, block, counts):
+def _count_pairs(indptr, indices, block, colptr):
+    """colptr[b, q + 1] = how many of block b's rows have a pixel in column 2q or 2q + 1 (colptr[b, 0] = 0)."""
     n = indptr.shape[0] - 1
-    for blk in prange(counts.shape[0]):
-        entries = 0
-        for r in range(np.int64(blk) * block, min(n, (np.int64(blk) + 1) * block)):
-            entries += _pair_entries(indptr, indices, r)
-        counts[blk] = entries
-
-
-@njit(cache=True, parallel=True)
-def _regroup_blocks(indptr, indices, values, block, colptr, starts, local, out):
-    n = indptr.shape[0] - 1
-    pairs = colptr.shape[1] - 1
     for blk in prange(colptr.shape[0]):
-        r0 = np.int64(blk) * block
-        r1 = min(n, r0 + block)
         cp = colptr[blk]
         cp[:] = 0
-        for r in range(r0, r1):
+        for r in range(np.int64(blk) * block, min(n, (np.int64(blk) + 1) * block)):
             last = -1
             for p in range(indptr[r], indptr[r + 1]):
                 q = indices[p] >> 1
                 if q != last:
                     cp[q + 1] += 1
                     last = q
+
+
+@njit(cache=True, parallel=True)
+def _regroup_blocks(indptr, indices, values, block, colptr, starts, local, out):
+    """Turns _count_pairs' counts into entry ranges (block b's from starts[b]) and fills the entries."""
+    n = indptr.shape[0] - 1
+    pairs = colptr.shape[1] - 1
+    for blk in prange(colptr.shape[0]):
+        r0 = np.int64(blk) * block
+        r1 = min(n, r0 + block)
+        cp = colptr[blk]
         cp[0] = starts[blk]
         for q in range(pairs):
             cp[q + 1] += cp[q]
@@ -312,11 +298,10 @@ def _regroup_blocks(indptr, indices, values, block, colptr, starts, local, out):
 
 def column_blocks(compressed: CompressedRows) -> ColumnBlocks:
     n, columns = compressed.shape
-    counts = np.empty((n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, np.int64)
-    _block_entries(compressed.indptr, compressed.indices, COLUMN_BLOCK, counts)
-    starts = np.zeros(counts.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=starts[1:])
-    colptr = np.empty((counts.shape[0], (columns + 1) // 2 + 1), np.int64)
+    colptr = np.empty(((n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, (columns + 1) // 2 + 1), np.int64)
+    _count_pairs(compressed.indptr, compressed.indices, COLUMN_BLOCK, colptr)
+    starts = np.zeros(colptr.shape[0] + 1, np.int64)
+    np.cumsum(colptr[:, 1:].sum(axis=1), out=starts[1:])
     local = np.empty(starts[-1], np.int32)
     values = np.empty(2 * starts[-1], compressed.values.dtype)
     _regroup_blocks(compressed.indptr, compressed.indices, compressed.values, COLUMN_BLOCK, colptr, starts,
