@@ -6,7 +6,7 @@ process. The timed round is the whole process (start-up to result); extra_info h
 measured itself: `compile_s` is backend creation plus the first workload minus the same workload repeated;
 `extra_s` is what the first train() in the process takes beyond a second identical one (kernel loading,
 Numba's own start-up and reading the data files), with `scipy_loaded` saying whether Numba imported SciPy
-on the way (it does when SciPy is installed, about 0.4 s here). Marked slow: a cold compile takes tens of
+on the way (it does when SciPy is installed). Marked slow: a cold compile takes tens of
 seconds.
 """
 
@@ -29,7 +29,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import fastmnist
-from fastmnist.train import build_net, init_params, make_recipe
+from fastmnist.training import build_net, init_params, make_recipe
 t1 = time.perf_counter()
 name, dtype = sys.argv[1:3]
 be = fastmnist.get_backend(name)
@@ -105,7 +105,7 @@ def test_first_call(benchmark, jit_backend, dtype, cache, tmp_path, shared_cache
 
 @pytest.mark.parametrize("preset", ["grokking-3layer", "branchnet", "fast"])
 def test_first_train(benchmark, jit_backend, dtype, preset, shared_cache):
-    """What the first fastmnist.train() in a new process adds with a warm on-disk cache (issue: under 1 s)."""
+    """What the first fastmnist.train() in a new process adds with a warm on-disk cache."""
     device = fastmnist.get_backend(jit_backend).device
     _run(TRAIN_TWICE, shared_cache, jit_backend, dtype, preset)             # fills the cache
     benchmark.group = f"compile/first-train/{device}"

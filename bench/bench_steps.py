@@ -49,7 +49,7 @@ def test_batch1_epoch(timed, be, dtype, new_net, mnist, preset):
 def test_whole_run(benchmark, jit_backend, dtype, preset):
     """The preset's whole run (350 iterations and 36 evaluations for grokking-3layer) as a user calls it,
     fastmnist.train, after one untimed run that loads the kernels and parses the data files (kept in memory
-    by this process): the issue's "whole run in under 1 s"."""
+    by this process)."""
     import fastmnist
 
     def run():

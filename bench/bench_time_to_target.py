@@ -1,4 +1,4 @@
-"""Time to 98% MNIST test accuracy (issue 6): `fastmnist.train(preset="fast")` on each available backend,
+"""Time to 98% MNIST test accuracy: `fastmnist.train(preset="fast")` on each available backend,
 measured as train() reports it, from the call (data read from disk inside it: the in-process memo of the
 parsed files is cleared before each run) to the evaluation that reaches the target. One round per seed
 (1, 2, 3) in this process, so the first round of a JIT backend also pays loading its kernels from the

@@ -17,7 +17,7 @@ import pytest
 
 from fastmnist import data
 from fastmnist.kernels.reference import ReferenceBackend
-from fastmnist.train import DTYPES, build_net, init_params, make_recipe
+from fastmnist.training import DTYPES, build_net, init_params, make_recipe
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 

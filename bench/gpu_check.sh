@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The CUDA checks that need a real GPU, in one call (issue 4):
+# The CUDA checks that need a real GPU, in one call:
 #   ceilings  copy bandwidth and cuBLAS rates (bench/gpu_ceilings.py);
 #   profile   the pieces of cuda-hybrid's branchnet step, timed one by one (bench/gpu_profile.py);
-#   tests     tests/test_numba_cuda.py on the device at full size (FASTMNIST_REAL_GPU=1: no simulator);
+#   tests     the conformance suite and the CUDA kernels' own tests on the device at full size
+#             (FASTMNIST_REAL_GPU=1: no simulator);
 #   bench     the pytest-benchmark suite on the GPU backends, with its Markdown report;
 #   train     branchnet, 10,000 full-batch iterations in float32 on each GPU backend, each required to reach
 #             at least 98.3% test accuracy (bench/gpu_train.py);
@@ -59,7 +60,8 @@ if has profile; then
     "$PY" bench/gpu_profile.py "$out/profile.json" 2>&1 | tee "$out/profile.log" || status=1
 fi
 if has tests; then
-    FASTMNIST_REAL_GPU=1 "$PY" -m pytest tests/test_numba_cuda.py tests/test_cuda_blas.py -q -x -p no:cacheprovider \
+    FASTMNIST_REAL_GPU=1 "$PY" -m pytest tests/test_conformance.py tests/test_cuda_kernels.py tests/test_cuda_blas.py \
+        -q -x -p no:cacheprovider \
         --durations=10 -k "${GPU_TEST_SELECT:-}" 2>&1 \
         | tee "$out/tests.log" || status=1
 fi

@@ -17,10 +17,10 @@ import numpy as np
 
 from fastmnist import data
 from fastmnist.kernels.reference import ReferenceBackend
-from fastmnist.kernels import cuda_elementwise, cuda_loss, cuda_optim
-from fastmnist.kernels.cuda_hybrid import CudaHybridBackend
-from fastmnist.kernels.numba_cuda import NumbaCudaBackend
-from fastmnist.train import build_net, init_params, make_recipe
+from fastmnist.kernels.cuda import elementwise, loss, optim
+from fastmnist.kernels.cuda.hybrid import CudaHybridBackend
+from fastmnist.kernels.cuda.backend import NumbaCudaBackend
+from fastmnist.training import build_net, init_params, make_recipe
 from gpu_ceilings import median_ms      # run as a script from the repository root: bench/ is on sys.path
 
 
@@ -78,19 +78,19 @@ def main(argv):
     tot, cnt = (dv(a) for a in be._accumulators())
     parts = be._loss_partials(rows)
     ws = be._workspace(net)
-    hyper = be._constant(cuda_optim.hyper_values(1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, step=1), np.float64)
+    hyper = be._constant(optim.hyper_values(1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-7, step=1), np.float64)
     r["piece: X @ W1 (50000x784x192)"] = median_ms(lambda: cupy.matmul(X, W1, out=H))
     r["piece: X.T @ dZ1"] = median_ms(lambda: X.T @ dZ)
     r["piece: ones @ dZ1 (bias gradient)"] = median_ms(lambda: ones @ dZ)
     r["piece: dZ1.sum(axis=0) (not used)"] = median_ms(lambda: dZ.sum(axis=0))
     r["piece: epilogue 50000x192 (+launch)"] = median_ms(
-        lambda: cuda_elementwise.epilogue(views["H"], views["b"], codes, views["mask"], views["A"], be.threads,
+        lambda: elementwise.epilogue(views["H"], views["b"], codes, views["mask"], views["A"], be.threads,
                                           stream=be.stream))
     r["piece: pre-activation grad 50000x192 (+launch)"] = median_ms(
-        lambda: cuda_elementwise.pre_activation_grad(views["dZ"], views["H"], codes, views["mask"], views["A"],
+        lambda: elementwise.pre_activation_grad(views["dZ"], views["H"], codes, views["mask"], views["A"],
                                                      be.threads, stream=be.stream))
     r["piece: softmax CE + grad 50000x10 (+launch)"] = median_ms(
-        lambda: cuda_loss.loss(1, lv["out"], lv["y"], 1e-7, lv["grad"], 1 / rows, *parts, tot, cnt, be.threads,
+        lambda: loss.loss(1, lv["out"], lv["y"], 1e-7, lv["grad"], 1 / rows, *parts, tot, cnt, be.threads,
                                stream=be.stream))
     r["piece: update, all parameters (+launch)"] = median_ms(lambda: ws.update(1, hyper))
     r["piece: evaluate 10000 images"] = median_ms(lambda: be.evaluate(net, X[:10000], y[:10000]))

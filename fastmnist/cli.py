@@ -11,7 +11,7 @@ from . import data, dispatch
 from .errors import FastMnistError, TrainingDiverged
 from .model import load
 from .recipes import PRESETS
-from .train import DTYPES, train
+from .training import DTYPES, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,17 +164,24 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_backends(args) -> int:
+    from .training import planned_path
+
     infos = dispatch.backends()
     width = max(len(i.name) for i in infos)
+    indent = " " * (width + 7)
     for i in infos:
         status = "available" if i.available else f"unavailable: {i.reason}"
-        print(f"{i.name:<{width}}  {i.device:<3}  {status}\n{'':<{width}}       {i.description}")
+        print(f"{i.name:<{width}}  {i.device:<3}  {status}\n{indent}{i.description}")
+        if i.available:
+            backend = dispatch.get_backend(i.name)
+            for name, recipe in PRESETS.items():
+                print(f"{indent}  {name:<17} {planned_path(backend, recipe)}")
     print(f"auto -> {dispatch.resolve_name('auto')}")
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import read_results, sweep, table
+    from .sweeps import read_results, sweep, table
     records = sweep(args.preset, dict(args.grid), backend=args.backend, iterations=args.iterations,
                     client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
                     progress=sys.stderr.isatty())

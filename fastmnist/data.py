@@ -22,6 +22,7 @@ from fastmnist.files import write_atomically
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("first-1000", "50k-10k-10k", "full")
+TRAIN_ROWS = {"first-1000": 1000, "50k-10k-10k": 50_000, "full": 60_000}     # training images per split
 
 MIRRORS = {
     "mnist": (
@@ -111,10 +112,11 @@ def load_splits(split: str = "50k-10k-10k", dataset: str = "mnist", path: str | 
     """
     _check_name("split", split, SPLITS)
     train, test = load_arrays(dataset, path, download=download)
+    rows = TRAIN_ROWS[split]
     if split == "first-1000":
-        return Splits(split, _take(train, slice(None, 1000)), None, test)
+        return Splits(split, _take(train, slice(None, rows)), None, test)
     if split == "50k-10k-10k":
-        return Splits(split, _take(train, slice(None, 50_000)), _take(train, slice(50_000, None)), test)
+        return Splits(split, _take(train, slice(None, rows)), _take(train, slice(rows, None)), test)
     return Splits(split, train, None, test)
 
 
@@ -210,8 +212,8 @@ def _parse(path: Path, kind: str, stamp: tuple) -> tuple[numpy.ndarray, str]:
     return array, digest
 
 
-# Decompressing and hashing the training images takes about 0.3 s. A file whose content has a known MD5 is
-# therefore also kept decoded, as cache/decoded/<md5>.npy, with an index entry per version of the source
+# Decompressing and hashing the training images takes a noticeable part of a short run (docs/performance.md).
+# A file whose content has a known MD5 is therefore also kept decoded, as cache/decoded/<md5>.npy, with an index entry per version of the source
 # file giving its MD5 and the CRC-32 of the array; a copy whose CRC-32 does not match is decoded again.
 _KNOWN_MD5 = frozenset(md5 for sums in CONTENT_MD5.values() for md5 in sums.values())
 
@@ -243,7 +245,7 @@ def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, di
         entry.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(entry.parent / f"{digest}.npy", lambda f: numpy.save(f, array, allow_pickle=False))
         write_atomically(entry, lambda f: f.write(json.dumps({"md5": digest, "crc32": zlib.crc32(array)}).encode()))
-    except OSError:     # a read-only or full cache directory only costs the next load its 0.3 s
+    except OSError:     # a read-only or full cache directory only costs the next load its decoding
         pass
 
 

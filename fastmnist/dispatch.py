@@ -1,12 +1,14 @@
-"""The backend registry: backends register by name; `auto` picks the fastest one available here."""
+"""The backend registry: backends register by name; `auto` picks the available one of highest priority."""
 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from .errors import BackendUnavailable
+from .kernels.interface import Backend
 
 
 @dataclass(frozen=True)
@@ -16,25 +18,44 @@ class BackendInfo:
     reason: str          # why it is unavailable, or "" when it is available
     description: str
     device: str
+    priority: int
 
 
 @dataclass(frozen=True)
 class _Entry:
     name: str
-    factory: Callable[[], object]
+    factory: Callable[[], Backend]
     description: str
     device: str
+    priority: int
 
 
 _REGISTRY: dict[str, _Entry] = {}
-# Fastest first: `auto` takes the first that is available. On the GPU, measured on an H100 (README,
-# bench/results/h100-2026-11-23): cuda-hybrid's replayed branchnet step 1.2 ms, numba-cuda's 5.6 ms, cupy's 4.3-5.2 ms.
-AUTO_ORDER = ("cuda-hybrid", "numba-cuda", "cupy", "numba-cpu", "numpy")
+_lock = threading.Lock()
 
 
-def register(name: str, factory: Callable[[], object], description: str, device: str = "cpu") -> None:
-    """Add a backend. `factory` imports lazily and raises with a readable message if it cannot run."""
-    _REGISTRY[name] = _Entry(name, factory, description, device)
+def register(name: str, factory: Callable[[], Backend], description: str, device: str = "cpu",
+             priority: int = 0) -> None:
+    """Add (or replace) a backend.
+
+    `factory()` builds the backend object (see fastmnist.kernels.interface.Backend); it is called on first
+    use and should import lazily and raise with a readable message if the backend cannot run here. `auto`
+    takes the available backend of highest `priority` (the built-in ones use 10 for numpy up to 50 for
+    cuda-hybrid); ties go to the one registered first.
+    """
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"a backend needs a name other than 'auto', got {name!r}")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    with _lock:
+        _REGISTRY[name] = _Entry(name, factory, description, device, int(priority))
+    _load.cache_clear()
+
+
+def unregister(name: str) -> None:
+    """Remove a backend added with register (unknown names are ignored)."""
+    with _lock:
+        _REGISTRY.pop(name, None)
     _load.cache_clear()
 
 
@@ -42,31 +63,47 @@ def register(name: str, factory: Callable[[], object], description: str, device:
 def _load(name: str):
     entry = _REGISTRY[name]
     try:
-        return entry.factory(), ""
+        backend = entry.factory()
     except Exception as exc:  # any import or driver failure becomes the reason shown to the user
         text = str(exc).strip().splitlines()
         return None, (text[0] if text else type(exc).__name__)
+    missing = [m for m in _contract() if not hasattr(backend, m)]
+    if missing:
+        return None, f"the backend object lacks {', '.join(missing)} (see fastmnist.kernels.interface.Backend)"
+    return backend, ""
+
+
+def _contract():
+    from .kernels.interface import CONTRACT
+    return CONTRACT
 
 
 def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def _by_priority() -> list[_Entry]:
+    entries = list(_REGISTRY.values())
+    return sorted(entries, key=lambda e: -e.priority)        # stable: ties keep their registration order
+
+
 def backends() -> list[BackendInfo]:
-    """Every registered backend, whether it can run here and, if not, why."""
+    """Every registered backend, highest priority first: whether it can run here and, if not, why."""
     out = []
-    for name, entry in _REGISTRY.items():
-        backend, reason = _load(name)
-        out.append(BackendInfo(name, backend is not None, reason, entry.description, entry.device))
+    for entry in _by_priority():
+        backend, reason = _load(entry.name)
+        out.append(BackendInfo(entry.name, backend is not None, reason, entry.description, entry.device,
+                               entry.priority))
     return out
 
 
-def get_backend(name: str = "auto"):
-    """The backend object for `name`, or the fastest available one for "auto"."""
+def get_backend(name: str = "auto") -> Backend:
+    """The backend object for `name`, or the available one of highest priority for "auto"."""
     if name == "auto":
-        for candidate in AUTO_ORDER:
-            if candidate in _REGISTRY and _load(candidate)[0] is not None:
-                return _load(candidate)[0]
+        for entry in _by_priority():
+            backend = _load(entry.name)[0]
+            if backend is not None:
+                return backend
         raise BackendUnavailable("no backend is available")
     if name not in _REGISTRY:
         raise BackendUnavailable(f"unknown backend {name!r}; choose from auto, {', '.join(_REGISTRY)}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import FastMnistError, ModelFileError, RecipeError
 from .files import write_atomically
-from .kernels.net import Net
+from .kernels.interface import Net
 from .kernels.reference import ReferenceBackend
 from .recipes import Recipe
 

@@ -1,12 +1,8 @@
 """The reference backend: plain array code that runs unchanged on numpy and on cupy arrays.
 
-It defines the backend interface. Every other backend subclasses it and replaces the operations it
-accelerates; each of its kernels is checked against these functions in float64.
-
-Conventions: samples are rows, so a layer's weights are (inputs, units) and its bias is (units,).
-`segments` is a tuple of (start, stop, activation) that splits a layer's units into branches.
-A dropout mask is an array broadcastable to the layer's output holding the scale applied to each
-unit (0 for a dropped unit); the forward and backward masks may differ (seed 000 rescales only forwards).
+It implements every member of the backend contract (interface.Backend) in the most direct way and is the
+oracle every kernel is checked against in float64. The compiled backends subclass it and replace the
+operations they accelerate; conventions (rows are samples, segments, masks) are interface.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ import numpy
 class ReferenceBackend:
     name = "numpy"
     device = "cpu"
+    host_masks = True
 
     def __init__(self, xp=numpy, name: str | None = None):
         self.xp = xp
@@ -238,3 +235,6 @@ class ReferenceBackend:
             t, c = self.train_step(net, xb, yb, rng)
             total, correct = total + t, correct + c
         return total, correct
+
+    def epoch_path(self, net, rows, batch_size, shuffled):
+        return "reference operations" if self.xp is numpy else f"reference operations on {self.name}"

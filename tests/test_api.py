@@ -10,6 +10,7 @@ import pytest
 import fastmnist
 from fastmnist import data, dispatch
 from fastmnist.errors import BackendUnavailable, FastMnistError, ModelFileError, TrainingDiverged
+from fastmnist.kernels.reference import ReferenceBackend
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,8 @@ def test_result_holds_model_history_and_timings(result):
     assert result.timings["train_s"] > 0 and result.timings["per_iteration_s"] > 0
     assert result.backend == "numpy" and result.dtype == "float32"
     assert result.model.dtype == np.float32
-    assert "grokking-3layer on numpy (float32): 3 iterations" in result.summary()
+    assert "grokking-3layer on numpy (float32, reference operations): 3 iterations" in result.summary()
+    assert result.path == "reference operations" and result.model.meta["path"] == result.path
 
 
 def test_predict_accepts_uint8_float_and_square_images(result, test_split):
@@ -131,13 +133,67 @@ def test_unknown_and_unavailable_backends_say_why():
         with pytest.raises(BackendUnavailable, match="'broken-test' is unavailable: libfoo.so missing"):
             dispatch.get_backend("broken-test")
     finally:
-        dispatch._REGISTRY.pop("broken-test")
+        dispatch.unregister("broken-test")
+    assert "broken-test" not in dispatch.names()
 
 
-def test_auto_picks_the_first_available_in_speed_order():
-    available = [i.name for i in fastmnist.backends() if i.available]
-    expected = next(n for n in dispatch.AUTO_ORDER if n in available)
+def test_auto_takes_the_available_backend_of_highest_priority():
+    infos = fastmnist.backends()
+    assert [i.priority for i in infos] == sorted((i.priority for i in infos), reverse=True)
+    expected = next(i.name for i in infos if i.available)
     assert dispatch.get_backend("auto").name == expected
+
+
+class _Plain(ReferenceBackend):
+    def __init__(self, name):
+        super().__init__(name=name)
+
+
+def test_a_registered_backend_of_higher_priority_becomes_auto():
+    top = max(i.priority for i in fastmnist.backends())
+    dispatch.register("first-test", lambda: _Plain("first-test"), "test", priority=top + 1)
+    dispatch.register("second-test", lambda: _Plain("second-test"), "test", priority=top + 1)
+    try:
+        assert dispatch.get_backend("auto").name == "first-test"        # ties: the one registered first
+        dispatch.register("first-test", lambda: (_ for _ in ()).throw(RuntimeError("gone")), "test",
+                          priority=top + 1)
+        assert dispatch.get_backend("auto").name == "second-test"       # the next one available
+        result = fastmnist.train("grokking-3layer", backend="auto", iterations=1, progress=False)
+        assert result.backend == "second-test"
+    finally:
+        dispatch.unregister("first-test")
+        dispatch.unregister("second-test")
+    assert dispatch.get_backend("auto").name not in ("first-test", "second-test")
+
+
+def test_a_backend_object_lacking_part_of_the_contract_is_unavailable_with_the_reason():
+    dispatch.register("partial-test", lambda: object(), "test")
+    try:
+        info = {i.name: i for i in fastmnist.backends()}["partial-test"]
+        assert not info.available and "lacks asarray" in info.reason and "interface.Backend" in info.reason
+    finally:
+        dispatch.unregister("partial-test")
+
+
+@pytest.mark.parametrize("name, device", [("auto", "cpu"), ("", "cpu"), ("x", "tpu")])
+def test_register_refuses_bad_names_and_devices(name, device):
+    with pytest.raises(ValueError):
+        dispatch.register(name, object, "test", device=device)
+
+
+def test_no_public_name_shadows_a_module():
+    import importlib
+    import pkgutil
+    import types
+
+    modules = {m.name for m in pkgutil.iter_modules(fastmnist.__path__) if not m.name.startswith("_")}
+    assert {"training", "sweeps", "dispatch"} <= modules
+    for name in fastmnist.__all__:
+        assert name not in modules, name
+    for name in modules:
+        module = importlib.import_module(f"fastmnist.{name}")
+        assert getattr(fastmnist, name) is module, name
+        assert isinstance(module, types.ModuleType)
 
 
 def test_bad_dtype():
@@ -169,3 +225,18 @@ def test_import_sets_openblas_thread_timeout_unless_the_user_did(preset_value, e
     code = "import os, fastmnist; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_source_checkout_imports_its_kernels_as_fastmnist_kernels_and_never_as_kernels():
+    code = ("import fastmnist, fastmnist.kernels.cpu.backend as b, fastmnist.kernels.cuda.fused_step as f; "
+            "print(b.__file__); print(f.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for line in out.stdout.split():
+        assert os.path.commonpath([line, os.path.join(ROOT, "kernels")]) == os.path.join(ROOT, "kernels")
+    clash = subprocess.run([sys.executable, "-c", "import kernels"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+    assert clash.returncode != 0 and "imports only as fastmnist.kernels" in clash.stderr

@@ -20,7 +20,7 @@ def test_train_save_and_eval(tmp_path):
             "--dtype", "float64", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in r.stdout
-    assert "grokking-3layer on numpy (float64): 1 iterations" in r.stdout and out.exists()
+    assert "grokking-3layer on numpy (float64, reference operations): 1 iterations" in r.stdout and out.exists()
     e = run("eval", str(out))
     assert e.returncode == 0 and "test accuracy 0.6493 (10000 images)" in e.stdout
     assert "trained on numpy (float64) for 1 iterations" in e.stdout and "I:0" not in e.stdout
@@ -28,9 +28,14 @@ def test_train_save_and_eval(tmp_path):
     assert h.returncode == 0 and "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in h.stdout
 
 
-def test_backends_lists_numpy():
+def test_backends_lists_each_backend_and_the_path_it_takes_per_preset():
     r = run("backends")
     assert r.returncode == 0 and "numpy" in r.stdout and "available" in r.stdout and "auto -> " in r.stdout
+    lines = r.stdout.splitlines()
+    cpu = lines.index(next(line for line in lines if line.startswith("numba-cpu")))
+    paths = {line.split()[0]: " ".join(line.split()[1:]) for line in lines[cpu + 2:cpu + 7]}
+    assert paths["grokking-3layer"] == "batch-1 epoch" and paths["branchnet"] == "sparse full-batch step"
+    assert paths["fast"] == "minibatch epoch"
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,10 +1,10 @@
-"""cpu_head.head_step (the fused layers after the first) against the reference backend's composed operations."""
+"""head.head_step (the fused layers after the first) against the reference backend's composed operations."""
 
 import numpy as np
 import pytest
 
-from fastmnist.kernels import cpu_head, cpu_loss
-from fastmnist.kernels.cpu_activation import layer_codes
+from fastmnist.kernels.cpu import head, loss
+from fastmnist.kernels.cpu.activation import layer_codes
 from fastmnist.kernels.reference import ReferenceBackend
 
 ref = ReferenceBackend()
@@ -33,9 +33,9 @@ def composed(A1, W2, b2, scale2, W3, b3, labels, loss):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows", [1, 3, 130])
-@pytest.mark.parametrize("loss", ["softmax_ce", "mse"])
+@pytest.mark.parametrize("loss_kind", ["softmax_ce", "mse"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_head_step_matches_the_composed_operations(dtype, rows, loss, bias):
+def test_head_step_matches_the_composed_operations(dtype, rows, loss_kind, bias):
     rng = np.random.default_rng()
     k1, m2, classes = 21, 13, 10                   # none a multiple of a vector
     A1 = np.maximum(rng.standard_normal((rows, k1)), 0).astype(dtype)
@@ -45,14 +45,14 @@ def test_head_step_matches_the_composed_operations(dtype, rows, loss, bias):
     b3 = rng.standard_normal(classes).astype(dtype) if bias else None
     scale2 = np.where(rng.random(m2) < 0.8, 1 / 0.8, 0).astype(dtype)
     labels = rng.integers(0, classes, rows)
-    want = composed(A1, W2, b2, scale2, W3, b3, labels, loss)
+    want = composed(A1, W2, b2, scale2, W3, b3, labels, loss_kind)
 
     empty = np.zeros(0, dtype)
     dA1, dW2, db2 = np.empty_like(A1), np.empty_like(W2), np.empty(m2, dtype)
     dW3, db3 = np.empty_like(W3), np.empty(classes, dtype)
-    total, correct = cpu_head.head_step(
+    total, correct = head.head_step(
         A1, W2, empty if b2 is None else b2, layer_codes(HIDDEN, m2), scale2, W3, empty if b3 is None else b3,
-        layer_codes(((0, classes, "identity"),), classes), labels, cpu_loss.LOSS_CODES[loss], dtype(1e-7), 2,
+        layer_codes(((0, classes, "identity"),), classes), labels, loss.LOSS_CODES[loss_kind], dtype(1e-7), 2,
         dA1, dW2, db2, dW3, db3)
     assert correct == want[1]
     assert abs(total - want[0]) <= TOL[dtype] * abs(want[0]) * 10
@@ -65,7 +65,7 @@ def test_head_step_lets_nan_through():
     A1[2, 3] = np.nan
     W2, W3 = np.ones((8, 8)), np.ones((8, 10))
     out = [np.empty_like(A1), np.empty_like(W2), np.empty(8), np.empty_like(W3), np.empty(10)]
-    total, _ = cpu_head.head_step(A1, W2, np.zeros(0), layer_codes(((0, 8, "relu"),), 8), np.ones(8), W3,
+    total, _ = head.head_step(A1, W2, np.zeros(0), layer_codes(((0, 8, "relu"),), 8), np.ones(8), W3,
                                   np.zeros(0), layer_codes(((0, 10, "identity"),), 10), np.zeros(4, np.int64),
-                                  cpu_loss.SOFTMAX_CE, 1e-7, 2, *out)
+                                  loss.SOFTMAX_CE, 1e-7, 2, *out)
     assert np.isnan(total) and np.isnan(out[1]).any()

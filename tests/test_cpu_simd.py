@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fastmnist.kernels import cpu_simd
+from fastmnist.kernels.cpu import simd
 
 TOL = {np.float64: 1e-13, np.float32: 1e-5}
 
@@ -17,9 +17,9 @@ def rel_err(a, b):
 
 
 def widths(dtype):
-    lanes = cpu_simd.lanes(np.dtype(dtype))
-    return sorted({1, lanes - 1, lanes, lanes + 3, 5 * lanes, cpu_simd.MAX_TILE * lanes,
-                   (cpu_simd.MAX_TILE + 1) * lanes + 1, 13 * lanes + 5, 20 * lanes})
+    lanes = simd.lanes(np.dtype(dtype))
+    return sorted({1, lanes - 1, lanes, lanes + 3, 5 * lanes, simd.MAX_TILE * lanes,
+                   (simd.MAX_TILE + 1) * lanes + 1, 13 * lanes + 5, 20 * lanes})
 
 
 def _scatter_want(G, indices, values, lo, hi, d, j0, j1):
@@ -32,12 +32,12 @@ def _scatter_want(G, indices, values, lo, hi, d, j0, j1):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("max_tile", [None, 1, 4])
 def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype, max_tile):
-    lanes = cpu_simd.lanes(np.dtype(dtype))
-    limit = max_tile or cpu_simd.MAX_TILE
+    lanes = simd.lanes(np.dtype(dtype))
+    limit = max_tile or simd.MAX_TILE
     for j0 in (0, 3):
         for width in range(0, 40 * lanes):
             args = (j0, j0 + width, np.dtype(dtype).itemsize) + ((max_tile,) if max_tile else ())
-            nv, wide, narrow = cpu_simd.tile_plan(*args)
+            nv, wide, narrow = simd.tile_plan(*args)
             assert wide * (nv + 1) + narrow * nv == width // lanes
             assert nv + (wide > 0) <= limit
             assert wide + narrow == -(-(width // lanes) // limit)
@@ -57,7 +57,7 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
         values = rng.standard_normal(37).astype(dtype)
         lo, hi = 4, 33
         h = np.full(cols, np.nan, dtype)
-        cpu_simd.gather_columns(None if dense else indices, values, lo, hi, M, h, j0, j0 + width)
+        simd.gather_columns(None if dense else indices, values, lo, hi, M, h, j0, j0 + width)
         rows = M[indices[lo:hi]].astype(np.float64)
         want = values[lo:hi].astype(np.float64) @ rows
         # measured against the sums of |terms|: a few columns' sums can cancel to near 0 (width 1: one column)
@@ -69,7 +69,7 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
         d = rng.standard_normal(cols).astype(dtype)
         G = rng.standard_normal((50, cols)).astype(dtype)
         want, before = _scatter_want(G, indices, values, lo, hi, d, j0, j0 + width), G.copy()
-        cpu_simd.scatter_columns(None if dense else indices, values, lo, hi, d, G, j0, j0 + width)
+        simd.scatter_columns(None if dense else indices, values, lo, hi, d, G, j0, j0 + width)
         assert rel_err(G, want) < TOL[dtype], width
         outside = np.ones(cols, bool)
         outside[j0:j0 + width] = False
@@ -80,10 +80,10 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
 @pytest.mark.parametrize("j0", [0, 5])
 def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0):
     rng = np.random.default_rng()
-    lanes = cpu_simd.lanes(np.dtype(dtype))
+    lanes = simd.lanes(np.dtype(dtype))
     for width in widths(dtype):
         cols = j0 + width + 2
-        plans = cpu_simd.listed_plans(j0, j0 + width, np.dtype(dtype).itemsize)
+        plans = simd.listed_plans(j0, j0 + width, np.dtype(dtype).itemsize)
         assert len(plans) == width // lanes + 1
         columns = np.full(len(plans), -1, np.int64)
         indices = rng.integers(0, 50, 37).astype(np.int32)
@@ -93,7 +93,7 @@ def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0
             d[j0:j0 + width][rng.random(width) < zero_share] = 0          # some whole vectors end up all zero
             G = rng.standard_normal((50, cols)).astype(dtype)
             want, before = _scatter_want(G, indices, values, 4, 33, d, j0, j0 + width), G.copy()
-            cpu_simd.scatter_nonzero(plans, columns, indices, values, 4, 33, d, G, j0, j0 + width)
+            simd.scatter_nonzero(plans, columns, indices, values, 4, 33, d, G, j0, j0 + width)
             assert rel_err(G, want) < TOL[dtype], (width, zero_share)
             outside = np.ones(cols, bool)
             outside[j0:j0 + width] = False
@@ -107,19 +107,19 @@ def test_scatter_nonzero_counts_nan_as_non_zero():
     d = np.zeros(16, np.float32)
     d[13] = np.nan
     G = np.ones((3, 16), np.float32)
-    plans = cpu_simd.listed_plans(0, 16, 4)
-    cpu_simd.scatter_nonzero(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
+    plans = simd.listed_plans(0, 16, 4)
+    simd.scatter_nonzero(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
                              d, G, 0, 16)
     assert np.isnan(G[1, 13]) and np.isfinite(np.delete(G.ravel(), 16 + 13)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+@pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
 def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv):
     rng = np.random.default_rng()
-    lanes = cpu_simd.lanes(np.dtype(dtype))
-    cols = 2 * cpu_simd.MAX_TILE * lanes + 3
-    starts = rng.permutation(2 * cpu_simd.MAX_TILE)[:2 * nv] * lanes              # two tiles, shuffled vectors
+    lanes = simd.lanes(np.dtype(dtype))
+    cols = 2 * simd.MAX_TILE * lanes + 3
+    starts = rng.permutation(2 * simd.MAX_TILE)[:2 * nv] * lanes              # two tiles, shuffled vectors
     d = rng.standard_normal(cols).astype(dtype)
     G = rng.standard_normal((20, cols)).astype(dtype)
     indices = rng.integers(0, 20, 9).astype(np.int32)
@@ -130,7 +130,7 @@ def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv):
     want = G.astype(np.float64)
     np.add.at(want, (indices[:, None], np.flatnonzero(picked)[None, :]),
               values[:, None].astype(np.float64) * d[None, picked])
-    cpu_simd.scatter_listed_tile(nv, indices, values, 0, 9, d, G, starts.astype(np.int64), 0, 2)
+    simd.scatter_listed_tile(nv, indices, values, 0, 9, d, G, starts.astype(np.int64), 0, 2)
     assert rel_err(G, want) < TOL[dtype]
 
 
@@ -138,7 +138,7 @@ def test_gather_propagates_nan():
     M = np.ones((4, 24), np.float32)
     M[2, 17] = np.nan
     h = np.zeros(24, np.float32)
-    cpu_simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24)
+    simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24)
     assert np.isnan(h[17]) and np.isfinite(np.delete(h, 17)).all()
 
 
@@ -147,29 +147,29 @@ def test_gather_refuses_strided_indices_or_values():
     h = np.zeros(8, np.float32)
     values = np.ones(4, np.float32)
     with pytest.raises(Exception, match="C-contiguous"):
-        cpu_simd.gather_columns(np.arange(4, dtype=np.int32)[::2], values[:2], 0, 2, M, h, 0, 8)
+        simd.gather_columns(np.arange(4, dtype=np.int32)[::2], values[:2], 0, 2, M, h, 0, 8)
     with pytest.raises(Exception, match="C-contiguous"):
-        cpu_simd.gather_columns(np.arange(2, dtype=np.int32), values[::2], 0, 2, M, h, 0, 8)
+        simd.gather_columns(np.arange(2, dtype=np.int32), values[::2], 0, 2, M, h, 0, 8)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (784, 160)])
 def test_aligned_arrays_start_on_a_cache_line(dtype, shape):
     like = np.zeros(1, dtype)
-    for a in (cpu_simd.aligned_empty(shape, dtype), cpu_simd.empty_rows(*shape, like)):
+    for a in (simd.aligned_empty(shape, dtype), simd.empty_rows(*shape, like)):
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-        assert a.ctypes.data % cpu_simd.CACHE_LINE == 0
+        assert a.ctypes.data % simd.CACHE_LINE == 0
     src = np.arange(np.prod(shape) * 2, dtype=dtype).reshape(shape[0], -1)[:, ::2]   # strided
-    copy = cpu_simd.aligned_copy(src)
-    assert np.array_equal(copy, src) and copy.flags.c_contiguous and copy.ctypes.data % cpu_simd.CACHE_LINE == 0
-    assert cpu_simd.aligned_copy(copy) is copy
+    copy = simd.aligned_copy(src)
+    assert np.array_equal(copy, src) and copy.flags.c_contiguous and copy.ctypes.data % simd.CACHE_LINE == 0
+    assert simd.aligned_copy(copy) is copy
 
 
 def _row_tile_case(dtype, nv, streams):
     """(j0, tiles, span, M, indices, values, Out) for the row-tile gathers: 37 stored entries, `streams` values
     per entry, a span of two tiles starting one vector in."""
     rng = np.random.default_rng()
-    lanes = cpu_simd.lanes(np.dtype(dtype))
+    lanes = simd.lanes(np.dtype(dtype))
     j0, tiles = lanes, 2
     cols = j0 + tiles * nv * lanes + 3
     M = rng.standard_normal((50, cols)).astype(dtype)
@@ -187,12 +187,12 @@ def _check_rows(Out, before, want, rows, span, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+@pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
 def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv):
     j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 1)
     before = Out.copy()
     for (lo, hi), add in itertools.product(((4, 33), (4, 4), (5, 6)), (True, False)):   # odd, even, no pixels
-        cpu_simd.gather_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles, add)
+        simd.gather_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles, add)
         want = before.astype(np.float64)
         want[2, span] = (want[2, span] if add else 0) + values[lo:hi].astype(np.float64) @ M[indices[lo:hi], span]
         _check_rows(Out, before, want, (2,), span, dtype)
@@ -200,13 +200,13 @@ def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("nv", range(1, cpu_simd.MAX_TILE + 1))
+@pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
 def test_gather_pair_tile_writes_or_adds_two_interleaved_sums_into_two_rows(dtype, nv):
     j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 2)
     values[11] = 0                                             # an entry of the second row only
     before = Out.copy()
     for (lo, hi), add, (ra, rb) in itertools.product(((4, 33), (4, 4), (36, 37)), (True, False), ((2, 3), (4, 1))):
-        cpu_simd.gather_pair_tile(nv, indices, values, lo, hi, M, Out, ra, rb, j0, tiles, add)
+        simd.gather_pair_tile(nv, indices, values, lo, hi, M, Out, ra, rb, j0, tiles, add)
         want = before.astype(np.float64)
         for m, r in enumerate((ra, rb)):
             want[r, span] = ((want[r, span] if add else 0)
@@ -220,7 +220,7 @@ def test_gather_pair_tile_propagates_nan_to_its_own_row_only():
     values = np.ones(4, np.float32)
     values[2] = np.nan                                         # entry 1, first row
     Out = np.zeros((2, 8), np.float32)
-    cpu_simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True)
+    simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True)
     assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(8, 2, np.float32))
 
 
@@ -238,8 +238,8 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
                                                                  ((0, 1, 1, 2), (3, 1, 4, 0))):
             Out = rng.standard_normal((5, cols)).astype(dtype)
             before = Out.copy()
-            plan = cpu_simd.tile_plan(j0, j0 + width, M.itemsize)
-            cpu_simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
+            plan = simd.tile_plan(j0, j0 + width, M.itemsize)
+            simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
             span = slice(j0, j0 + width)
             want = before.astype(np.float64)
             for r, v in ((ra, va), (rb, vb)):
@@ -256,5 +256,5 @@ def test_gather_two_rows_propagates_nan_to_its_own_row_only():
     V = np.ones((2, 3), np.float32)
     V[1, 2] = np.nan
     Out = np.zeros((2, 8), np.float32)
-    cpu_simd.gather_two_rows_planned(cpu_simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False, False)
+    simd.gather_two_rows_planned(simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False, False)
     assert np.array_equal(Out[0], np.full(8, 3, np.float32)) and np.isnan(Out[1]).all()

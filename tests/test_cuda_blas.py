@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastmnist.kernels.cuda_blas import N, gemm_arguments
+from fastmnist.kernels.cuda.blas import N, gemm_arguments
 
 
 def memory(M):

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastmnist.kernels.numba_cpu import NumbaCpuBackend
+from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.model import as_inputs
 

@@ -9,7 +9,7 @@ import pytest
 
 import fastmnist
 from fastmnist.errors import FastMnistError, RecipeError
-from fastmnist.sweep import expand_grid, read_results, sweep
+from fastmnist.sweeps import expand_grid, read_results, sweep
 
 from dask.distributed import Client, LocalCluster  # noqa: E402
 

@@ -1,0 +1,448 @@
+"""The numba-cpu backend: the backend contract on compiled CPU kernels.
+
+Layer operations: matrix products go to numpy's BLAS; everything around them (bias, activation, dropout
+mask, derivative, bias gradient, losses, optimiser updates) runs in compiled kernels, one pass each.
+
+Whole epochs take one of three compiled paths where the reference would spend its time in Python or on zero
+pixels (`epoch_path` names the one taken; kernels/README.md maps them to the presets):
+- "batch-1 epoch" (batch1_epoch.py): batch size 1, two layers without biases, SGD (seed 000): the whole
+  epoch in one compiled call;
+- "minibatch epoch" (minibatch_epoch.py): one hidden layer, minibatches (the `fast` preset): the whole epoch
+  in one compiled call;
+- "sparse full-batch step" / "sparse minibatch steps" (sparse_step.py, head.py): per-unit dropout or none
+  (seed 004): a step whose first layer reads a compressed copy of the input (built once per dataset) and
+  computes only the units the dropout mask keeps.
+Anything else runs the reference's operations on these kernels, and epoch_path says why.
+forward() and evaluate() read the same compressed copies of the input.
+Inputs of any layout are accepted: kernels receive C-contiguous copies where needed. Arguments of the
+wrong rank or shape raise ValueError; non-float inputs raise TypeError.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from . import batch1_epoch, dense, loss, minibatch_epoch, optim, simd, sparse, threads
+from .activation import layer_codes as _codes
+from ..reference import ReferenceBackend
+
+threads.choose_threading_layer()
+
+PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "sparse": "sparse step",
+         "reference": "reference operations"}
+SPARSE_MAX_DENSITY = 0.5      # above this share of non-zero inputs, forward() uses BLAS for the first layer
+_EMPTY_MASK = {np.dtype(t): np.zeros((0, 0), t) for t in (np.float32, np.float64)}
+_EMPTY_VECTOR = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
+
+
+def _float_dtype(*arrays) -> np.dtype:
+    dtype = np.result_type(*arrays)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"numba-cpu works on float32 or float64 arrays, got {dtype}")
+    return dtype
+
+
+def _matrix(a, dtype, name) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    return a
+
+
+def _vector(a, dtype, length, name) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},), got {a.shape}")
+    return a
+
+
+def _mask(mask, rows, units, dtype) -> np.ndarray:
+    """A (1, units) or (rows, units) C-contiguous mask, or an empty one for None."""
+    if mask is None:
+        return _EMPTY_MASK[dtype]
+    m = np.asarray(mask, dtype=dtype)
+    if m.ndim < 2:
+        m = m.reshape(1, -1) if m.ndim == 1 else m.reshape(1, 1)
+    if m.ndim != 2 or m.shape[0] not in (1, rows) or m.shape[1] not in (1, units):
+        raise ValueError(f"mask of shape {np.shape(mask)} does not broadcast to ({rows}, {units})")
+    if m.shape[1] != units:
+        m = np.broadcast_to(m, (m.shape[0], units))
+    return np.ascontiguousarray(m)
+
+
+def _inputs_fit(net, X) -> bool:
+    """Whether X is what the compiled paths read: a 2-D host array of the network's dtype."""
+    return isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype
+
+
+def _labels(labels, rows, classes) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got {labels.dtype}")
+    if labels.shape != (rows,):
+        raise ValueError(f"labels must have shape ({rows},), got {labels.shape}")
+    if rows and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"labels must lie in [0, {classes})")
+    return np.ascontiguousarray(labels, dtype=np.int64)
+
+
+class _CompressedInputs:
+    """Compressed-row copies of the last few input matrices, keyed by the array object itself.
+
+    The array is held (so its id cannot be reused) and must not be modified in place while cached.
+    """
+
+    def __init__(self, size=4):
+        self._size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(X):
+        return id(X), X.shape, X.strides, X.dtype.str, X.__array_interface__["data"][0]
+
+    def get(self, X) -> sparse.CompressedRows:
+        return self._entry(X)[1]
+
+    def blocks(self, X) -> sparse.ColumnBlocks:
+        """X's pixels regrouped by pairs of columns block by block, built on first use (for full-batch steps)."""
+        entry = self._entry(X)
+        if entry[2] is None:
+            entry[2] = sparse.column_blocks(entry[1])
+        return entry[2]
+
+    def _entry(self, X) -> list:
+        key = self._key(X)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] is X:
+                self._entries.move_to_end(key)
+                return hit
+        return self.put(X, sparse.compress_rows(X))
+
+    def put(self, X, compressed: sparse.CompressedRows) -> list:
+        entry = [X, compressed, None]
+        with self._lock:
+            self._entries[self._key(X)] = entry
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return entry
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+
+class NumbaCpuBackend(ReferenceBackend):
+    name = "numba-cpu"
+    device = "cpu"
+
+    def __init__(self):
+        super().__init__(np, name="numba-cpu")
+        self._inputs = _CompressedInputs()
+
+    def parameter(self, a, dtype):
+        """Parameters start on a cache line: the kernels' vector loads of their rows then never straddle two."""
+        out = simd.aligned_empty(np.shape(a), dtype)
+        out[...] = a
+        return out
+
+    def to_float(self, images, dtype):
+        """As the reference's, with the compressed copy that the sparse kernels read made in the same pass."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 2:
+            return super().to_float(images, dtype)
+        X, compressed = sparse.scale_and_compress(images, dtype)
+        self._inputs.put(X, compressed)
+        return X
+
+    def forget_inputs(self):
+        """Drop the cached compressed copies of training inputs (needed if one was modified in place)."""
+        self._inputs.clear()
+
+    # -- dense layers -----------------------------------------------------------------------------
+    def dense_forward(self, X, W, b, segments, mask=None):
+        dtype = _float_dtype(X, W)
+        X, W = np.asarray(X, dtype), np.asarray(W, dtype)
+        if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[0]:
+            raise ValueError(f"dense_forward: X {X.shape} and W {W.shape} do not multiply")
+        rows, units = X.shape[0], W.shape[1]
+        bias = _EMPTY_VECTOR[dtype] if b is None else _vector(b, dtype, units, "b")
+        m = _mask(mask, rows, units, dtype)
+        Z = np.ascontiguousarray(X @ W)
+        A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
+        with threads.parallel_section():
+            dense.bias_activate_mask(Z, bias, _codes(segments, units), m, A)
+        return (A if m.shape[0] else Z), Z
+
+    def dense_backward(self, dA, X, W, H, segments, mask=None, l2=None, need_dx=True):
+        dtype = _float_dtype(dA, X, W, H)
+        dA, H = _matrix(dA, dtype, "dA"), _matrix(H, dtype, "H")
+        X, W = np.asarray(X, dtype), np.asarray(W, dtype)
+        rows, units = dA.shape
+        if H.shape != dA.shape or X.ndim != 2 or W.shape != (X.shape[1], units) or X.shape[0] != rows:
+            raise ValueError(f"dense_backward: shapes dA {dA.shape}, X {X.shape}, W {W.shape}, H {H.shape} "
+                             "do not fit one layer")
+        dZ = np.empty_like(dA)
+        db = np.empty(units, dtype)
+        with threads.parallel_section():
+            dense.activation_grad(dA, H, _codes(segments, units), _mask(mask, rows, units, dtype), dZ, db)
+            dW = np.ascontiguousarray(X.T @ dZ)
+            if l2 is not None:
+                dense.add_column_scaled(dW, np.ascontiguousarray(W), _vector(l2, dtype, units, "l2"))
+        dX = dZ @ W.T if need_dx else None
+        return dX, dW, db
+
+    # -- losses -----------------------------------------------------------------------------------
+    def loss(self, kind, out, labels, eps=0.0, need_grad=True):
+        if kind not in loss.LOSS_CODES:
+            raise ValueError(f"unknown loss {kind!r}")
+        dtype = _float_dtype(out)
+        out = _matrix(out, dtype, "out")
+        labels = _labels(labels, out.shape[0], out.shape[1])
+        grad = np.empty_like(out)
+        with threads.parallel_section():
+            total, correct = loss.loss_and_grad(out, labels, loss.LOSS_CODES[kind], dtype.type(eps),
+                                                    dtype.type(out.shape[0]), grad, need_grad)
+        return total, correct, (grad if need_grad else None)
+
+    # -- optimisers -------------------------------------------------------------------------------
+    def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
+        if kind not in ("sgd", "adam_like", "adam"):
+            raise ValueError(f"unknown optimizer {kind!r}")
+        params, grads = list(params), list(grads)
+        if not params:
+            return
+        dtype = _float_dtype(*params)
+        if any(p.dtype != dtype for p in params):
+            raise TypeError("update: all parameters must share one dtype")
+        if len(grads) != len(params):
+            raise ValueError(f"update: {len(params)} parameters but {len(grads)} gradients")
+        inplace = [params] if kind == "sgd" else [params, [v for v, _ in state], [s for _, s in state]]
+        flat = [[_flat_inplace(a, p.shape, dtype) for a, p in zip(arrays, params)] for arrays in inplace]
+        g = tuple(_flat_grad(gr, p.shape, dtype) for gr, p in zip(grads, params))
+        t = dtype.type
+        P, V, S = (tuple(f for f, _ in arrays) for arrays in (flat + [[], []])[:3])
+        with threads.parallel_section():
+            if kind == "sgd":
+                optim.sgd(P, g, t(lr))
+            else:
+                c1, c2 = (1 - beta1 ** step, 1 - beta2 ** step) if kind == "adam" else (1.0, 1.0)
+                optim.adam(P, g, V, S, t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                               t(c1), t(c2))
+        for arrays, originals in zip(flat, inplace):
+            for (f, copied), original in zip(arrays, originals):
+                if copied:
+                    original[...] = f.reshape(original.shape)
+
+    # -- whole steps ------------------------------------------------------------------------------
+    def forward(self, net, X, chunk=8192):
+        """As the reference's, with the first layer reading a cached compressed copy of a sparse X."""
+        if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype):
+            return super().forward(net, X, chunk)
+        compressed = self._inputs.get(X)
+        if compressed.density > SPARSE_MAX_DENSITY:
+            return super().forward(net, X, chunk)
+        W, b, seg = net.weights[0], net.biases[0], net.segments[0]
+        if compressed.shape[1] != W.shape[0]:
+            raise ValueError(f"inputs have {compressed.shape[1]} columns, the first layer {W.shape[0]} inputs")
+        dtype = W.dtype
+        A = np.empty((X.shape[0], W.shape[1]), dtype)
+        with threads.parallel_section():
+            sparse.sparse_dense_forward(compressed.indptr, compressed.indices, compressed.values,
+                                            np.arange(X.shape[0]), np.ascontiguousarray(W),
+                                            _EMPTY_VECTOR[dtype] if b is None else b, _codes(seg, W.shape[1]),
+                                            np.ones(W.shape[1], dtype), np.empty_like(A), A)
+        for W, b, seg in zip(net.weights[1:], net.biases[1:], net.segments[1:]):
+            A, _ = self.dense_forward(A, W, b, seg)
+        return A
+
+    def evaluate(self, net, X, labels, chunk=8192):
+        with threads.serial_blas():
+            out = self.forward(net, X, chunk)
+        total, correct, _ = self.loss(net.loss, out, labels, net.loss_eps, need_grad=False)
+        return total, correct
+
+    def train_step(self, net, X, labels, rng):
+        if not (_inputs_fit(net, X) and self._sparse_step_refusal(net) is None):
+            return super().train_step(net, X, labels, rng)
+        compressed = sparse.compress_rows(X)
+        return self._sparse_step(net, compressed, np.arange(X.shape[0]), labels, rng)
+
+    def epoch_path(self, net, rows, batch_size, shuffled):
+        route, why = self._route(net, rows, batch_size)
+        if route == "sparse":
+            return "sparse full-batch step" if batch_size in (None, rows) and not shuffled else "sparse minibatch steps"
+        return PATHS[route] + (f": {why}" if why else "")
+
+    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
+        n = X.shape[0]
+        route = self._route(net, n, batch_size)[0] if _inputs_fit(net, X) else "reference"
+        batch_size = n if batch_size is None else batch_size
+        if route == "batch1":
+            return self._batch1_epoch(net, X, labels, rng, order)
+        if route == "minibatch":
+            return self._minibatch_epoch(net, X, labels, batch_size, rng, order)
+        if route == "reference":
+            return super().train_epoch(net, X, labels, batch_size, rng, order)
+        compressed = self._inputs.get(X)
+        blocks = self._inputs.blocks(X) if batch_size == n and order is None else None
+        labels = np.asarray(labels)
+        total, correct = 0.0, 0
+        for start in range(0, n - batch_size + 1, batch_size):
+            rows = np.arange(start, start + batch_size) if order is None else np.asarray(order[start:start + batch_size])
+            t, c = self._sparse_step(net, compressed, rows, labels[rows], rng, blocks)
+            total, correct = total + t, correct + c
+        return total, correct
+
+    def _route(self, net, rows, batch_size) -> tuple[str, str]:
+        """(one of PATHS' keys, why the reference operations run or ""): the compiled path that serves an epoch."""
+        batch = rows if batch_size is None else batch_size
+        if batch == 1 and self._batch1_epoch_fits(net):
+            return "batch1", ""
+        if self._minibatch_fits(net, rows, batch):
+            return "minibatch", ""
+        why = self._sparse_step_refusal(net)
+        return ("reference", why) if why else ("sparse", "")
+
+    # -- the batch-1 epoch --------------------------------------------------------------------------
+    @staticmethod
+    def _batch1_epoch_fits(net) -> bool:
+        return (len(net.weights) == 2 and all(b is None for b in net.biases) and net.optimizer == "sgd"
+                and net.loss in loss.LOSS_CODES and not any(f is not None and np.any(f) for f in net.l2)
+                and not (net.keep and net.keep[1] is not None))
+
+    def _batch1_epoch(self, net, X, labels, rng, order):
+        n = X.shape[0]
+        W1, W2 = net.weights
+        dtype = W1.dtype
+        if not (W1.flags.c_contiguous and W2.flags.c_contiguous):
+            raise ValueError("numba-cpu: the network's weights must be C-contiguous")
+        if X.shape[1] != W1.shape[0]:
+            raise ValueError(f"inputs have {X.shape[1]} columns, the first layer {W1.shape[0]} inputs")
+        rows = np.arange(n) if order is None else np.ascontiguousarray(order, dtype=np.int64)
+        if rows.shape != (n,):
+            raise ValueError(f"order must have shape ({n},)")
+        labels = _labels(labels, n, W2.shape[1])
+        keep = net.keep[0] if net.keep else None
+        fwd, bwd = _EMPTY_MASK[dtype], _EMPTY_MASK[dtype]
+        if keep is not None:
+            fwd, bwd = self.per_sample_masks(rng, n, keep, net.dropout, dtype)
+        compressed = self._inputs.get(X)
+        total, correct = batch1_epoch.sgd_epoch_batch1(
+            compressed.indptr, compressed.indices, compressed.values, rows, labels, W1, W2,
+            _codes(net.segments[0], W1.shape[1]), _codes(net.segments[1], W2.shape[1]), fwd, bwd,
+            dtype.type(net.lr), loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps))
+        net.step += n
+        return total, correct
+
+    def per_sample_masks(self, rng, n, keep, kind, dtype):
+        """(n, units) forward and backward masks: the numbers n calls of dropout_mask(rng, 1, ...) draw.
+
+        A legacy RandomState draws the same stream for one (n, units) request as for n (1, units) ones.
+        """
+        if kind == "element":
+            return self.dropout_mask(rng, n, keep, kind, dtype)
+        if kind != "unit":
+            raise ValueError(f"unknown dropout kind {kind!r}")
+        keep = np.asarray(keep, dtype=np.float64)
+        fwd = np.ascontiguousarray((rng.random_sample((n, keep.shape[0])) < keep) / keep, dtype=dtype)
+        return fwd, fwd
+
+    # -- the minibatch epoch of a one-hidden-layer network ---------------------------------------------
+    @staticmethod
+    def _minibatch_fits(net, rows, batch_size) -> bool:
+        return (len(net.weights) == 2 and 1 < batch_size < rows and not net.repeat_update
+                and (net.dropout == "unit" or not net.has_dropout()) and net.loss in loss.LOSS_CODES
+                and net.optimizer in minibatch_epoch.OPTIMIZER_CODES)
+
+    def _minibatch_epoch(self, net, X, labels, batch_size, rng, order):
+        n = X.shape[0]
+        dtype = net.dtype
+        params = net.params()
+        if not all(p.flags.c_contiguous and p.flags.writeable for p in params):
+            raise ValueError("numba-cpu: the network's parameters must be writeable and C-contiguous")
+        if X.shape[1] != net.weights[0].shape[0]:
+            raise ValueError(f"inputs have {X.shape[1]} columns, the first layer {net.weights[0].shape[0]} inputs")
+        rows = np.arange(n) if order is None else np.ascontiguousarray(order, dtype=np.int64)
+        if rows.shape != (n,):
+            raise ValueError(f"order must have shape ({n},)")
+        labels = _labels(labels, n, net.weights[1].shape[1])
+        batches = n // batch_size
+        masks = self._batch_unit_masks(net, rng, batches, batch_size)
+        l2 = [np.zeros(0, dtype) if c is None else np.asarray(c, dtype)
+              for c in (net.l2_coefficients(li, batch_size) for li in range(2))]
+        layers = []
+        state = iter(net.state)
+        for W, b in zip(net.weights, net.biases):
+            vW, sW = next(state)
+            vb, sb = next(state) if b is not None else (None, None)
+            bias = np.zeros(W.shape[1], dtype) if b is None else b
+            moments = (W, W, bias, bias) if net.optimizer == "sgd" else (vW, sW, bias if vb is None else vb,
+                                                                         bias if sb is None else sb)
+            if not all(m.flags.c_contiguous and m.flags.writeable and m.dtype == dtype for m in moments):
+                raise ValueError("numba-cpu: optimiser state must be writeable, C-contiguous and of the weights' dtype")
+            layers.append((W, bias, b is not None, moments))
+        (W1, b1, has_b1, state1), (W2, b2, has_b2, state2) = layers
+        compressed = self._inputs.get(X)
+        t = dtype.type
+        with threads.parallel_section():
+            total, correct, done = minibatch_epoch.minibatch_epoch(
+                compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size,
+                W1, b1, has_b1, _codes(net.segments[0], W1.shape[1]), masks[0], l2[0],
+                W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
+                minibatch_epoch.OPTIMIZER_CODES[net.optimizer], t(net.lr), t(net.beta1), t(1 - net.beta1),
+                t(net.beta2), t(1 - net.beta2), t(net.eps), net.step, loss.LOSS_CODES[net.loss],
+                t(net.loss_eps))
+        net.step += done
+        return total, correct
+
+    def _batch_unit_masks(self, net, rng, batches, batch_size):
+        """Per layer, (batches, units) per-unit dropout scales drawn batch by batch and layer by layer, as
+        the reference's train_step draws them; (0, units) for a layer without dropout."""
+        dtype = net.dtype
+        drawn = [[] for _ in net.weights]
+        if net.has_dropout():
+            for _ in range(batches):
+                for li, keep in enumerate(net.keep):
+                    if keep is not None:
+                        drawn[li].append(self.dropout_mask(rng, batch_size, keep, "unit", dtype)[0].reshape(-1))
+        return [np.stack(d).astype(dtype, copy=False) if d else np.zeros((0, W.shape[1]), dtype)
+                for d, W in zip(drawn, net.weights)]
+
+    # -- the sparse-input step ----------------------------------------------------------------------
+    @staticmethod
+    def _sparse_step_refusal(net) -> str | None:
+        """Why the sparse step cannot train this net, or None when it can."""
+        if net.repeat_update:
+            return "no compiled path repeats a batch's update (seed 000's batch loop)"
+        if net.dropout != "unit" and net.has_dropout():
+            return "no compiled path for element-wise dropout on batches of more than one sample"
+        return None
+
+    def _sparse_step(self, net, compressed, rows, labels, rng, blocks=None):
+        from .sparse_step import sparse_train_step
+        labels = _labels(labels, rows.shape[0], net.weights[-1].shape[1])
+        with threads.parallel_section():
+            return sparse_train_step(self, net, compressed, rows, labels, rng, blocks)
+
+
+def _flat_inplace(a, shape, dtype):
+    """(flat view or copy, whether it is a copy that must be written back) of an array updated in place."""
+    if a.shape != shape or a.dtype != dtype:
+        raise ValueError(f"update: state of shape {a.shape} and dtype {a.dtype} for a parameter {shape} {dtype}")
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a.reshape(-1), False
+    if not a.flags.writeable:
+        raise ValueError("update: parameters and optimiser state must be writeable")
+    return np.ascontiguousarray(a).reshape(-1), True
+
+
+def _flat_grad(g, shape, dtype):
+    g = np.asarray(g)
+    if g.shape != shape:
+        raise ValueError(f"update: gradient of shape {g.shape} for a parameter of shape {shape}")
+    return np.ascontiguousarray(g, dtype=dtype).reshape(-1)

@@ -1,0 +1,80 @@
+"""Compiled optimiser updates over all parameters in one call, in place.
+
+Each argument is a tuple of flat (1-D, C-contiguous) arrays of one dtype; scalars have that dtype, so the
+arithmetic rounds as the reference backend's does (numpy treats Python floats as weak scalars).
+adam_like is adam with c1 = c2 = 1 (no bias correction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .threads import chunk_bounds, chunks_for
+
+
+# numpy's error model: no zero-division check per element, so the loops vectorise (the results are the same).
+# The loops index views from 0: an index that starts at a run-time `start` could be negative, and the
+# wraparound check that Numba then adds per element stops LLVM from vectorising.
+@njit(cache=True, error_model="numpy")
+def sgd_range(p, g, lr, start, stop):
+    pv, gv = p[start:stop], g[start:stop]
+    for i in range(pv.shape[0]):
+        pv[i] -= lr * gv[i]
+
+
+@njit(cache=True, error_model="numpy")
+def adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
+    # (lr / c1) v / (sqrt(s) / sqrt(c2) + eps): one division and one square root per element, not three
+    # divisions (the divider bounds this loop); exactly the reference's arithmetic when c1 = c2 = 1 (adam_like)
+    step = lr / c1
+    inv_root_c2 = 1 / np.sqrt(c2)
+    pv, gv, vv, sv = p[start:stop], g[start:stop], v[start:stop], s[start:stop]
+    for i in range(pv.shape[0]):
+        gi = gv[i]
+        vi = vv[i] * beta1 + one_minus_beta1 * gi
+        si = sv[i] * beta2 + one_minus_beta2 * (gi * gi)
+        vv[i] = vi
+        sv[i] = si
+        pv[i] -= step * vi / (np.sqrt(si) * inv_root_c2 + eps)
+
+
+@njit(cache=True, parallel=True)
+def _sgd_all(params, grads, lr, chunks):
+    for t in range(len(params)):
+        p, g = params[t], grads[t]
+        if chunks == 1:
+            sgd_range(p, g, lr, 0, p.size)
+        else:
+            for c in prange(chunks):
+                start, stop = chunk_bounds(c, p.size, chunks)
+                sgd_range(p, g, lr, start, stop)
+
+
+@njit(cache=True, parallel=True)
+def _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, chunks):
+    for t in range(len(params)):
+        p, g, v, s = params[t], grads[t], vs[t], ss[t]
+        if chunks == 1:
+            adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, 0, p.size)
+        else:
+            for c in prange(chunks):
+                start, stop = chunk_bounds(c, p.size, chunks)
+                adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+                            start, stop)
+
+
+def _chunks(params):
+    size = sum(p.size for p in params)
+    return chunks_for(size, size)
+
+
+def sgd(params, grads, lr):
+    """p -= lr g for every parameter."""
+    _sgd_all(params, grads, lr, _chunks(params))
+
+
+def adam(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
+    """v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2; p -= lr (v / c1) / (sqrt(s / c2) + eps)."""
+    _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
+              _chunks(params))

@@ -1,0 +1,355 @@
+"""Sparse inputs: a compressed-row copy of a dense input matrix and the first layer's products over it.
+
+About 81% of MNIST pixels are exactly 0, so a first layer that reads only the stored (non-zero) pixels does
+a fifth of the dense work. `rows` picks and orders the samples of a batch; the first layer's units are
+compacted to those a per-unit dropout mask keeps (`scale` holds their 1/keep factors), so dropped units
+cost nothing. The weight gradient sums each thread's rows into a private buffer and then adds the buffers:
+race-free under parallel=True. The inner products may fuse multiply and add (fastmath "contract"), so
+results equal the reference's within rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from .activation import activate_runs, code_runs, times_derivative_runs
+from .dense import column_sums
+from .simd import (VECTOR_BYTES, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
+                       scatter_tile, tile_plan)
+
+
+class CompressedRows(NamedTuple):
+    indptr: np.ndarray     # (rows + 1,) int64: row i's entries are indptr[i]:indptr[i + 1]
+    indices: np.ndarray    # (nnz,) int32 column of each stored entry
+    values: np.ndarray     # (nnz,) the entries, in the input's dtype
+    shape: tuple
+
+    @property
+    def density(self) -> float:
+        return self.values.shape[0] / max(1, self.shape[0] * self.shape[1])
+
+
+@njit(cache=True, parallel=True)
+def _count_nonzeros(X, counts):
+    for i in prange(X.shape[0]):
+        c = 0
+        for j in range(X.shape[1]):
+            if X[i, j] != 0:
+                c += 1
+        counts[i] = c
+
+
+@njit(cache=True, parallel=True)
+def _fill(X, indptr, indices, values):
+    for i in prange(X.shape[0]):
+        p = indptr[i]
+        for j in range(X.shape[1]):
+            if X[i, j] != 0:
+                indices[p] = j
+                values[p] = X[i, j]
+                p += 1
+
+
+@njit(cache=True, parallel=True)
+def _scale_and_fill(images, denominator, out, indptr, indices, values):
+    for i in prange(images.shape[0]):
+        p = indptr[i]
+        for j in range(images.shape[1]):
+            out[i, j] = images[i, j]
+            out[i, j] = out[i, j] / denominator      # as numpy's astype(dtype) then /= 255, bit for bit
+            if images[i, j] != 0:
+                indices[p] = j
+                values[p] = out[i, j]
+                p += 1
+
+
+def _allocate_compressed(X, dtype) -> CompressedRows:
+    """A CompressedRows for X's non-zero pattern with indices and values still to be filled."""
+    if X.ndim != 2:
+        raise ValueError(f"compress_rows needs a 2-D array, got shape {X.shape}")
+    if X.shape[1] >= 2 ** 31:
+        raise ValueError("compress_rows: too many columns for int32 indices")
+    counts = np.empty(X.shape[0], dtype=np.int64)
+    _count_nonzeros(X, counts)
+    indptr = np.zeros(X.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return CompressedRows(indptr, np.empty(indptr[-1], np.int32), np.empty(indptr[-1], dtype), X.shape)
+
+
+def compress_rows(X: np.ndarray) -> CompressedRows:
+    """The non-zero entries of a 2-D float array, row by row (NaN counts as non-zero)."""
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        raise ValueError(f"compress_rows needs a float32/float64 array, got {X.dtype}")
+    compressed = _allocate_compressed(X, X.dtype)
+    _fill(X, compressed.indptr, compressed.indices, compressed.values)
+    return compressed
+
+
+def scale_and_compress(images: np.ndarray, dtype) -> tuple[np.ndarray, CompressedRows]:
+    """uint8 pixels as floats in [0, 1] (images / 255, equal to numpy's) and that array's compressed rows,
+    in one parallel pass: each thread first touches its own rows of the new array."""
+    images = np.ascontiguousarray(images)
+    dtype = np.dtype(dtype)
+    if images.dtype != np.uint8 or dtype not in (np.float32, np.float64):
+        raise ValueError(f"scale_and_compress needs uint8 pixels and float32/float64, got {images.dtype}, {dtype}")
+    compressed = _allocate_compressed(images, dtype)
+    out = np.empty(images.shape, dtype)
+    _scale_and_fill(images, dtype.type(255), out, compressed.indptr, compressed.indices, compressed.values)
+    return out, compressed
+
+
+BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
+FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 128-byte tiles of W read faster than 5- or
+                   # 6-vector ones (bench/lab/README.md; bench/lab/sparse_forward.py times the kernel)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _gather_block(indptr, indices, values, rows, start, stop, W, H):
+    """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
+    so that the tile of W they read stays in cache."""
+    k = W.shape[1]
+    lanes = VECTOR_BYTES // W.itemsize
+    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
+        for i in range(start, stop):
+            r = rows[i]
+            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False)
+        c += width * lanes
+    if c < k:
+        for i in range(start, stop):
+            r = rows[i]
+            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
+    """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
+    one tile of units at a time (as _gather_block)."""
+    k = acc.shape[1]
+    lanes = VECTOR_BYTES // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
+        for i in range(dZ.shape[0]):
+            r = rows[start + i]
+            scatter_tile(width, indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
+        c += width * lanes
+    if c < k:
+        for i in range(dZ.shape[0]):
+            r = rows[start + i]
+            scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, stop):
+    _gather_block(indptr, indices, values, rows, start, stop, W, H)
+    k = W.shape[1]
+    for i in range(start, stop):
+        h = H[i]
+        if b.shape[0]:
+            for j in range(k):
+                h[j] += b[j]
+        activate_runs(h, runs)
+        for j in range(k):
+            A[i, j] = h[j] * scale[j]
+
+
+@njit(cache=True, parallel=True)
+def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A):
+    """H = act(X[rows] @ W + b) and A = H * scale for a compressed X; b may be empty (no bias)."""
+    n = rows.shape[0]
+    runs = code_runs(codes)
+    for blk in prange((n + BLOCK - 1) // BLOCK):
+        start = np.int64(blk) * BLOCK
+        _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, min(n, start + BLOCK))
+
+
+@njit(cache=True, fastmath={"contract"})
+def _dz_rows(dA, H, runs, scale, s0, s1, dz, db):
+    """dz[i - s0] = dA[i] * act'(H[i]) * scale for i in [s0, s1), each row also added to db."""
+    k = dA.shape[1]
+    for i in range(s0, s1):
+        d = dz[i - s0]
+        d[:] = dA[i]
+        times_derivative_runs(d, H[i], runs)
+        for j in range(k):
+            d[j] = d[j] * scale[j]
+            db[j] += d[j]
+
+
+@njit(cache=True, fastmath={"contract"})
+def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start, stop):
+    k = dA.shape[1]
+    db[:] = 0
+    dz = np.empty((BLOCK, k), dtype=acc.dtype)
+    for s0 in range(start, stop, BLOCK):
+        s1 = min(stop, s0 + BLOCK)
+        _dz_rows(dA, H, runs, scale, s0, s1, dz, db)
+        _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
+
+
+@njit(cache=True)
+def _private_copies(threads, rows, dW):
+    """A zeroed (threads, rows, dW.shape[1]) array (rows >= dW.shape[0]), each thread's copy starting on a cache
+    line."""
+    acc = empty_rows(threads * rows, dW.shape[1], dW).reshape((threads, rows, dW.shape[1]))
+    acc[:] = 0
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _sum_private(acc, dW):
+    """dW = the sum of the threads' copies (their rows past dW's last are padding)."""
+    threads = acc.shape[0]
+    inputs, k = dW.shape
+    for r in prange(inputs):
+        for j in range(k):
+            s = acc[0, r, j]
+            for t in range(1, threads):
+                s += acc[t, r, j]
+            dW[r, j] = s
+
+
+@njit(cache=True, parallel=True)
+def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, db, threads):
+    """dZ = dA * act'(H) * scale fused into dW = X[rows].T @ dZ and db = dZ summed over rows,
+    with one private dW per thread (`threads`: numba.get_num_threads())."""
+    n, k = dA.shape
+    threads = max(1, min(threads, n))
+    acc = _private_copies(threads, dW.shape[0], dW)
+    runs = code_runs(codes)
+    dbs = np.empty((threads, k))
+    for t in prange(threads):
+        start, stop = np.int64(t) * n // threads, (np.int64(t) + 1) * n // threads
+        _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc[t], dbs[t], start, stop)
+    _sum_private(acc, dW)
+    column_sums(dbs, db)
+
+
+# -- a whole input in order: its pixels regrouped by pairs of columns, block by block -------------------------
+
+COLUMN_BLOCK = 128   # rows per block of ColumnBlocks: one tile of a block's dZ rows stays in the L1 cache
+
+
+class ColumnBlocks(NamedTuple):
+    """A compressed input's stored pixels regrouped, within each block of COLUMN_BLOCK rows, by pairs of
+    adjacent input columns (2q, 2q + 1): block b's entries for pair q are colptr[b, q]:colptr[b, q + 1], one
+    per row of the block that has a pixel in either column, holding that row's index in the block and its two
+    values (values[2e], values[2e + 1]; 0 for a column without a pixel). The weight gradient of a batch of
+    every row in order then reads dZ with gathers whose registers accumulate tiles of dW's rows 2q and
+    2q + 1 together: neighbouring pixels are mostly stored in the same images, so each row of dZ read serves
+    both (about 0.58 entries per stored pixel on MNIST)."""
+    colptr: np.ndarray     # (blocks, pairs + 1) int64, pairs = ceil(columns / 2)
+    rows: np.ndarray       # (entries,) int32 row within its block
+    values: np.ndarray     # (2 * entries,) the two columns' values of each entry
+    shape: tuple
+
+
+@njit(cache=True, parallel=True)
+def _count_pairs(indptr, indices, block, colptr):
+    """colptr[b, q + 1] = how many of block b's rows have a pixel in column 2q or 2q + 1 (colptr[b, 0] = 0)."""
+    n = indptr.shape[0] - 1
+    for blk in prange(colptr.shape[0]):
+        cp = colptr[blk]
+        cp[:] = 0
+        for r in range(np.int64(blk) * block, min(n, (np.int64(blk) + 1) * block)):
+            last = -1
+            for p in range(indptr[r], indptr[r + 1]):
+                q = indices[p] >> 1
+                if q != last:
+                    cp[q + 1] += 1
+                    last = q
+
+
+@njit(cache=True, parallel=True)
+def _regroup_blocks(indptr, indices, values, block, colptr, starts, local, out):
+    """Turns _count_pairs' counts into entry ranges (block b's from starts[b]) and fills the entries."""
+    n = indptr.shape[0] - 1
+    pairs = colptr.shape[1] - 1
+    for blk in prange(colptr.shape[0]):
+        r0 = np.int64(blk) * block
+        r1 = min(n, r0 + block)
+        cp = colptr[blk]
+        cp[0] = starts[blk]
+        for q in range(pairs):
+            cp[q + 1] += cp[q]
+        nxt = cp[:pairs].copy()
+        for r in range(r0, r1):
+            last = -1
+            e = 0
+            for p in range(indptr[r], indptr[r + 1]):
+                q = indices[p] >> 1
+                if q != last:
+                    e = nxt[q]
+                    nxt[q] = e + 1
+                    local[e] = r - r0
+                    out[2 * e] = 0
+                    out[2 * e + 1] = 0
+                    last = q
+                out[2 * e + (indices[p] & 1)] = values[p]
+
+
+def column_blocks(compressed: CompressedRows) -> ColumnBlocks:
+    n, columns = compressed.shape
+    colptr = np.empty(((n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, (columns + 1) // 2 + 1), np.int64)
+    _count_pairs(compressed.indptr, compressed.indices, COLUMN_BLOCK, colptr)
+    starts = np.zeros(colptr.shape[0] + 1, np.int64)
+    np.cumsum(colptr[:, 1:].sum(axis=1), out=starts[1:])
+    local = np.empty(starts[-1], np.int32)
+    values = np.empty(2 * starts[-1], compressed.values.dtype)
+    _regroup_blocks(compressed.indptr, compressed.indices, compressed.values, COLUMN_BLOCK, colptr, starts,
+                    local, values)
+    return ColumnBlocks(colptr, local, values, compressed.shape)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _gather_block_columns(colptr, local, values, dz, acc):
+    """acc[2q + m] += sum over the block's entries e of pair q of values[2e + m] * dz[local[e]] (m = 0, 1),
+    one tile of units at a time for every pair, so that the tile of dz they read stays in cache. acc has an
+    even number of rows (a last odd column's partner row gets zeros)."""
+    k = acc.shape[1]
+    pairs = colptr.shape[0] - 1
+    lanes = VECTOR_BYTES // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    c = 0
+    for t in range(wide + narrow):
+        width = nv + 1 if t < wide else nv
+        for q in range(pairs):
+            if colptr[q + 1] > colptr[q]:
+                gather_pair_tile(width, local, values, colptr[q], colptr[q + 1], dz, acc, 2 * q, 2 * q + 1, c, 1, True)
+        c += width * lanes
+    if c < k:                                    # the columns after the last whole vector
+        for q in range(pairs):
+            for e in range(colptr[q], colptr[q + 1]):
+                for m in range(2):
+                    x = values[2 * e + m]
+                    for u in range(c, k):
+                        acc[2 * q + m, u] += x * dz[local[e], u]
+
+
+@njit(cache=True, parallel=True)
+def blocked_weight_grad(colptr, local, values, dA, H, codes, scale, dW, db, threads):
+    """sparse_weight_grad for a batch of every row of the input in order, from its ColumnBlocks."""
+    n, k = dA.shape
+    blocks = colptr.shape[0]
+    block = COLUMN_BLOCK
+    threads = max(1, min(threads, blocks))
+    acc = _private_copies(threads, 2 * (colptr.shape[1] - 1), dW)     # an even number of rows
+    runs = code_runs(codes)
+    dbs = np.zeros((threads, k))
+    for t in prange(threads):
+        dz = empty_rows(block, k, dW)
+        for blk in range(np.int64(t) * blocks // threads, (np.int64(t) + 1) * blocks // threads):
+            s0 = blk * block
+            s1 = min(n, s0 + block)
+            _dz_rows(dA, H, runs, scale, s0, s1, dz, dbs[t])
+            _gather_block_columns(colptr[blk], local, values, dz[:s1 - s0], acc[t])
+    _sum_private(acc, dW)
+    column_sums(dbs, db)
