@@ -4,7 +4,7 @@ Installed as `fastmnist.kernels` (pyproject.toml maps this folder there); see RE
 for the map of backends and compiled paths.
 """
 
-if __name__ != "fastmnist.kernels":
+if __name__ == "kernels":
     # Run from the repository root, this folder would also import as a top-level `kernels` package and
     # shadow an unrelated PyPI package of that name: refuse loudly instead.
-    raise ImportError(f"fastmnist's kernels folder imports only as fastmnist.kernels, not as {__name__!r}")
+    raise ImportError("fastmnist's kernels folder imports as fastmnist.kernels, not as 'kernels'")

@@ -104,13 +104,14 @@ def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0
 
 
 def test_scatter_nonzero_counts_nan_as_non_zero():
-    d = np.zeros(16, np.float32)
-    d[13] = np.nan
-    G = np.ones((3, 16), np.float32)
-    plans = simd.listed_plans(0, 16, 4)
+    cols = 2 * simd.lanes(np.dtype(np.float32))
+    d = np.zeros(cols, np.float32)
+    d[cols - 3] = np.nan
+    G = np.ones((3, cols), np.float32)
+    plans = simd.listed_plans(0, cols, 4)
     simd.scatter_nonzero(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
-                             d, G, 0, 16)
-    assert np.isnan(G[1, 13]) and np.isfinite(np.delete(G.ravel(), 16 + 13)).all()
+                         d, G, 0, cols)
+    assert np.isnan(G[1, cols - 3]) and np.isfinite(np.delete(G.ravel(), 2 * cols - 3)).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -216,12 +217,13 @@ def test_gather_pair_tile_writes_or_adds_two_interleaved_sums_into_two_rows(dtyp
 
 
 def test_gather_pair_tile_propagates_nan_to_its_own_row_only():
-    M = np.ones((4, 8), np.float32)
+    lanes = simd.lanes(np.dtype(np.float32))
+    M = np.ones((4, lanes), np.float32)
     values = np.ones(4, np.float32)
     values[2] = np.nan                                         # entry 1, first row
-    Out = np.zeros((2, 8), np.float32)
+    Out = np.zeros((2, lanes), np.float32)
     simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True)
-    assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(8, 2, np.float32))
+    assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(lanes, 2, np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -252,9 +254,10 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
 
 
 def test_gather_two_rows_propagates_nan_to_its_own_row_only():
-    M = np.ones((3, 8), np.float32)
+    cols = simd.lanes(np.dtype(np.float32)) + 3                # a whole vector and a scalar tail
+    M = np.ones((3, cols), np.float32)
     V = np.ones((2, 3), np.float32)
     V[1, 2] = np.nan
-    Out = np.zeros((2, 8), np.float32)
-    simd.gather_two_rows_planned(simd.tile_plan(0, 8, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, 8, False, False)
-    assert np.array_equal(Out[0], np.full(8, 3, np.float32)) and np.isnan(Out[1]).all()
+    Out = np.zeros((2, cols), np.float32)
+    simd.gather_two_rows_planned(simd.tile_plan(0, cols, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, cols, False, False)
+    assert np.array_equal(Out[0], np.full(cols, 3, np.float32)) and np.isnan(Out[1]).all()

@@ -39,8 +39,8 @@ def inputs(shape, dtype, rng, real):
     return {{"a": rng.standard_normal(shape).astype(dtype)}}
 def reference(d):
     return (d["a"] * 2,)
-VERSIONS = {{"v1": lambda d: (lambda: (d["a"] * 2,)), "v2": lambda d: (lambda: (d["a"] * 2.001,)),
-             "v3": lambda d: (lambda: (d["a"] * np.nan,))}}
+VERSIONS = {{"v1": lambda d, k: (lambda: (d["a"] * 2,)), "v2": lambda d, k: (lambda: (d["a"] * 2.001,)),
+             "v3": lambda d, k: (lambda: (d["a"] * np.nan,))}}
 run_main(globals())
 """)
     out = subprocess.run([sys.executable, str(broken), "--check"], capture_output=True, text=True, timeout=120)

@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import mnist_images, preset_net, run_main, sparse_images  # noqa: E402
 
 import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from fastmnist.kernels.cpu.backend import NumbaCpuBackend  # noqa: E402
 from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
 
 # (rows, inputs, hidden, dropout): one sample, widths that are no whole vector, the seed's shape with dropout
@@ -48,8 +47,8 @@ def reference(d):
     return _run_on(ReferenceBackend(), d, np.float64)()
 
 
-def v1(d):
-    return _run_on(NumbaCpuBackend(), d, d["X"].dtype)
+def v1(d, k):
+    return _run_on(k.cpu.backend.NumbaCpuBackend(), d, d["X"].dtype)
 
 
 VERSIONS = {"v1": v1}

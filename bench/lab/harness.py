@@ -9,14 +9,16 @@ validator and a timer. It defines
     inputs(shape, dtype, rng, real) -> dict of host arrays (and scalars); `real`: the timer's run, which
              may read the MNIST files (FASTMNIST_DATA) instead of drawing random sparse images
     reference(inputs) -> tuple of float64 arrays: what every version must compute
-    VERSIONS {"v1": prepare, ...}: prepare(inputs) -> run, a zero-argument call returning the outputs
-             (the arrays it allocates up front stay out of the timing)
+    VERSIONS {"v1": prepare, ...}: prepare(inputs, kernels) -> run, a zero-argument call returning the
+             outputs (the arrays it allocates up front stay out of the timing); `kernels` is the package
+             fastmnist.kernels, or with --widths a copy of it compiled for another vector width
     WORK     optional: work(inputs) -> (floating-point operations, bytes moved) for the achieved rates
 
 and ends with `run_main(globals())`. `python bench/lab/<kernel>.py` validates every version at the real shape
 and prints its error and its median time over alternating rounds (the machine is shared: only ratios within
 one run mean anything); `--check` validates every version on the small shapes in both dtypes, untimed,
-and exits 1 on any error beyond the dtype's bound or any NaN.
+and exits 1 on any error beyond the dtype's bound or any NaN. `--widths 32,64` runs every version at each
+SIMD vector width (FASTMNIST_VECTOR_BYTES) in the same process, alternated like the versions.
 """
 
 from __future__ import annotations
@@ -40,14 +42,63 @@ def rel_err(got, want) -> float:
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
 
 
-def validate(spec, shape, dtype, rng, real=False) -> dict:
+def kernels_at(vector_bytes: int):
+    """fastmnist.kernels compiled for `vector_bytes`-byte SIMD vectors, loaded as a separate package so that
+    two widths can be timed in one process (its width-dependent kernels compile in memory when the width is
+    not the host's: see kernels/cpu/simd.py)."""
+    import importlib
+    import importlib.util
+
+    import fastmnist.kernels as home
+
+    name = f"_lab_kernels_w{vector_bytes}"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = os.path.dirname(home.__file__)
+    old = os.environ.get("FASTMNIST_VECTOR_BYTES")
+    os.environ["FASTMNIST_VECTOR_BYTES"] = str(vector_bytes)
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[name] = package
+        spec.loader.exec_module(package)
+        _import_all(name)
+    finally:
+        if old is None:
+            os.environ.pop("FASTMNIST_VECTOR_BYTES")
+        else:
+            os.environ["FASTMNIST_VECTOR_BYTES"] = old
+    return package
+
+
+def _import_all(package):
+    import importlib
+
+    for module in ("reference", "interface", "cpu.simd", "cpu.activation", "cpu.backend", "cpu.head",
+                   "cpu.sparse_step"):
+        importlib.import_module(f"{package}.{module}")
+
+
+def _versions(spec, widths) -> dict:
+    """{label: prepare(inputs) -> run}: every version, at every width asked for."""
+    import fastmnist.kernels as home
+
+    _import_all("fastmnist.kernels")
+    if not widths:
+        return {name: (lambda d, f=fn: f(d, home)) for name, fn in spec["VERSIONS"].items()}
+    return {f"{name}@{w}": (lambda d, f=fn, k=kernels_at(w): f(d, k))
+            for name, fn in spec["VERSIONS"].items() for w in widths}
+
+
+def validate(spec, shape, dtype, rng, real=False, widths=None) -> dict:
     """{version: worst relative error over its outputs} against the float64 reference on fresh inputs."""
     data = spec["inputs"](shape, dtype, rng, real)
     as64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
             for k, v in data.items()}
     want = spec["reference"](as64)
     errors = {}
-    for name, prepare in spec["VERSIONS"].items():
+    for name, prepare in _versions(spec, widths).items():
         got = prepare(data)()
         errors[name] = max(rel_err(g, w) for g, w in zip(got, want))
     return errors
@@ -71,7 +122,9 @@ def main(spec, argv=None) -> int:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="dtype to time")
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--versions", help="a comma list of the versions to run (default all)")
+    p.add_argument("--widths", help="a comma list of SIMD vector widths in bytes (16, 32, 64) to run each version at")
     args = p.parse_args(argv)
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else None
     if args.versions:
         keep = args.versions.split(",")
         unknown = [v for v in keep if v not in spec["VERSIONS"]]
@@ -84,16 +137,16 @@ def main(spec, argv=None) -> int:
     if args.check:
         for dtype in (np.float64, np.float32):
             for case, shape in spec["CASES"].items():
-                for name, err in validate(spec, shape, dtype, rng).items():
+                for name, err in validate(spec, shape, dtype, rng, widths=widths).items():
                     ok = err <= tol[dtype]            # NaN fails
                     failed |= not ok
-                    print(f"{name:4s} {np.dtype(dtype).name:8s} {case:24s} rel err {err:.2e}  {'ok' if ok else 'FAIL'}")
+                    print(f"{name:7s} {np.dtype(dtype).name:8s} {case:24s} rel err {err:.2e}  {'ok' if ok else 'FAIL'}")
         return 1 if failed else 0
 
     dtype = np.dtype(args.dtype).type
     data = spec["inputs"](spec["REAL"], dtype, rng, True)
-    errors = validate(spec, spec["REAL"], dtype, rng, True)
-    runs = {name: prepare(data) for name, prepare in spec["VERSIONS"].items()}
+    errors = validate(spec, spec["REAL"], dtype, rng, True, widths)
+    runs = {name: prepare(data) for name, prepare in _versions(spec, widths).items()}
     medians = alternate(runs, args.rounds)
     flop, nbytes = spec["WORK"](data) if "WORK" in spec else (0, 0)
     first = next(iter(medians.values()))
@@ -107,7 +160,7 @@ def main(spec, argv=None) -> int:
             rates += f"  {nbytes / seconds / 1e9:6.1f} GB/s"
         ok = errors[name] <= tol[dtype]
         failed |= not ok
-        print(f"{name:4s} {seconds * 1e3:9.3f} ms  {first / seconds:5.2f}x v1{rates}  rel err {errors[name]:.1e}"
+        print(f"{name:7s} {seconds * 1e3:9.3f} ms  {first / seconds:5.2f}x first{rates}  rel err {errors[name]:.1e}"
               f"{'' if ok else '  FAIL'}")
     return 1 if failed else 0
 

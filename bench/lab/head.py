@@ -18,8 +18,6 @@ from harness import run_main  # noqa: E402
 
 import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
 import numba  # noqa: E402
-from fastmnist.kernels.cpu import head, loss, simd  # noqa: E402
-from fastmnist.kernels.cpu.activation import layer_codes  # noqa: E402
 from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
 
 # (rows, k1, m2, classes): batch 1, widths that are no whole vector, more rows than a block
@@ -56,8 +54,9 @@ def reference(d):
     return np.array([total]), dA1, dW2, db2, dW3, db3
 
 
-def v1(d):
-    A1, W2, W3 = (simd.aligned_copy(d[k]) for k in ("A1", "W2", "W3"))
+def v1(d, k):
+    head, layer_codes = k.cpu.head, k.cpu.activation.layer_codes
+    A1, W2, W3 = (k.cpu.simd.aligned_copy(d[name]) for name in ("A1", "W2", "W3"))
     m2, classes = W3.shape
     dtype = A1.dtype
     out = [np.empty_like(A1), np.empty_like(W2), np.empty(m2, dtype), np.empty_like(W3), np.empty(classes, dtype)]
@@ -65,7 +64,7 @@ def v1(d):
 
     def run():
         total, _ = head.head_step(A1, W2, d["b2"], codes2, d["scale2"], W3, d["b3"], codes3, d["labels"],
-                                  loss.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
+                                  k.cpu.loss.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
         return (np.array([total]), *out)
     return run
 

@@ -16,8 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import mnist_images, run_main, sparse_images  # noqa: E402
 
 import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from fastmnist.kernels.cpu import simd, sparse  # noqa: E402
-from fastmnist.kernels.cpu.activation import layer_codes  # noqa: E402
 from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
 
 # (rows, inputs, units): batch 1, units that are no whole vector, more rows than a block of 64
@@ -45,11 +43,12 @@ def reference(d):
     return H, A
 
 
-def v1(d):
+def v1(d, k):
+    simd, sparse = k.cpu.simd, k.cpu.sparse
     X, W = d["X"], simd.aligned_copy(d["W"])
     c = sparse.compress_rows(X)
     rows = np.arange(X.shape[0])
-    codes = layer_codes(segments(W.shape[1]), W.shape[1])
+    codes = k.cpu.activation.layer_codes(segments(W.shape[1]), W.shape[1])
     H, A = simd.aligned_empty((X.shape[0], W.shape[1]), X.dtype), simd.aligned_empty((X.shape[0], W.shape[1]), X.dtype)
 
     def run():

@@ -20,8 +20,6 @@ from harness import mnist_images, run_main, sparse_images  # noqa: E402
 
 import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
 import numba  # noqa: E402
-from fastmnist.kernels.cpu import simd, sparse  # noqa: E402
-from fastmnist.kernels.cpu.activation import layer_codes  # noqa: E402
 from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
 
 # (rows, inputs, units): batch 1, odd columns and units, more rows than a column block
@@ -53,15 +51,18 @@ def reference(d):
     return dW, db
 
 
-def _prepared(d):
+def _prepared(d, k):
     X = d["X"]
     units = d["H"].shape[1]
-    return (sparse.compress_rows(X), simd.aligned_copy(d["dA"]), simd.aligned_copy(d["H"]),
-            layer_codes(segments(units), units), np.empty((X.shape[1], units), X.dtype), np.empty(units, X.dtype))
+    simd = k.cpu.simd
+    return (k.cpu.sparse.compress_rows(X), simd.aligned_copy(d["dA"]), simd.aligned_copy(d["H"]),
+            k.cpu.activation.layer_codes(segments(units), units), np.empty((X.shape[1], units), X.dtype),
+            np.empty(units, X.dtype))
 
 
-def v1(d):
-    c, dA, H, codes, dW, db = _prepared(d)
+def v1(d, k):
+    sparse = k.cpu.sparse
+    c, dA, H, codes, dW, db = _prepared(d, k)
     rows = np.arange(d["X"].shape[0])
 
     def run():
@@ -71,8 +72,9 @@ def v1(d):
     return run
 
 
-def v2(d):
-    c, dA, H, codes, dW, db = _prepared(d)
+def v2(d, k):
+    sparse = k.cpu.sparse
+    c, dA, H, codes, dW, db = _prepared(d, k)
     blocks = sparse.column_blocks(c)
 
     def run():

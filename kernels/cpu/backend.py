@@ -25,14 +25,14 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import batch1_epoch, dense, loss, minibatch_epoch, optim, simd, sparse, threads
+from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
 from .activation import layer_codes as _codes
 from ..reference import ReferenceBackend
 
 threads.choose_threading_layer()
 
-PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "sparse": "sparse step",
-         "reference": "reference operations"}
+PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "repeat": "repeated-update minibatch epoch",
+         "sparse": "sparse step", "reference": "reference operations"}
 SPARSE_MAX_DENSITY = 0.5      # above this share of non-zero inputs, forward() uses BLAS for the first layer
 _EMPTY_MASK = {np.dtype(t): np.zeros((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY_VECTOR = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
@@ -286,6 +286,8 @@ class NumbaCpuBackend(ReferenceBackend):
             return self._batch1_epoch(net, X, labels, rng, order)
         if route == "minibatch":
             return self._minibatch_epoch(net, X, labels, batch_size, rng, order)
+        if route == "repeat":
+            return self._repeat_epoch(net, X, labels, batch_size, rng, order)
         if route == "reference":
             return super().train_epoch(net, X, labels, batch_size, rng, order)
         compressed = self._inputs.get(X)
@@ -303,6 +305,8 @@ class NumbaCpuBackend(ReferenceBackend):
         batch = rows if batch_size is None else batch_size
         if batch == 1 and self._batch1_epoch_fits(net):
             return "batch1", ""
+        if net.repeat_update and batch > 1 and self._repeat_epoch_fits(net):
+            return "repeat", ""
         if self._minibatch_fits(net, rows, batch):
             return "minibatch", ""
         why = self._sparse_step_refusal(net)
@@ -351,6 +355,40 @@ class NumbaCpuBackend(ReferenceBackend):
         keep = np.asarray(keep, dtype=np.float64)
         fwd = np.ascontiguousarray((rng.random_sample((n, keep.shape[0])) < keep) / keep, dtype=dtype)
         return fwd, fwd
+
+    # -- seed 000's batch loop: each batch's update repeated -------------------------------------------------
+    @classmethod
+    def _repeat_epoch_fits(cls, net) -> bool:
+        """The batch-1 epoch's networks (two layers, no biases, SGD, no L2, no dropout on the output layer)."""
+        return cls._batch1_epoch_fits(net)
+
+    def _repeat_epoch(self, net, X, labels, batch_size, rng, order):
+        n = X.shape[0]
+        W1, W2 = net.weights
+        dtype = W1.dtype
+        if not (W1.flags.c_contiguous and W2.flags.c_contiguous):
+            raise ValueError("numba-cpu: the network's weights must be C-contiguous")
+        if X.shape[1] != W1.shape[0]:
+            raise ValueError(f"inputs have {X.shape[1]} columns, the first layer {W1.shape[0]} inputs")
+        rows = np.arange(n) if order is None else np.ascontiguousarray(order, dtype=np.int64)
+        if rows.shape != (n,):
+            raise ValueError(f"order must have shape ({n},)")
+        labels = _labels(labels, n, W2.shape[1])
+        batches = n // batch_size
+        keep = net.keep[0] if net.keep else None
+        fwd, bwd = _EMPTY_MASK[dtype], _EMPTY_MASK[dtype]
+        if keep is not None and batches:
+            # batch by batch, as the reference's train_step draws them
+            drawn = [self.dropout_mask(rng, batch_size, keep, net.dropout, dtype) for _ in range(batches)]
+            fwd, bwd = (np.ascontiguousarray(np.concatenate([np.broadcast_to(m[k], (batch_size, W1.shape[1]))
+                                                             for m in drawn]), dtype=dtype) for k in (0, 1))
+        compressed = self._inputs.get(X)
+        total, correct = repeat_epoch.repeated_sgd_epoch(
+            compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size, batch_size, W1, W2,
+            _codes(net.segments[0], W1.shape[1]), _codes(net.segments[1], W2.shape[1]), fwd, bwd,
+            dtype.type(net.lr), loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps))
+        net.step += batches * batch_size
+        return total, correct
 
     # -- the minibatch epoch of a one-hidden-layer network ---------------------------------------------
     @staticmethod

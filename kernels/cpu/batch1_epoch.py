@@ -3,6 +3,8 @@
 For each sample: forward over the sample's non-zero pixels only, loss and accuracy count, backward, and
 the update of both weight matrices, in which the first layer's rows of zero pixels are skipped (their
 gradient is exactly 0). Masks hold one row per sample (empty arrays when there is no dropout).
+The hidden layer runs padded with zero units to a whole number of vectors (`padded_hidden`), so the SIMD
+loops have no scalar tail; the padding's weights stay 0 and never reach the result.
 """
 
 from __future__ import annotations
@@ -12,10 +14,36 @@ from numba import njit
 
 from .activation import IDENTITY, RELU, activate, derivative
 from .loss import row_loss
-from .simd import gather_planned, listed_plans, scatter_nonzero, tile_plan
+from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
+def padded_hidden(W1, W2):
+    """(W1 with its columns padded by zeros to whole vectors, W2.T padded the same way): the kernels' working
+    copies of a two-layer network's weights (W1 itself when it needs no padding)."""
+    n_in, k = W1.shape
+    lanes = VECTOR_BYTES // W1.itemsize
+    kp = -(-k // lanes) * lanes
+    W2T = np.zeros((W2.shape[1], kp), W1.dtype)
+    W2T[:, :k] = W2.T
+    if kp == k:
+        return W1, W2T
+    Wp = empty_rows(n_in, kp, W1)
+    Wp[:, :k] = W1
+    Wp[:, k:] = 0
+    return Wp, W2T
+
+
+@njit(cache=CACHE)
+def unpad_hidden(W1, W2, Wp, W2T):
+    """Writes the working copies back into the network's weights."""
+    k = W1.shape[1]
+    if Wp.shape[1] != k:
+        W1[:, :] = Wp[:, :k]
+    W2[:, :] = W2T[:, :k].T
+
+
+@njit(cache=CACHE)
 def _all_equal(codes, code):
     for c in codes:
         if c != code:
@@ -23,7 +51,7 @@ def _all_equal(codes, code):
     return True
 
 
-@njit(cache=True, fastmath={"contract", "reassoc"})
+@njit(cache=CACHE, fastmath={"contract", "reassoc"})
 def _dot(a, w, zero):
     """The sum of a[j] * w[j] in whatever order vectorises: the output layer's forward product, the epoch's only
     reduction (as a plain loop, one chain of dependent additions per class)."""
@@ -33,7 +61,7 @@ def _dot(a, w, zero):
     return total
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, codes2, fwd, bwd, lr, kind, eps):
     """Updates W1 (inputs, hidden) and W2 (hidden, outputs) in place; returns (summed loss, number correct).
 
@@ -41,11 +69,12 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     gradient to the hidden units, the update) run over contiguous hidden units."""
     n_hidden, n_out = W2.shape
     dtype = W1.dtype
-    W2T = np.ascontiguousarray(W2.T)
-    h = np.empty(n_hidden, dtype)
-    a = np.empty(n_hidden, dtype)
-    s = np.empty(n_hidden, dtype)
-    step = np.empty(n_hidden, dtype)          # -lr * dz: the first layer's update is W1[k] += x * step
+    W1p, W2T = padded_hidden(W1, W2)
+    kp = W1p.shape[1]
+    h = np.zeros(kp, dtype)
+    a = np.zeros(kp, dtype)
+    s = np.zeros(kp, dtype)
+    step = np.zeros(kp, dtype)                # -lr * dz: the first layer's update is W1[k] += x * step
     out = np.empty(n_out, dtype)
     g = np.empty(n_out, dtype)
     relu = _all_equal(codes1, RELU)
@@ -54,13 +83,13 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     zero = one - one
     total = 0.0
     correct = 0
-    plan = tile_plan(0, n_hidden, W1.itemsize)
-    plans = listed_plans(0, n_hidden, W1.itemsize)
+    plan = tile_plan(0, kp, W1.itemsize)
+    plans = listed_plans(0, kp, W1.itemsize)
     live = np.empty(plans.shape[0], np.int64)
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
-        gather_planned(plan, indices, values, lo, hi, W1, h, 0, n_hidden)
+        gather_planned(plan, indices, values, lo, hi, W1p, h, 0, kp)
         if relu:
             for j in range(n_hidden):
                 h[j] = zero if h[j] < zero else h[j]          # NaN stays NaN
@@ -71,7 +100,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
             for j in range(n_hidden):
                 a[j] = h[j] * fwd[t, j]
         else:
-            a[:] = h
+            a[:n_hidden] = h[:n_hidden]
         for c in range(n_out):
             o = _dot(a, W2T[c], zero)
             out[c] = o if identity_out else activate(o, codes2[c])
@@ -81,7 +110,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
         if not identity_out:
             for c in range(n_out):
                 g[c] = g[c] * derivative(out[c], codes2[c])
-        s[:] = zero
+        s[:n_hidden] = zero
         for c in range(n_out):
             gc = g[c]
             for j in range(n_hidden):
@@ -101,6 +130,6 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
                 W2T[c, j] -= lr * (a[j] * gc)
         for j in range(n_hidden):
             step[j] = -lr * s[j]
-        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1, 0, n_hidden)
-    W2[:] = W2T.T
+        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1p, 0, kp)
+    unpad_hidden(W1, W2, W1p, W2T)
     return total, correct

@@ -20,14 +20,14 @@ from numba import njit, prange
 from .activation import activate, activate_runs, code_runs, derivative, times_derivative_runs
 from .dense import column_sums
 from .loss import row_loss
-from .simd import gather_planned, gather_two_rows_planned, scatter_planned, tile_plan
+from .simd import CACHE, VECTOR_BYTES, gather_planned, gather_two_rows_planned, scatter_planned, tile_plan
 
 
 BLOCK = 64      # rows taken phase by phase (their hidden layer's outputs and gradients buffered), so that each
                 # product's weights stay in the L1 cache and dW2 is summed in registers
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kind, eps, nd, start, stop,
           dA1, dW2, db2, dW3, db3):
     """Rows start:stop; W3, W3T and dW3 have the output layer's columns padded with zeros to whole vectors
@@ -101,7 +101,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     return total, correct
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def head_step(A1, W2, b2, codes2, scale2, W3, b3, codes3, labels, loss_kind, eps, threads, dA1, dW2, db2, dW3,
               db3):
     """Forward from A1 (rows, k1) through W2 (k1, m2) and W3 (m2, classes), the loss of each row against
@@ -115,7 +115,7 @@ def head_step(A1, W2, b2, codes2, scale2, W3, b3, codes3, labels, loss_kind, eps
     dtype = A1.dtype
     nd = dtype.type(n)
     threads = max(1, min(threads, n))
-    lanes = 32 // W3.itemsize
+    lanes = VECTOR_BYTES // W3.itemsize
     padded = -(-classes // lanes) * lanes
     W3p = np.zeros((m2, padded), dtype)
     W3p[:, :classes] = W3

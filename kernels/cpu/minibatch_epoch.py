@@ -18,7 +18,7 @@ from numba import njit, prange
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
-from .simd import VECTOR_BYTES, empty_rows, gather_columns, gather_planned, tile_plan
+from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_columns, gather_planned, tile_plan
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
@@ -26,7 +26,7 @@ REGROUP = 4         # tasks that regroup a batch's pixels
 SLICE_TILES = 1     # first-layer units per task, in tiles of 4 vectors (32 float32 or 16 float64 units)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
     """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with cpu_optim's loops."""
     if kind == SGD:
@@ -36,7 +36,7 @@ def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_min
 
 
 # Sums in any order (reassoc) so that the row's dot products vectorise: within rounding of the reference.
-@njit(cache=True, fastmath={"contract", "reassoc"}, error_model="numpy")
+@njit(cache=CACHE, fastmath={"contract", "reassoc"}, error_model="numpy")
 def _row(label, b1, has_b1, codes1, relu1, m1, W2T, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd,
          H1, A1, dZ1, H2, A2, dZ2):
     """Forward from H1 = this row's X @ W1, loss, and backward down to dZ1 (= dL/dZ1 of this row); W2T is
@@ -82,7 +82,7 @@ def _row(label, b1, has_b1, codes1, relu1, m1, W2T, b2, has_b2, codes2, m2, loss
     return total, correct
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=CACHE, parallel=True, fastmath={"contract"})
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
                     W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
                     one_minus_beta2, eps, step0, loss_kind, loss_eps, slice_tiles=SLICE_TILES):

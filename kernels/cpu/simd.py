@@ -2,7 +2,12 @@
 
 LLVM does not vectorise these loops well by itself: it cannot prove that the output does not alias the
 weights, so it keeps the accumulators in memory and adds checks per stored pixel. Here a tile of `nv`
-vectors of 32 bytes (8 float32 or 4 float64 lanes each) stays in registers for the whole pixel loop.
+vectors of VECTOR_BYTES bytes stays in registers for the whole pixel loop.
+
+VECTOR_BYTES follows the host's widest vectors as LLVM reports its CPU features: 64 with AVX-512, 32 with
+AVX or AVX2, 16 elsewhere (SSE2, ARM NEON, ...); FASTMNIST_VECTOR_BYTES (16, 32 or 64) forces one. Numba's
+on-disk cache does not see this module-level constant, so a forced width other than the host's compiles
+these kernels in memory only (CACHE is False): a cached kernel is always one built for the host's width.
 
 gather_tiles(nv)(indices, values, lo, hi, W, h, j0, ntiles):
     h[j0:j0 + ntiles*T] = sum over p in [lo, hi) of values[p] * W[indices[p], j0:j0 + ntiles*T]
@@ -24,14 +29,46 @@ gather_tile / scatter_tile pick the intrinsic for a tile width known only at run
 from __future__ import annotations
 
 import functools
+import os
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 32
+WIDTHS = (16, 32, 64)
+
+
+def host_vector_bytes() -> int:
+    """The widest vector registers of the CPU Numba compiles for: NUMBA_CPU_FEATURES if set, else the host's
+    features as LLVM reports them."""
+    forced = numba.config.CPU_FEATURES
+    if forced:
+        features = {f[1:] for f in forced.split(",") if f.startswith("+")}
+    else:
+        import llvmlite.binding as llvm
+        features = {name for name, on in llvm.get_host_cpu_features().items() if on}
+    if "avx512f" in features:
+        return 64
+    if "avx2" in features or "avx" in features:
+        return 32
+    return 16
+
+
+def _chosen_vector_bytes() -> int:
+    raw = os.environ.get("FASTMNIST_VECTOR_BYTES", "").strip()
+    if not raw:
+        return host_vector_bytes()
+    if raw not in {str(w) for w in WIDTHS}:
+        raise ValueError(f"FASTMNIST_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))}, got {raw!r}")
+    return int(raw)
+
+
+HOST_VECTOR_BYTES = host_vector_bytes()
+VECTOR_BYTES = _chosen_vector_bytes()
+CACHE = VECTOR_BYTES == HOST_VECTOR_BYTES     # the kernels that depend on the width cache only the host's
 CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines
 
 
@@ -54,7 +91,7 @@ def aligned_copy(a) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def empty_rows(rows, cols, like):
     """Inside kernels: an uninitialised (rows, cols) array of like's dtype starting on a cache line
     (Numba's own arrays start on 32 bytes)."""
@@ -65,7 +102,7 @@ def empty_rows(rows, cols, like):
 
 
 def lanes(dtype) -> int:
-    """Lanes of one vector for a numpy float dtype (8 for float32, 4 for float64)."""
+    """Lanes of one vector for a numpy float dtype (VECTOR_BYTES // itemsize)."""
     return VECTOR_BYTES // dtype.itemsize
 
 
@@ -391,7 +428,7 @@ P1, P2, P3, P4, P5, P6 = (gather_pair_tiles(nv) for nv in range(1, MAX_TILE + 1)
 T1, T2, T3, T4, T5, T6 = (gather_two_rows_tiles(nv) for nv in range(1, MAX_TILE + 1))
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE):
     """(nv, wide, narrow): the whole vectors of columns j0:j1 as `wide` tiles of nv + 1 vectors followed by
     `narrow` tiles of nv, in the fewest passes of at most max_tile (<= MAX_TILE) vectors; (j1 - j0) % lanes
@@ -405,7 +442,7 @@ def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE):
     return nv, wide, passes - wide
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
     if nt == 0 or nv == 0:
         return
@@ -423,7 +460,7 @@ def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
         G6(indices, values, lo, hi, M, h, j0, nt)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate):
     if nt == 0 or nv == 0:
         return
@@ -441,7 +478,7 @@ def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate
         R6(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate):
     if nt == 0 or nv == 0:
         return
@@ -459,7 +496,7 @@ def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, 
         P6(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed):
     if nt == 0 or nv == 0:
         return
@@ -477,7 +514,7 @@ def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, ac
         T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
     if nt == 0 or nv == 0:
         return
@@ -495,7 +532,7 @@ def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
         S6(indices, values, lo, hi, d, G, j0, nt)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, first, nt):
     if nt == 0 or nv == 0:
         return
@@ -513,13 +550,13 @@ def scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, first, nt):
         L6(indices, values, lo, hi, d, G, columns, first, nt)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def gather_columns(indices, values, lo, hi, M, h, j0, j1):
     """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
     gather_planned(tile_plan(j0, j1, M.itemsize), indices, values, lo, hi, M, h, j0, j1)
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
     """gather_columns with its tile_plan(j0, j1, M.itemsize) made once by a caller that repeats it over many
     rows (the plan's integer divisions and an extra call are a noticeable share of a short gather)."""
@@ -540,7 +577,7 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
             h[j] += x * m[j]
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
     """Out[row, j0:j1] (+)= U[v, lo:hi] @ M[lo:hi, j0:j1] for (row, v) in ((row_a, va), (row_b, vb)), U = V.T if
     `transposed` else V, with plan = tile_plan(j0, j1, M.itemsize): two rows of a dense product at once
@@ -559,7 +596,7 @@ def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j
                 Out[row, j] += (V[p, v] if transposed else V[v, p]) * M[p, j]
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def _scatter_rest(indices, values, lo, hi, d, G, k1, j1):
     """The columns k1:j1 after a scatter's last whole vector, one element at a time."""
     if k1 == j1:
@@ -571,13 +608,13 @@ def _scatter_rest(indices, values, lo, hi, d, G, k1, j1):
             g[j] += x * d[j]
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
     """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
     scatter_planned(tile_plan(j0, j1, G.itemsize), indices, values, lo, hi, d, G, j0, j1)
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
     """scatter_columns with its tile_plan(j0, j1, G.itemsize) made once by the caller."""
     lanes = VECTOR_BYTES // G.itemsize
@@ -589,7 +626,7 @@ def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
     _scatter_rest(indices, values, lo, hi, d, G, k1, j1)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def listed_plans(j0, j1, itemsize):
     """plans[m] = tile_plan for m whole vectors, m = 0 .. the whole vectors of columns j0:j1: scatter_nonzero's
     plans for every count of non-zero vectors, made once by the caller."""
@@ -601,7 +638,7 @@ def listed_plans(j0, j1, itemsize):
     return plans
 
 
-@njit(cache=True, fastmath={"contract"}, inline="always")
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
     """scatter_columns that skips the whole vectors of d[j0:j1] that are all zero (which would leave G as it
     is), e.g. the step of a layer whose ReLU units are mostly off. `plans` is listed_plans(j0, j1, itemsize);

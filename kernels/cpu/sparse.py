@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .activation import activate_runs, code_runs, times_derivative_runs
 from .dense import column_sums
-from .simd import (VECTOR_BYTES, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
+from .simd import (CACHE, VECTOR_BYTES, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
                        scatter_tile, tile_plan)
 
 
@@ -32,7 +32,7 @@ class CompressedRows(NamedTuple):
         return self.values.shape[0] / max(1, self.shape[0] * self.shape[1])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _count_nonzeros(X, counts):
     for i in prange(X.shape[0]):
         c = 0
@@ -42,7 +42,7 @@ def _count_nonzeros(X, counts):
         counts[i] = c
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _fill(X, indptr, indices, values):
     for i in prange(X.shape[0]):
         p = indptr[i]
@@ -53,7 +53,7 @@ def _fill(X, indptr, indices, values):
                 p += 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _scale_and_fill(images, denominator, out, indptr, indices, values):
     for i in prange(images.shape[0]):
         p = indptr[i]
@@ -107,7 +107,7 @@ FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 128-byte tiles o
                    # 6-vector ones (bench/lab/README.md; bench/lab/sparse_forward.py times the kernel)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
     so that the tile of W they read stays in cache."""
@@ -127,7 +127,7 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
             gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
     """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
     one tile of units at a time (as _gather_block)."""
@@ -147,7 +147,7 @@ def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
             scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, stop):
     _gather_block(indptr, indices, values, rows, start, stop, W, H)
     k = W.shape[1]
@@ -161,7 +161,7 @@ def _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start
             A[i, j] = h[j] * scale[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A):
     """H = act(X[rows] @ W + b) and A = H * scale for a compressed X; b may be empty (no bias)."""
     n = rows.shape[0]
@@ -171,7 +171,7 @@ def sparse_dense_forward(indptr, indices, values, rows, W, b, codes, scale, H, A
         _forward_block(indptr, indices, values, rows, W, b, runs, scale, H, A, start, min(n, start + BLOCK))
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _dz_rows(dA, H, runs, scale, s0, s1, dz, db):
     """dz[i - s0] = dA[i] * act'(H[i]) * scale for i in [s0, s1), each row also added to db."""
     k = dA.shape[1]
@@ -184,7 +184,7 @@ def _dz_rows(dA, H, runs, scale, s0, s1, dz, db):
             db[j] += d[j]
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start, stop):
     k = dA.shape[1]
     db[:] = 0
@@ -195,7 +195,7 @@ def _grad_rows(indptr, indices, values, rows, dA, H, runs, scale, acc, db, start
         _scatter_block(indptr, indices, values, rows, s0, dz[:s1 - s0], acc)
 
 
-@njit(cache=True)
+@njit(cache=CACHE)
 def _private_copies(threads, rows, dW):
     """A zeroed (threads, rows, dW.shape[1]) array (rows >= dW.shape[0]), each thread's copy starting on a cache
     line."""
@@ -204,7 +204,7 @@ def _private_copies(threads, rows, dW):
     return acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _sum_private(acc, dW):
     """dW = the sum of the threads' copies (their rows past dW's last are padding)."""
     threads = acc.shape[0]
@@ -217,7 +217,7 @@ def _sum_private(acc, dW):
             dW[r, j] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def sparse_weight_grad(indptr, indices, values, rows, dA, H, codes, scale, dW, db, threads):
     """dZ = dA * act'(H) * scale fused into dW = X[rows].T @ dZ and db = dZ summed over rows,
     with one private dW per thread (`threads`: numba.get_num_threads())."""
@@ -252,7 +252,7 @@ class ColumnBlocks(NamedTuple):
     shape: tuple
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _count_pairs(indptr, indices, block, colptr):
     """colptr[b, q + 1] = how many of block b's rows have a pixel in column 2q or 2q + 1 (colptr[b, 0] = 0)."""
     n = indptr.shape[0] - 1
@@ -268,7 +268,7 @@ def _count_pairs(indptr, indices, block, colptr):
                     last = q
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def _regroup_blocks(indptr, indices, values, block, colptr, starts, local, out):
     """Turns _count_pairs' counts into entry ranges (block b's from starts[b]) and fills the entries."""
     n = indptr.shape[0] - 1
@@ -309,7 +309,7 @@ def column_blocks(compressed: CompressedRows) -> ColumnBlocks:
     return ColumnBlocks(colptr, local, values, compressed.shape)
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=CACHE, fastmath={"contract"})
 def _gather_block_columns(colptr, local, values, dz, acc):
     """acc[2q + m] += sum over the block's entries e of pair q of values[2e + m] * dz[local[e]] (m = 0, 1),
     one tile of units at a time for every pair, so that the tile of dz they read stays in cache. acc has an
@@ -334,7 +334,7 @@ def _gather_block_columns(colptr, local, values, dz, acc):
                         acc[2 * q + m, u] += x * dz[local[e], u]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=CACHE, parallel=True)
 def blocked_weight_grad(colptr, local, values, dA, H, codes, scale, dW, db, threads):
     """sparse_weight_grad for a batch of every row of the input in order, from its ColumnBlocks."""
     n, k = dA.shape
