@@ -24,6 +24,7 @@ def _bind_source_kernels():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    globals()["kernels"] = module                  # as the import system binds a loaded submodule
 
 
 _bind_source_kernels()
