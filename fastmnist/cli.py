@@ -8,10 +8,10 @@ import os
 import sys
 
 from . import data, dispatch
-from .errors import FastMnistError, TrainingDiverged
+from .errors import FastMnistError, RecipeError, TrainingDiverged
 from .model import load
 from .recipes import PRESETS
-from .training import DTYPES, train
+from .training import DTYPES, make_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,22 +122,33 @@ def _truncate(x: float) -> str:
     return f"{math.floor(x * 1000) / 1000:.3f}" if math.isfinite(x) else str(x)
 
 
+# the train command's flags that set a recipe setting, and the setting each sets
+SETTING_FLAGS = {"iterations": "--iterations", "seed": "--seed", "lr": "--lr", "keep_prob": "--keep-prob",
+                 "batch_size": "--batch-size"}
+
+
+def recipe_settings(args) -> dict:
+    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch)."""
+    given = [(key, getattr(args, key), flag) for key, flag in SETTING_FLAGS.items() if getattr(args, key) is not None]
+    given = [(key, (value or None) if key == "batch_size" else value, flag) for key, value, flag in given]
+    settings, source = {}, {}
+    for key, value, flag in given + [(key, value, "--set") for key, value in args.set]:
+        if key in settings:
+            raise RecipeError(f"{key} is given twice ({source[key]} and {flag})")
+        settings[key], source[key] = value, flag
+    return settings
+
+
 def _cmd_train(args) -> int:
-    overrides = dict(args.set)
-    for key, value in (("lr", args.lr), ("keep_prob", args.keep_prob)):
-        if value is not None:
-            overrides[key] = value
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size or None
+    recipe = make_recipe(args.preset, **recipe_settings(args))
     from tqdm.auto import tqdm
 
     def show(row):
         if not args.quiet:
             tqdm.write(format_row(row))
 
-    result = train(args.preset, backend=args.backend, dtype=args.dtype, iterations=args.iterations,
-                   seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), callback=show, data_path=args.data,
-                   dataset=args.dataset, **overrides)
+    result = train(recipe, backend=args.backend, dtype=args.dtype, progress=not args.quiet and sys.stderr.isatty(),
+                   callback=show, data_path=args.data, dataset=args.dataset)
     print(result.summary())
     if args.out:
         print(f"saved {result.model.save(args.out)}")

@@ -22,7 +22,7 @@ _host = ReferenceBackend()
 
 class Model:
     def __init__(self, recipe: Recipe, weights: list, biases: list, meta: dict | None = None):
-        self.recipe = recipe
+        self.recipe = recipe.validate()
         self.weights = [np.ascontiguousarray(w) for w in weights]
         self.biases = [None if b is None else np.ascontiguousarray(b) for b in biases]
         self.meta = dict(meta or {})

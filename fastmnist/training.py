@@ -17,6 +17,7 @@ from .model import Model
 from .recipes import Recipe, get_preset
 
 DTYPES = ("float32", "float64")
+PIXELS, CLASSES = 28 * 28, 10      # what every image of the datasets has, and how many labels there are
 
 
 @dataclass
@@ -52,7 +53,9 @@ class TrainResult:
         return "; ".join(parts)
 
 
-def make_recipe(preset, iterations=None, seed=None, **overrides) -> Recipe:
+def make_recipe(preset, /, iterations=None, seed=None, **overrides) -> Recipe:
+    """`preset` (a name or a Recipe) with `overrides` applied and every setting checked; None for iterations
+    or seed keeps the preset's."""
     recipe = preset if isinstance(preset, Recipe) else get_preset(preset)
     if iterations is not None:
         overrides["iterations"] = iterations
@@ -62,10 +65,21 @@ def make_recipe(preset, iterations=None, seed=None, **overrides) -> Recipe:
 
 
 def check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:   # np.dtype(None) is float64: None is refused rather than taken for it
+        name = dtype if isinstance(dtype, str) or dtype is None else np.dtype(dtype).name
+    except TypeError:
+        name = None
     if name not in DTYPES:
         raise RecipeError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     return name
+
+
+def check_fits_data(recipe: Recipe, dataset: str) -> None:
+    """The recipe's input and output widths against the images' pixels and the labels' classes."""
+    for setting, value, needed, what in (("inputs", recipe.inputs, PIXELS, "pixels per image"),
+                                         ("classes", recipe.classes, CLASSES, "classes")):
+        if value != needed:
+            raise RecipeError(f"recipe {recipe.name!r}: {setting}={value} does not fit {dataset}'s {needed} {what}")
 
 
 def init_params(recipe: Recipe, rng: np.random.RandomState):
@@ -121,6 +135,9 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     t_start = time.perf_counter()
     recipe = make_recipe(preset, iterations, seed, **overrides)
     dtype = check_dtype(dtype)
+    check_fits_data(recipe, dataset)
+    if callback is not None and not callable(callback):
+        raise RecipeError(f"callback must be callable or None, got {callback!r}")
     be = get_backend(backend)
     splits = data.load_splits(recipe.split, dataset, data_path)
     sets = {name: (be.to_float(s.images, dtype), be.asarray(s.labels, np.int64))
