@@ -27,3 +27,7 @@ class TrainingDiverged(FastMnistError):
 
 class ModelFileError(FastMnistError):
     """A saved model file is foreign, damaged or tampered with."""
+
+
+class OutputError(FastMnistError):
+    """An output file (a model, sweep results, a chart) cannot be written where it was asked for."""
