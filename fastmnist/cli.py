@@ -6,10 +6,13 @@ import argparse
 import math
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from . import data, dispatch
-from .errors import FastMnistError, RecipeError, TrainingDiverged
-from .model import load
+from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged
+from .files import check_writable
+from .model import load, model_path
 from .recipes import PRESETS
 from .training import DTYPES, make_recipe, train
 
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a saved model on the test (and validation) images")
     e.add_argument("model")
     e.add_argument("--data", help="directory with the MNIST files")
-    e.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    e.add_argument("--dataset", choices=data.DATASETS, help="the dataset to evaluate on (default: the model's)")
     e.add_argument("--history", action="store_true", help="also print the metrics reported during training")
 
     sub.add_parser("backends", help="list the backends and whether each can run here")
@@ -141,6 +144,9 @@ def recipe_settings(args) -> dict:
 
 def _cmd_train(args) -> int:
     recipe = make_recipe(args.preset, **recipe_settings(args))
+    out = model_path(args.out) if args.out else None
+    if out is not None:
+        check_writable(out)
     from tqdm.auto import tqdm
 
     def show(row):
@@ -150,16 +156,35 @@ def _cmd_train(args) -> int:
     result = train(recipe, backend=args.backend, dtype=args.dtype, progress=not args.quiet and sys.stderr.isatty(),
                    callback=show, data_path=args.data, dataset=args.dataset)
     print(result.summary())
-    if args.out:
-        print(f"saved {result.model.save(args.out)}")
+    if out is not None:
+        print(f"saved {keep_model(result.model, out)}")
     return 0
+
+
+def keep_model(model, out: Path) -> Path:
+    """Saves `model` to `out`; should that fail, to a new file in the temporary directory, then raises an
+    OutputError that says where the model is."""
+    try:
+        return model.save(out)
+    except OutputError as exc:
+        fd, rescue = tempfile.mkstemp(prefix=f"fastmnist-{model.recipe.name}-", suffix=".npz")
+        os.close(fd)
+        try:
+            model.save(rescue)
+        except OutputError as again:
+            raise OutputError(f"{exc}; nor could the model be saved to {rescue}: {again}") from None
+        raise OutputError(f"{exc}; the model was saved to {rescue} instead") from None
 
 
 def _cmd_eval(args) -> int:
     model = load(args.model)
-    splits = data.load_splits(model.recipe.split, args.dataset, args.data)
     meta = model.meta
-    print(f"{args.model}: recipe {model.recipe.name}, trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
+    trained_on = meta.get("dataset", "mnist")      # files saved before models recorded it are all MNIST's
+    dataset = args.dataset or trained_on
+    splits = data.load_splits(model.recipe.split, dataset, args.data)
+    if dataset != trained_on:
+        print(f"fastmnist: note: the model was trained on {trained_on}, evaluated here on {dataset}", file=sys.stderr)
+    print(f"{args.model}: recipe {model.recipe.name} ({trained_on}), trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
           + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
           + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
     if args.history:

@@ -196,7 +196,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     timings = {"data_s": t_data - t_start, "setup_s": t_loop - t_data, "train_s": train_s, "eval_s": eval_s,
                "total_s": t_end - t_start, "first_iteration_s": first_s,
                "per_iteration_s": (train_s - first_s) / (n_done - 1) if n_done > 1 else train_s}
-    meta = {"backend": be.name, "dtype": dtype, "path": path, "iterations_done": n_done, "final": history[-1] if history else {},
+    meta = {"backend": be.name, "dtype": dtype, "dataset": dataset, "path": path, "iterations_done": n_done, "final": history[-1] if history else {},
             "history": history, "timings": timings}
     if reached is not None:
         timings["time_to_target_s"] = reached["elapsed_s"]
