@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from . import data, dispatch
-from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged
+from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .model import load, model_path
 from .recipes import PRESETS
@@ -153,11 +153,18 @@ def _cmd_train(args) -> int:
         if not args.quiet:
             tqdm.write(format_row(row))
 
-    result = train(recipe, backend=args.backend, dtype=args.dtype, progress=not args.quiet and sys.stderr.isatty(),
-                   callback=show, data_path=args.data, dataset=args.dataset)
+    try:
+        result, interrupted = train(recipe, backend=args.backend, dtype=args.dtype,
+                                    progress=not args.quiet and sys.stderr.isatty(), callback=show,
+                                    data_path=args.data, dataset=args.dataset), None
+    except TrainingInterrupted as stop:     # Ctrl-C: the model trained so far is kept like a finished one
+        result, interrupted = stop.result, stop
     print(result.summary())
     if out is not None:
         print(f"saved {keep_model(result.model, out)}")
+    if interrupted is not None:
+        print(f"fastmnist: {interrupted}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -31,3 +31,14 @@ class ModelFileError(FastMnistError):
 
 class OutputError(FastMnistError):
     """An output file (a model, sweep results, a chart) cannot be written where it was asked for."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a whole iteration; `result` is the TrainResult trained so far.
+
+    A KeyboardInterrupt, not a FastMnistError: code that catches errors (`except Exception`) must not
+    swallow the user's Ctrl-C, and code that does not look for the result stops as on any Ctrl-C."""
+
+    def __init__(self, result):
+        super().__init__(f"interrupted after iteration {result.model.meta.get('iterations_done', 0) - 1}")
+        self.result = result

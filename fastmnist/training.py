@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 
 from . import data
 from .dispatch import get_backend
-from .errors import RecipeError, TrainingDiverged
+from .errors import RecipeError, TrainingDiverged, TrainingInterrupted
+from .interrupts import ctrl_c_stops_after_the_iteration
 from .kernels.interface import Net
 from .model import Model
 from .recipes import Recipe, get_preset
@@ -131,6 +132,8 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
 
     `overrides` change recipe settings (e.g. lr=0.01, keep_prob=0.9, reg_fact_3=1.5, batch_size=100).
     `callback(row)` is called with each history row; returning True stops training early.
+    Ctrl-C stops training after the iteration it is in and raises TrainingInterrupted, whose `result` holds
+    the model trained so far; a second Ctrl-C stops at once.
     """
     t_start = time.perf_counter()
     recipe = make_recipe(preset, iterations, seed, **overrides)
@@ -155,7 +158,8 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
 
     bar = tqdm(total=recipe.iterations, desc=f"{recipe.name} [{be.name}]", unit="it", disable=not progress,
                leave=False, dynamic_ncols=True)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported below
+    # divergence is detected and reported below; Ctrl-C stops after a whole iteration (TrainingInterrupted)
+    with np.errstate(over="ignore", invalid="ignore"), ctrl_c_stops_after_the_iteration() as ctrl_c:
         try:
             for it in range(recipe.iterations):
                 report = it % recipe.eval_every == 0 or it == recipe.iterations - 1
@@ -169,6 +173,10 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                     be.synchronize()
                     first_s = time.perf_counter() - t_loop
                 bar.update(1)
+                if ctrl_c.requested and not report:
+                    report = True       # the iteration training stops after gets its row, as every last one does
+                    # (its L2 term is taken after the update: the weights before it are gone)
+                    penalty = _penalty(be, net) if recipe.uses_l2() else 0.0
                 if not report:
                     continue
                 t_eval = time.perf_counter()
@@ -183,11 +191,15 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 if callback is not None and callback(dict(row)):
                     stopped = True
                     break
+                if ctrl_c.requested:
+                    stopped = True
+                    break
                 if recipe.target_accuracy is not None and row["test_acc"] >= recipe.target_accuracy:
                     reached = row
                     break
         finally:
             bar.close()
+    interrupted = ctrl_c.requested
     be.synchronize()
     t_end = time.perf_counter()
 
@@ -196,15 +208,20 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     timings = {"data_s": t_data - t_start, "setup_s": t_loop - t_data, "train_s": train_s, "eval_s": eval_s,
                "total_s": t_end - t_start, "first_iteration_s": first_s,
                "per_iteration_s": (train_s - first_s) / (n_done - 1) if n_done > 1 else train_s}
-    meta = {"backend": be.name, "dtype": dtype, "dataset": dataset, "path": path, "iterations_done": n_done, "final": history[-1] if history else {},
-            "history": history, "timings": timings}
+    meta = {"backend": be.name, "dtype": dtype, "dataset": dataset, "path": path, "iterations_done": n_done,
+            "final": history[-1] if history else {}, "history": history, "timings": timings}
+    if interrupted:
+        meta["interrupted"] = True
     if reached is not None:
         timings["time_to_target_s"] = reached["elapsed_s"]
     model = Model(recipe.with_overrides(iterations=n_done) if stopped or reached else recipe,
                   [be.to_numpy(w) for w in net.weights],
                   [None if b is None else be.to_numpy(b) for b in net.biases], meta)
-    return TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
-                       None if reached is None else reached["iteration"], path)
+    result = TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
+                         None if reached is None else reached["iteration"], path)
+    if interrupted:
+        raise TrainingInterrupted(result)
+    return result
 
 
 def _metrics(be, net, recipe, sets, iteration, train_loss, train_acc, penalty) -> dict:
