@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--iterations", type=_count)
     w.add_argument("--dtype", default="float32", choices=DTYPES)
     w.add_argument("--seed", type=_count)
+    w.add_argument("--dataset", default="mnist", choices=data.DATASETS)
     w.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     w.add_argument("--out", default="sweep.jsonl", help="results file, one JSON line per finished run")
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
@@ -225,12 +226,24 @@ def _cmd_backends(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .sweeps import read_results, sweep, table
-    records = sweep(args.preset, dict(args.grid), backend=args.backend, iterations=args.iterations,
-                    client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
-                    progress=sys.stderr.isatty())
+    grid = {}
+    for key, values in args.grid:
+        if key in grid:
+            raise RecipeError(f"the grid axis {key} is given twice (--grid)")
+        grid[key] = values
+    try:
+        records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
+                        client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
+                        progress=sys.stderr.isatty(), dataset=args.dataset)
+    except KeyboardInterrupt:       # every finished run is already on disk
+        kept = len(read_results(args.out))
+        print(f"fastmnist: interrupted; the {kept} finished runs are kept in {args.out}: run the same command "
+              f"with --resume to run the rest", file=sys.stderr)
+        return 130
     print(table(read_results(args.out)))
-    print(f"{len(records)} runs this time; all results in {args.out}")
-    return 0
+    failed = sum(r["status"] != "ok" for r in records)
+    print(f"{len(records)} runs this time, {failed} failed; all results in {args.out}")
+    return 1 if records and failed == len(records) else 0
 
 
 def _cmd_bench_report(args) -> int:

@@ -42,3 +42,8 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, result):
         super().__init__(f"interrupted after iteration {result.model.meta.get('iterations_done', 0) - 1}")
         self.result = result
+
+
+class SweepError(FastMnistError):
+    """A sweep cannot go on: its results file belongs to another sweep or is not one, or its scheduler
+    cannot be reached."""
