@@ -110,8 +110,11 @@ class Model:
 
 
 def model_path(path) -> Path:
-    """Where Model.save(path) writes: `path`, with ".npz" added unless it ends so."""
+    """Where Model.save(path) writes: `path`, with ".npz" added unless it ends so; a folder is an OutputError
+    (rather than a file named after it beside it)."""
     path = Path(path)
+    if path.is_dir() or not path.name:
+        raise OutputError(f"cannot write {path}: it is a directory")
     if path.suffix != ".npz":
         path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
     return path

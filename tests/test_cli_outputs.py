@@ -23,12 +23,13 @@ def run(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=300)
 
 
-@pytest.mark.parametrize("where", ["under a file", "a directory"])
+@pytest.mark.parametrize("where", ["under a file", "a directory", "a directory without .npz", "."])
 def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, where):
     blocker = tmp_path / "afile"
     blocker.write_text("not a directory")
-    out = blocker / "m.npz" if where == "under a file" else tmp_path / "m.npz"
-    if where == "a directory":
+    out = {"under a file": blocker / "m.npz", "a directory": tmp_path / "m.npz",
+           "a directory without .npz": tmp_path / "runs", ".": "."}[where]
+    if where.startswith("a directory"):
         out.mkdir()
     r = run(*TRAIN, "--out", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
