@@ -192,7 +192,8 @@ def _cmd_eval(args) -> int:
     splits = data.load_splits(model.recipe.split, dataset, args.data)
     if dataset != trained_on:
         print(f"fastmnist: note: the model was trained on {trained_on}, evaluated here on {dataset}", file=sys.stderr)
-    print(f"{args.model}: recipe {model.recipe.name} ({trained_on}), trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
+    print(f"{args.model}: recipe {model.recipe.name} ({trained_on}), "
+          f"trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
           + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
           + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
     if args.history:

@@ -20,11 +20,11 @@ from tqdm.auto import tqdm
 
 from . import dispatch
 from .data import DATASETS
-from .errors import BackendUnavailable, RecipeError, SweepError
+from .errors import RecipeError, SweepError
 from .files import check_writable
 from .recipes import Recipe
 from .sweep_results import append_record, check_same_sweep, drop_torn_tail, read_results, table
-from .training import make_recipe
+from .training import check_dtype, make_recipe
 
 __all__ = ["sweep", "expand_grid", "config_key", "read_results", "table", "run_one"]
 
@@ -123,12 +123,9 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
     the runs already recorded in `out` are skipped; `out` must hold runs of this same sweep (preset,
     iterations, seed, backend, dtype, dataset). Every setting is checked before any cluster starts.
     """
-    from .training import check_dtype
-
     base = make_recipe(preset, iterations, seed)
     dtype = check_dtype(dtype)
-    if backend != "auto" and backend not in dispatch.names():
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose from auto, {', '.join(dispatch.names())}")
+    dispatch.check_known(backend)     # known by name: whether it can run is for the workers to say
     if dataset not in DATASETS:
         raise RecipeError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     settings = sweep_settings(base, backend, dtype, dataset)

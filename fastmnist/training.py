@@ -188,10 +188,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 bar.set_postfix({k.replace("_acc", ""): f"{v:.4f}" for k, v in row.items() if k.endswith("_acc")},
                                 refresh=False)
                 eval_s += time.perf_counter() - t_eval
-                if callback is not None and callback(dict(row)):
-                    stopped = True
-                    break
-                if ctrl_c.requested:
+                if (callback is not None and callback(dict(row))) or ctrl_c.requested:
                     stopped = True
                     break
                 if recipe.target_accuracy is not None and row["test_acc"] >= recipe.target_accuracy:
