@@ -121,7 +121,7 @@ class Recipe:
             raise RecipeError(f"recipe {checks.shown(self.name)}: {exc}") from None
 
     # -- overrides --------------------------------------------------------------------------------
-    def with_overrides(self, **overrides) -> "Recipe":
+    def with_overrides(self, /, **overrides) -> "Recipe":
         """A copy with some settings changed; see `override_names()` for what can be set."""
         recipe = self
         for key, value in overrides.items():

@@ -189,3 +189,12 @@ def test_a_model_file_goes_through_the_same_checks(tmp_path):
         fastmnist.load(tmp_path / "forged.npz")
     with pytest.raises(RecipeError, match="seed: seed must be an integer, got True"):
         Model(dataclasses.replace(model.recipe, seed=True), model.weights, model.biases)
+
+
+@pytest.mark.parametrize("name", ["self", "preset"])
+def test_a_setting_named_like_a_parameter_is_an_unknown_setting(name):
+    from fastmnist.training import make_recipe
+    with pytest.raises(RecipeError, match=f"unknown setting '{name}'"):
+        get_preset("branchnet").with_overrides(**{name: 1})
+    with pytest.raises(RecipeError, match=f"unknown setting '{name}'"):
+        make_recipe("branchnet", **{name: 1})
