@@ -31,8 +31,8 @@ _bind_source_kernels()
 
 from . import builtin_backends as _builtin_backends  # noqa: E402,F401  (registers the built-in backends)
 from .dispatch import backends, get_backend, register, unregister  # noqa: E402
-from .errors import (BackendUnavailable, DataError, FastMnistError, ModelFileError, RecipeError,  # noqa: E402
-                     TrainingDiverged)
+from .errors import (BackendUnavailable, DataError, FastMnistError, ModelFileError, OutputError,  # noqa: E402
+                     RecipeError, TrainingDiverged)
 from .kernels.interface import Backend, Net  # noqa: E402
 from .model import Model, load  # noqa: E402
 from .recipes import PRESETS, Recipe, get_preset  # noqa: E402
@@ -43,4 +43,4 @@ __version__ = "0.1.0"
 
 __all__ = ["train", "sweep", "load", "backends", "get_backend", "register", "unregister", "Backend", "Net",
            "Model", "TrainResult", "Recipe", "PRESETS", "get_preset", "FastMnistError", "DataError",
-           "RecipeError", "BackendUnavailable", "TrainingDiverged", "ModelFileError"]
+           "RecipeError", "BackendUnavailable", "TrainingDiverged", "ModelFileError", "OutputError"]

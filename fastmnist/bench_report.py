@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FastMnistError
+from .errors import FastMnistError, OutputError
+from .files import check_writable, os_reason
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 # extra_info keys shown as columns when a group has them.
@@ -34,6 +35,8 @@ class Result:
 def render(json_path, png_path=None) -> str:
     """The Markdown report of a pytest-benchmark JSON file; also writes a bar chart to `png_path` if given
     and matplotlib is installed (the text says so when it is not)."""
+    if png_path is not None:
+        check_writable(Path(png_path))
     doc = _read(Path(json_path))
     results = [_result(b, json_path) for b in doc["benchmarks"]]
     lines = [f"Benchmark results `{Path(json_path).name}`: {_describe_machine(doc)}", "",
@@ -66,8 +69,14 @@ def _result(bench, path) -> Result:
     try:
         stats, name = bench["stats"], bench["name"]
         mean, median = float(stats["mean"]), float(stats["median"])
+        if not isinstance(name, str):
+            raise TypeError(name)
     except (KeyError, TypeError, ValueError):
         raise FastMnistError(f"{path}: a benchmark entry lacks its name or its mean/median times") from None
+    for key, kind, what in (("extra_info", dict, "a JSON object"), ("params", dict, "a JSON object"),
+                            ("group", str, "text"), ("param", str, "text")):
+        if bench.get(key) is not None and not isinstance(bench[key], kind):
+            raise FastMnistError(f"{path}: benchmark {name}: its {key} is not {what}")
     extra = bench.get("extra_info") or {}
     params = bench.get("params") or {}
     backend = extra.get("backend") or params.get("backend_name") or params.get("jit_backend") or "?"
@@ -186,6 +195,9 @@ def _chart(results, png_path: Path) -> str:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
         ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=90)
+    try:
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, dpi=90)
+    except OSError as exc:
+        raise OutputError(f"cannot write {png_path}: {os_reason(exc)}") from None
     return f"Chart written to {png_path}."

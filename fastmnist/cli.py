@@ -6,12 +6,15 @@ import argparse
 import math
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 from . import data, dispatch
-from .errors import FastMnistError, TrainingDiverged
-from .model import load
+from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
+from .files import check_writable
+from .model import load, model_path
 from .recipes import PRESETS
-from .training import DTYPES, train
+from .training import DTYPES, make_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a saved model on the test (and validation) images")
     e.add_argument("model")
     e.add_argument("--data", help="directory with the MNIST files")
-    e.add_argument("--dataset", default="mnist", choices=data.DATASETS)
+    e.add_argument("--dataset", choices=data.DATASETS, help="the dataset to evaluate on (default: the model's)")
     e.add_argument("--history", action="store_true", help="also print the metrics reported during training")
 
     sub.add_parser("backends", help="list the backends and whether each can run here")
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--iterations", type=_count)
     w.add_argument("--dtype", default="float32", choices=DTYPES)
     w.add_argument("--seed", type=_count)
+    w.add_argument("--dataset", default="mnist", choices=data.DATASETS)
     w.add_argument("--scheduler", help="address of a running Dask scheduler (default: a local cluster)")
     w.add_argument("--out", default="sweep.jsonl", help="results file, one JSON line per finished run")
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
@@ -122,33 +126,74 @@ def _truncate(x: float) -> str:
     return f"{math.floor(x * 1000) / 1000:.3f}" if math.isfinite(x) else str(x)
 
 
+# the train command's flags that set a recipe setting, and the setting each sets
+SETTING_FLAGS = {"iterations": "--iterations", "seed": "--seed", "lr": "--lr", "keep_prob": "--keep-prob",
+                 "batch_size": "--batch-size"}
+
+
+def recipe_settings(args) -> dict:
+    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch)."""
+    given = [(key, getattr(args, key), flag) for key, flag in SETTING_FLAGS.items() if getattr(args, key) is not None]
+    given = [(key, (value or None) if key == "batch_size" else value, flag) for key, value, flag in given]
+    settings, source = {}, {}
+    for key, value, flag in given + [(key, value, "--set") for key, value in args.set]:
+        if key in settings:
+            raise RecipeError(f"{key} is given twice ({source[key]} and {flag})")
+        settings[key], source[key] = value, flag
+    return settings
+
+
 def _cmd_train(args) -> int:
-    overrides = dict(args.set)
-    for key, value in (("lr", args.lr), ("keep_prob", args.keep_prob)):
-        if value is not None:
-            overrides[key] = value
-    if args.batch_size is not None:
-        overrides["batch_size"] = args.batch_size or None
+    recipe = make_recipe(args.preset, **recipe_settings(args))
+    out = model_path(args.out) if args.out else None
+    if out is not None:
+        check_writable(out)
     from tqdm.auto import tqdm
 
     def show(row):
         if not args.quiet:
             tqdm.write(format_row(row))
 
-    result = train(args.preset, backend=args.backend, dtype=args.dtype, iterations=args.iterations,
-                   seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), callback=show, data_path=args.data,
-                   dataset=args.dataset, **overrides)
+    try:
+        result, interrupted = train(recipe, backend=args.backend, dtype=args.dtype,
+                                    progress=not args.quiet and sys.stderr.isatty(), callback=show,
+                                    data_path=args.data, dataset=args.dataset), None
+    except TrainingInterrupted as stop:     # Ctrl-C: the model trained so far is kept like a finished one
+        result, interrupted = stop.result, stop
     print(result.summary())
-    if args.out:
-        print(f"saved {result.model.save(args.out)}")
+    if out is not None:
+        print(f"saved {keep_model(result.model, out)}")
+    if interrupted is not None:
+        print(f"fastmnist: {interrupted}", file=sys.stderr)
+        return 130
     return 0
+
+
+def keep_model(model, out: Path) -> Path:
+    """Saves `model` to `out`; should that fail, to a new file in the temporary directory, then raises an
+    OutputError that says where the model is."""
+    try:
+        return model.save(out)
+    except OutputError as exc:
+        fd, rescue = tempfile.mkstemp(prefix=f"fastmnist-{model.recipe.name}-", suffix=".npz")
+        os.close(fd)
+        try:
+            model.save(rescue)
+        except OutputError as again:
+            raise OutputError(f"{exc}; nor could the model be saved to {rescue}: {again}") from None
+        raise OutputError(f"{exc}; the model was saved to {rescue} instead") from None
 
 
 def _cmd_eval(args) -> int:
     model = load(args.model)
-    splits = data.load_splits(model.recipe.split, args.dataset, args.data)
     meta = model.meta
-    print(f"{args.model}: recipe {model.recipe.name}, trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
+    trained_on = meta.get("dataset", "mnist")      # files saved before models recorded it are all MNIST's
+    dataset = args.dataset or trained_on
+    splits = data.load_splits(model.recipe.split, dataset, args.data)
+    if dataset != trained_on:
+        print(f"fastmnist: note: the model was trained on {trained_on}, evaluated here on {dataset}", file=sys.stderr)
+    print(f"{args.model}: recipe {model.recipe.name} ({trained_on}), "
+          f"trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
           + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
           + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
     if args.history:
@@ -182,12 +227,24 @@ def _cmd_backends(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from .sweeps import read_results, sweep, table
-    records = sweep(args.preset, dict(args.grid), backend=args.backend, iterations=args.iterations,
-                    client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
-                    progress=sys.stderr.isatty())
+    grid = {}
+    for key, values in args.grid:
+        if key in grid:
+            raise RecipeError(f"the grid axis {key} is given twice (--grid)")
+        grid[key] = values
+    try:
+        records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
+                        client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
+                        progress=sys.stderr.isatty(), dataset=args.dataset)
+    except KeyboardInterrupt:       # every finished run is already on disk
+        kept = len(read_results(args.out))
+        print(f"fastmnist: interrupted; the {kept} finished runs are kept in {args.out}: run the same command "
+              f"with --resume to run the rest", file=sys.stderr)
+        return 130
     print(table(read_results(args.out)))
-    print(f"{len(records)} runs this time; all results in {args.out}")
-    return 0
+    failed = sum(r["status"] != "ok" for r in records)
+    print(f"{len(records)} runs this time, {failed} failed; all results in {args.out}")
+    return 1 if records and failed == len(records) else 0
 
 
 def _cmd_bench_report(args) -> int:

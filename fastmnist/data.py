@@ -9,6 +9,7 @@ import json
 import math
 import os
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy
 import pooch
 
 from fastmnist.errors import DataError
-from fastmnist.files import write_atomically
+from fastmnist.files import os_reason, write_atomically
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("mnist", "fashion-mnist")
@@ -57,6 +58,7 @@ CONTENT_MD5 = {
 }
 
 _IDX = {"images": (2051, 3), "labels": (2049, 1)}
+DOWNLOAD_TIMEOUT_S = 15     # a mirror that sends nothing for this long is given up for the next
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +100,11 @@ def load_arrays(dataset: str = "mnist", path: str | os.PathLike | None = None, *
     they are, however, refused if they turn out to be the MNIST files.
     """
     _check_name("dataset", dataset, DATASETS)
-    found = _locate(dataset, path, download)
-    return _load_pair(dataset, found, "train"), _load_pair(dataset, found, "t10k")
+    try:
+        found = _locate(dataset, path, download)
+        return _load_pair(dataset, found, "train"), _load_pair(dataset, found, "t10k")
+    except OSError as exc:      # an unreadable file or folder
+        raise DataError(f"cannot read {dataset} data: {os_reason(exc)}") from None
 
 
 def load_splits(split: str = "50k-10k-10k", dataset: str = "mnist", path: str | os.PathLike | None = None, *,
@@ -168,15 +173,18 @@ def _not_found(dataset: str, places: list[str]) -> DataError:
 
 
 def _download(dataset: str, name: str, cache: Path) -> Path:
-    failures = []
-    for mirror in MIRRORS[dataset]:
+    failures, mirrors = [], MIRRORS[dataset]
+    for number, mirror in enumerate(mirrors, 1):
         url = f"{mirror}{name}.gz"
+        print(f"fastmnist: downloading {url} (mirror {number} of {len(mirrors)}; gives up after "
+              f"{DOWNLOAD_TIMEOUT_S} s without data)", file=sys.stderr, flush=True)
         try:
             return Path(pooch.retrieve(url, known_hash=f"md5:{GZ_MD5[dataset][name]}", path=cache,
-                                       fname=f"{name}.gz", progressbar=False))
+                                       fname=f"{name}.gz", progressbar=False,
+                                       downloader=pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S)))
         except Exception as exc:
-            failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}")
-    raise DataError(", ".join(failures))
+            failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+    raise DataError("; ".join(failures))
 
 
 def _load_pair(dataset: str, found: dict[str, Path], prefix: str) -> Split:

@@ -105,12 +105,17 @@ def get_backend(name: str = "auto") -> Backend:
             if backend is not None:
                 return backend
         raise BackendUnavailable("no backend is available")
-    if name not in _REGISTRY:
-        raise BackendUnavailable(f"unknown backend {name!r}; choose from auto, {', '.join(_REGISTRY)}")
+    check_known(name)
     backend, reason = _load(name)
     if backend is None:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
     return backend
+
+
+def check_known(name: str) -> None:
+    """Raises BackendUnavailable unless `name` is "auto" or a registered backend (available here or not)."""
+    if name != "auto" and name not in _REGISTRY:
+        raise BackendUnavailable(f"unknown backend {name!r}; choose from auto, {', '.join(_REGISTRY)}")
 
 
 def resolve_name(name: str) -> str:

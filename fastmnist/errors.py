@@ -27,3 +27,23 @@ class TrainingDiverged(FastMnistError):
 
 class ModelFileError(FastMnistError):
     """A saved model file is foreign, damaged or tampered with."""
+
+
+class OutputError(FastMnistError):
+    """An output file (a model, sweep results, a chart) cannot be written where it was asked for."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a whole iteration; `result` is the TrainResult trained so far.
+
+    A KeyboardInterrupt, not a FastMnistError: code that catches errors (`except Exception`) must not
+    swallow the user's Ctrl-C, and code that does not look for the result stops as on any Ctrl-C."""
+
+    def __init__(self, result):
+        super().__init__(f"interrupted after iteration {result.model.meta.get('iterations_done', 0) - 1}")
+        self.result = result
+
+
+class SweepError(FastMnistError):
+    """A sweep cannot go on: its results file belongs to another sweep or is not one, or its scheduler
+    cannot be reached."""

@@ -9,24 +9,38 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FastMnistError, ModelFileError, RecipeError
-from .files import write_atomically
+from . import checks
+from .errors import FastMnistError, ModelFileError, OutputError, RecipeError
+from .files import os_reason, write_atomically
 from .kernels.interface import Net
 from .kernels.reference import ReferenceBackend
 from .recipes import Recipe
 
 FORMAT = "fastmnist-model"
 VERSION = 1
+PARAMETER_DTYPES = (np.float32, np.float64)
+PREDICT_ROWS = 2048     # images converted and scored at a time: predict needs little memory beyond its input
 _host = ReferenceBackend()
 
 
 class Model:
     def __init__(self, recipe: Recipe, weights: list, biases: list, meta: dict | None = None):
-        self.recipe = recipe
+        self.recipe = recipe.validate()
         self.weights = [np.ascontiguousarray(w) for w in weights]
         self.biases = [None if b is None else np.ascontiguousarray(b) for b in biases]
         self.meta = dict(meta or {})
         self._check_shapes()
+        self._check_dtypes()
+
+    def _check_dtypes(self):
+        named = [(f"{kind}{li}", a) for li, (W, b) in enumerate(zip(self.weights, self.biases))
+                 for kind, a in (("W", W), ("b", b)) if a is not None]
+        for name, a in named:
+            if a.dtype not in PARAMETER_DTYPES:
+                raise ModelFileError(f"{name} holds {a.dtype} numbers; a model's parameters are float32 or float64")
+        kinds = sorted({str(a.dtype) for _, a in named})
+        if len(kinds) > 1:
+            raise ModelFileError(f"the parameters mix {' and '.join(kinds)}")
 
     def _check_shapes(self):
         layers = self.recipe.layers
@@ -50,7 +64,12 @@ class Model:
     # -- prediction -------------------------------------------------------------------------------
     def scores(self, images) -> np.ndarray:
         """Output-layer values (before any softmax), one row per image."""
-        return _host.forward(self._net(), as_inputs(images, self.dtype))
+        images = image_rows(images)
+        net, out = self._net(), np.empty((len(images), self.recipe.classes), self.dtype)
+        for start in range(0, len(images), PREDICT_ROWS):
+            rows = slice(start, start + PREDICT_ROWS)
+            out[rows] = _host.forward(net, as_inputs(images[rows], self.dtype))
+        return out
 
     def predict_proba(self, images) -> np.ndarray:
         """Class probabilities: the softmax of the output layer (for mse recipes, a monotone map of the
@@ -75,17 +94,30 @@ class Model:
         return out
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        """Writes the model to `path` (".npz" added if it lacks it) atomically; returns the path written."""
+        path = model_path(path)
         recipe_json = self.recipe.to_json()
         meta_json = json.dumps(self.meta, sort_keys=True, default=str)
         arrays = self._arrays()
         header = {"format": np.array(FORMAT), "version": np.array(VERSION), "recipe": np.array(recipe_json),
                   "meta": np.array(meta_json), "checksum": np.array(_checksum(recipe_json, meta_json, arrays))}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda f: np.savez(f, **header, **arrays))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda f: np.savez(f, **header, **arrays))
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
         return path
+
+
+def model_path(path) -> Path:
+    """Where Model.save(path) writes: `path`, with ".npz" added unless it ends so; a folder is an OutputError
+    (rather than a file named after it beside it)."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise OutputError(f"cannot write {path}: it is a directory")
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    return path
 
 
 def load(path) -> Model:
@@ -94,32 +126,58 @@ def load(path) -> Model:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
+        return _load(path)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+
+
+def _load(path: Path) -> Model:
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"cannot be read ({os_reason(exc)})") from None
+    if start not in (b"PK\x03\x04", b"PK\x05\x06"):      # how every zip archive, and so every .npz, begins
+        raise ModelFileError("not a fastmnist model file (not an .npz archive)")
+    try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{path}: not a fastmnist model file ({exc})") from None
+        raise ModelFileError(f"not a fastmnist model file ({exc})") from None
     if str(data.get("format", "")) != FORMAT:
-        raise ModelFileError(f"{path}: not a fastmnist model file (no '{FORMAT}' marker)")
-    if int(data.get("version", -1)) != VERSION:
-        raise ModelFileError(f"{path}: model format version {data.get('version')} is not supported (expected {VERSION})")
+        raise ModelFileError(f"not a fastmnist model file (no '{FORMAT}' marker)")
+    for key in ("version", "recipe", "meta", "checksum"):
+        if key not in data:
+            raise ModelFileError(f"the file lacks {key!r}: it is damaged or was not written by fastmnist")
+    version = data["version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
+        raise ModelFileError(f"model format version {checks.shown(version.tolist())} is not supported "
+                             f"(expected {VERSION})")
     recipe_json, meta_json = str(data["recipe"]), str(data["meta"])
     arrays = {k: v for k, v in data.items() if k[0] in "Wb" and k[1:].isdigit()}
     if str(data["checksum"]) != _checksum(recipe_json, meta_json, arrays):
-        raise ModelFileError(f"{path}: checksum mismatch: the file was altered or damaged")
+        raise ModelFileError("checksum mismatch: the file was altered or damaged")
     try:
         recipe = Recipe.from_json(recipe_json)
     except RecipeError as exc:
-        raise ModelFileError(f"{path}: {exc}") from None
+        raise ModelFileError(str(exc)) from None
+    try:
+        meta = json.loads(meta_json)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ModelFileError("its meta is not JSON describing the training")
     n = len(recipe.layers)
     try:
         weights = [arrays[f"W{i}"] for i in range(n)]
     except KeyError as exc:
-        raise ModelFileError(f"{path}: missing array {exc}") from None
+        raise ModelFileError(f"missing array {exc}") from None
     biases = [arrays.get(f"b{i}") for i in range(n)]
+    model = Model(recipe, weights, biases, meta)
     for a in weights + [b for b in biases if b is not None]:
         if not np.all(np.isfinite(a)):
-            raise ModelFileError(f"{path}: parameters contain NaN or infinity")
-    return Model(recipe, weights, biases, json.loads(meta_json))
+            raise ModelFileError("parameters contain NaN or infinity")
+    return model
 
 
 def _checksum(recipe_json: str, meta_json: str, arrays: dict) -> str:
@@ -133,17 +191,26 @@ def _checksum(recipe_json: str, meta_json: str, arrays: dict) -> str:
     return h.hexdigest()
 
 
-def as_inputs(images, dtype=np.float32) -> np.ndarray:
-    """Images as (N, 784) floats in [0, 1] from (N, 784) or (N, 28, 28), uint8 0..255 or floats in [0, 1]."""
-    a = np.asarray(images)
+def image_rows(images) -> np.ndarray:
+    """Images as an (N, 784) array of uint8 or floats, unconverted, from (N, 784) or (N, 28, 28)."""
+    try:
+        a = np.asarray(images)
+    except (ValueError, TypeError) as exc:
+        raise FastMnistError(f"images must be an array of shape (N, 784) or (N, 28, 28): {exc}") from None
     if a.ndim == 3 and a.shape[1:] == (28, 28):
         a = a.reshape(a.shape[0], 784)
     if a.ndim != 2 or a.shape[1] != 784:
         raise FastMnistError(f"images must have shape (N, 784) or (N, 28, 28), got {a.shape}")
+    if a.dtype != np.uint8 and a.dtype.kind != "f":
+        raise FastMnistError(f"images must be uint8 (0..255) or floats in [0, 1], got dtype {a.dtype}")
+    return a
+
+
+def as_inputs(images, dtype=np.float32) -> np.ndarray:
+    """Images as (N, 784) floats in [0, 1] from (N, 784) or (N, 28, 28), uint8 0..255 or floats in [0, 1]."""
+    a = image_rows(images)
     if a.dtype == np.uint8:
         return (a / 255).astype(dtype)
-    if a.dtype.kind != "f":
-        raise FastMnistError(f"images must be uint8 (0..255) or floats in [0, 1], got dtype {a.dtype}")
     if a.size and not np.all(np.isfinite(a)):
         raise FastMnistError("images contain NaN or infinite values")
     if a.size and (a.min() < 0 or a.max() > 1):

@@ -10,6 +10,8 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
+from . import checks
+from .data import TRAIN_ROWS
 from .errors import RecipeError
 
 ACTIVATIONS = ("relu", "tanh", "identity")
@@ -19,6 +21,7 @@ DROPOUT_KINDS = ("element", "unit")
 INITS = ("uniform", "normal")
 SPLITS = ("first-1000", "50k-10k-10k", "full")
 L2_SCHEDULES = ("constant", "sqrt-growth")
+TRAIN_METRICS = ("running", "eval")
 
 
 @dataclass(frozen=True)
@@ -109,44 +112,16 @@ class Recipe:
 
     # -- validation -------------------------------------------------------------------------------
     def validate(self) -> "Recipe":
-        def check(ok, message):
-            if not ok:
-                raise RecipeError(f"recipe {self.name!r}: {message}")
-
-        check(len(self.layers) >= 1, "needs at least one layer")
-        check(self.layers[-1].units == self.classes,
-              f"the last layer has {self.layers[-1].units} units, expected {self.classes}")
-        for li, layer in enumerate(self.layers):
-            check(len(layer.branches) >= 1, f"layer {li} has no branches")
-            for b in layer.branches:
-                tag = f"layer {li} branch {b.name or '?'}"
-                check(isinstance(b.units, int) and b.units >= 1, f"{tag}: units must be a positive integer, got {b.units!r}")
-                check(b.activation in ACTIVATIONS, f"{tag}: unknown activation {b.activation!r}; choose from {', '.join(ACTIVATIONS)}")
-                check(_finite(b.keep_prob) and 0 < b.keep_prob <= 1, f"{tag}: keep probability must be in (0, 1], got {b.keep_prob!r}")
-                check(_finite(b.l2) and b.l2 >= 0, f"{tag}: L2 factor must be >= 0, got {b.l2!r}")
-        check(all(b.keep_prob == 1 for b in self.layers[-1].branches), "the output layer cannot use dropout")
-        check(self.loss in LOSSES, f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
-        check(self.optimizer.kind in OPTIMIZERS, f"unknown optimizer {self.optimizer.kind!r}; choose from {', '.join(OPTIMIZERS)}")
-        check(_finite(self.optimizer.lr) and self.optimizer.lr > 0, f"learning rate must be positive, got {self.optimizer.lr!r}")
-        check(0 <= self.optimizer.beta1 < 1 and 0 <= self.optimizer.beta2 < 1, "betas must be in [0, 1)")
-        check(self.optimizer.eps > 0, f"optimizer eps must be positive, got {self.optimizer.eps!r}")
-        check(self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
-              f"batch size must be a positive integer or None (full batch), got {self.batch_size!r}")
-        check(isinstance(self.iterations, int) and self.iterations >= 0, f"iterations must be a non-negative integer, got {self.iterations!r}")
-        check(isinstance(self.eval_every, int) and self.eval_every >= 1, f"eval_every must be a positive integer, got {self.eval_every!r}")
-        check(self.split in SPLITS, f"unknown split {self.split!r}; choose from {', '.join(SPLITS)}")
-        check(self.init in INITS, f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
-        check(self.dropout in DROPOUT_KINDS, f"unknown dropout kind {self.dropout!r}; choose from {', '.join(DROPOUT_KINDS)}")
-        check(self.l2_schedule in L2_SCHEDULES, f"unknown L2 schedule {self.l2_schedule!r}")
-        check(_finite(self.lr_decay) and 0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
-        check(self.target_accuracy is None or (_finite(self.target_accuracy) and 0 < self.target_accuracy <= 1),
-              f"target_accuracy must be in (0, 1] or None, got {self.target_accuracy!r}")
-        check(self.train_metrics in ("running", "eval"), f"train_metrics must be 'running' or 'eval', got {self.train_metrics!r}")
-        check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
-        return self
+        """This recipe with every setting checked for type and range, NumPy scalars made plain Python numbers
+        and lists tuples; RecipeError names the first bad setting. Every way of making a recipe (presets,
+        overrides, train(), sweeps, model files) goes through here, so no bad value reaches a kernel."""
+        try:
+            return _checked(self)
+        except RecipeError as exc:
+            raise RecipeError(f"recipe {checks.shown(self.name)}: {exc}") from None
 
     # -- overrides --------------------------------------------------------------------------------
-    def with_overrides(self, **overrides) -> "Recipe":
+    def with_overrides(self, /, **overrides) -> "Recipe":
         """A copy with some settings changed; see `override_names()` for what can be set."""
         recipe = self
         for key, value in overrides.items():
@@ -205,8 +180,85 @@ class Recipe:
             raise RecipeError(f"not a valid recipe description: {exc}") from None
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def _checked(recipe: Recipe) -> Recipe:
+    optimizer = recipe.optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise RecipeError(f"optimizer: must be an Optimizer, got {checks.shown(optimizer)}")
+    split = checks.choice(recipe.split, "split", "split", SPLITS)
+    checked = replace(
+        recipe,
+        name=checks.text(recipe.name, "name", "name"),
+        description=checks.text(recipe.description, "description", "description"),
+        layers=_checked_layers(recipe.layers),
+        loss=checks.choice(recipe.loss, "loss", "loss", LOSSES),
+        loss_eps=checks.number(recipe.loss_eps, "loss_eps", "loss_eps", "non-negative"),
+        optimizer=Optimizer(
+            kind=checks.choice(optimizer.kind, "optimizer_kind", "optimizer", OPTIMIZERS),
+            lr=checks.number(optimizer.lr, "lr", "learning rate", "positive"),
+            beta1=checks.number(optimizer.beta1, "beta1", "beta1", "in [0, 1)"),
+            beta2=checks.number(optimizer.beta2, "beta2", "beta2", "in [0, 1)"),
+            eps=checks.number(optimizer.eps, "eps", "optimizer eps", "positive")),
+        # a batch larger than the training set would leave no full batch to train on
+        batch_size=checks.integer(recipe.batch_size, "batch_size", "batch size", f"in [1, {TRAIN_ROWS[split]}]",
+                                  optional=True, note=f"the training images of split {split!r}"),
+        iterations=checks.integer(recipe.iterations, "iterations", "iterations", "non-negative"),
+        split=split,
+        init=checks.choice(recipe.init, "init", "init", INITS),
+        init_scale=checks.number(recipe.init_scale, "init_scale", "init_scale", "positive"),
+        dropout=checks.choice(recipe.dropout, "dropout", "dropout kind", DROPOUT_KINDS),
+        l2_schedule=checks.choice(recipe.l2_schedule, "l2_schedule", "L2 schedule", L2_SCHEDULES),
+        l2_every=checks.integer(recipe.l2_every, "l2_every", "l2_every", "positive"),
+        repeat_update=checks.flag(recipe.repeat_update, "repeat_update", "repeat_update"),
+        shuffle=checks.flag(recipe.shuffle, "shuffle", "shuffle"),
+        lr_decay=checks.number(recipe.lr_decay, "lr_decay", "lr_decay", "in (0, 1]"),
+        target_accuracy=checks.number(recipe.target_accuracy, "target_accuracy", "target_accuracy", "in (0, 1]",
+                                      optional=True),
+        seed=checks.integer(recipe.seed, "seed", "seed", f"in [0, {2**32 - 1}]"),   # numpy's RandomState range
+        eval_every=checks.integer(recipe.eval_every, "eval_every", "eval_every", "positive"),
+        train_metrics=checks.choice(recipe.train_metrics, "train_metrics", "train_metrics", TRAIN_METRICS),
+        inputs=checks.integer(recipe.inputs, "inputs", "inputs", "positive"),
+        classes=checks.integer(recipe.classes, "classes", "classes", "positive"),
+    )
+    output = checked.layers[-1]
+    if output.units != checked.classes:
+        raise RecipeError(f"layers: the last layer has {output.units} units, expected classes={checked.classes}")
+    if any(b.keep_prob != 1 for b in output.branches):
+        raise RecipeError("layers: the output layer cannot use dropout")
+    return checked
+
+
+def _checked_layers(layers) -> tuple[Layer, ...]:
+    if not isinstance(layers, (tuple, list)) or not layers:
+        raise RecipeError(f"layers: a recipe needs a tuple of at least one Layer, got {checks.shown(layers)}")
+    out = []
+    for li, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise RecipeError(f"layers: layer {li} must be a Layer, got {checks.shown(layer)}")
+        if not isinstance(layer.branches, (tuple, list)) or not layer.branches:
+            raise RecipeError(f"layers: layer {li} needs a tuple of at least one Branch, got "
+                              f"{checks.shown(layer.branches)}")
+        branches = tuple(_checked_branch(b, li, bi) for bi, b in enumerate(layer.branches))
+        out.append(replace(layer, branches=branches, bias=checks.flag(layer.bias, f"bias_{li}", "bias")))
+    return tuple(out)
+
+
+def _checked_branch(branch, li: int, bi: int) -> Branch:
+    if not isinstance(branch, Branch):
+        raise RecipeError(f"layers: layer {li} branch {bi} must be a Branch, got {checks.shown(branch)}")
+    name = checks.text(branch.name, f"layer {li} branch {bi} name", "a branch name")
+
+    def setting(prefix):   # the override that sets it: keep_prob_11, reg_fact_3, units_2 ...
+        return f"{prefix}_{name}" if name else f"layer {li} branch {bi} {prefix}"
+
+    return replace(
+        branch,
+        units=checks.integer(branch.units, setting("units"), "units", "positive"),
+        activation=checks.choice(branch.activation, setting("activation"), "activation", ACTIVATIONS),
+        name=name,
+        l2=checks.number(branch.l2, setting("reg_fact"), "L2 factor", "non-negative"),
+        keep_prob=checks.number(branch.keep_prob, setting("keep_prob"), "keep probability", "in (0, 1]"),
+        init_gain=checks.number(branch.init_gain, setting("init_gain"), "initialisation gain", "positive"),
+    )
 
 
 # -- the seeds' presets ---------------------------------------------------------------------------

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import FastMnistError, RecipeError
-from .recipes import Recipe, get_preset
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import dispatch
+from .data import DATASETS
+from .errors import RecipeError, SweepError
+from .files import check_writable
+from .recipes import Recipe
+from .sweep_results import append_record, check_same_sweep, drop_torn_tail, read_results, table
+from .training import check_dtype, make_recipe
+
+__all__ = ["sweep", "expand_grid", "config_key", "read_results", "table", "run_one"]
 
 
 # One worker per core, so each worker's BLAS, OpenMP and Numba pools get one thread: no oversubscription.
@@ -19,30 +35,70 @@ SINGLE_THREADED = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREA
 
 
 def expand_grid(grid) -> list[dict]:
-    """{"a": [1, 2], "b": [3]} -> [{"a": 1, "b": 3}, {"a": 2, "b": 3}]; a list of dicts is taken as it is."""
+    """{"a": [1, 2], "b": [3]} -> [{"a": 1, "b": 3}, {"a": 2, "b": 3}]; a list of dicts is taken as it is.
+    An axis may be a list, tuple, range or NumPy array; NumPy scalars become Python numbers."""
     if isinstance(grid, dict):
         keys = list(grid)
-        values = [v if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
+        values = [_axis(v) for v in grid.values()]
         return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
     if isinstance(grid, (list, tuple)) and all(isinstance(c, dict) for c in grid):
-        return [dict(c) for c in grid]
+        return [{k: _plain(v) for k, v in c.items()} for c in grid]
     raise RecipeError("grid must be a dict of lists or a list of override dicts")
+
+
+def _axis(values) -> list:
+    if isinstance(values, np.ndarray):
+        values = values.tolist() if values.ndim else [values.item()]
+    if not isinstance(values, (list, tuple, range)):
+        values = [values]
+    return [_plain(v) for v in values]
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def run_one(preset, config: dict, backend: str, dtype: str, iterations, seed) -> dict:
+def sweep_settings(base: Recipe, backend: str, dtype: str, dataset: str) -> dict:
+    """What a sweep is, apart from its grid; every record carries it."""
+    return {"preset": base.name, "iterations": base.iterations, "seed": base.seed, "backend": backend,
+            "dtype": dtype, "dataset": dataset, "preset_recipe": _digest(base.to_json())}
+
+
+def plan_runs(base: Recipe, configs: list[dict], settings: dict, iterations=None, seed=None) -> list[tuple]:
+    """(record header, recipe) for each distinct run of the grid, every recipe checked; the header names
+    the configuration, the sweep and the run (a digest of what it trains, however the grid spells it)."""
+    runs, seen = [], set()
+    for config in configs:
+        for name, value in (("iterations", iterations), ("seed", seed)):
+            if value is not None and name in config:
+                raise RecipeError(f"{name} is set twice: by {name}= and by the grid")
+        recipe = make_recipe(base, **config)
+        what = json.loads(recipe.to_json())
+        run = _digest(json.dumps({"recipe": what, "backend": settings["backend"], "dtype": settings["dtype"],
+                                  "dataset": settings["dataset"]}, sort_keys=True))
+        if run not in seen:
+            seen.add(run)
+            runs.append(({"config": config, "key": config_key(config), "run": run, "sweep": settings,
+                          "recipe": what}, recipe))
+    return runs
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_one(header: dict, recipe: Recipe, backend: str, dtype: str, dataset: str) -> dict:
     """Train one configuration; any failure becomes part of the record instead of an exception."""
     from .training import train
 
-    record = {"config": config, "key": config_key(config), "host": socket.gethostname(), "pid": os.getpid(),
-              "threads": _threads()}
+    record = {**header, "host": socket.gethostname(), "pid": os.getpid(), "threads": _threads()}
     start = time.perf_counter()
     try:
-        result = train(preset, backend=backend, dtype=dtype, iterations=iterations, seed=seed, progress=False,
-                       **config)
+        result = train(recipe, backend=backend, dtype=dtype, progress=False, dataset=dataset)
         record.update(status="ok", metrics=result.final, history=result.history, backend=result.backend,
                       timings=result.timings)
     except Exception as exc:  # recorded, so that one bad configuration does not stop the sweep
@@ -58,81 +114,110 @@ def _threads() -> dict:
     return {"numba": numba.get_num_threads(), "blas": max(blas, default=1)}
 
 
-def read_results(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise FastMnistError(f"{path}: line {number} is not JSON (not a sweep results file?)") from None
-    return records
-
-
 def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client=None, out="sweep.jsonl", *,
-          dtype="float32", seed=None, resume=False, progress=True) -> list[dict]:
+          dtype="float32", seed=None, resume=False, progress=True, dataset="mnist") -> list[dict]:
     """Run one training per configuration of `grid` and return their records (also appended to `out`).
 
     With no `client` a LocalCluster with one single-threaded worker process per core runs them and is
     closed at the end; `client` may be a dask.distributed Client or a scheduler address. With `resume`,
-    configurations already recorded in `out` are skipped.
+    the runs already recorded in `out` are skipped; `out` must hold runs of this same sweep (preset,
+    iterations, seed, backend, dtype, dataset). Every setting is checked before any cluster starts.
     """
-    recipe = preset if isinstance(preset, Recipe) else get_preset(preset)
-    configs = expand_grid(grid or [{}])
-    for config in configs:  # fail before starting a cluster on a setting no configuration could use
-        unknown = [k for k in config if k not in recipe.override_names()]
-        if unknown:
-            raise RecipeError(f"unknown setting {unknown[0]!r} for recipe {recipe.name!r}")
+    base = make_recipe(preset, iterations, seed)
+    dtype = check_dtype(dtype)
+    dispatch.check_known(backend)     # known by name: whether it can run is for the workers to say
+    if dataset not in DATASETS:
+        raise RecipeError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    settings = sweep_settings(base, backend, dtype, dataset)
+    runs = plan_runs(base, expand_grid(grid or [{}]), settings, iterations, seed)
     out = Path(out)
-    done = {r["key"] for r in read_results(out)} if resume else set()
     if not resume and out.exists():
-        raise FastMnistError(f"{out} exists: pass resume=True (--resume) to continue it, or choose another file")
-    todo = [c for c in configs if config_key(c) not in done]
+        raise SweepError(f"{out} exists: pass resume=True (--resume) to continue it, or choose another file")
+    check_writable(out)
+    done = set()
+    if resume:
+        records = read_results(out)
+        check_same_sweep(out, records, settings)
+        done = {r["run"] for r in records}
+        if drop_torn_tail(out):
+            tqdm.write(f"fastmnist: {out}: dropped a half-written last line; its run is done again", file=sys.stderr)
+    todo = [(header, recipe) for header, recipe in runs if header["run"] not in done]
+    if not todo:
+        return []
 
-    from dask.distributed import Client, LocalCluster, as_completed
-    from tqdm.auto import tqdm
+    from dask.distributed import as_completed
 
-    own_cluster = None
-    if client is None:
-        own_cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, env=SINGLE_THREADED)
-        client = Client(own_cluster)
-    elif isinstance(client, str):
-        client = Client(client)
-    records = []
+    client, own = _connect(client)
+    records, interrupted = [], False
     try:
-        futures = [client.submit(run_one, recipe, c, backend, dtype, iterations, seed, pure=False) for c in todo]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f, tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
+        futures = [client.submit(run_one, header, recipe, backend, dtype, dataset, pure=False)
+                   for header, recipe in todo]
+        with open(out, "ab") as f, tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
             for future in as_completed(futures):
                 record = future.result()
-                f.write(json.dumps(record, default=float) + "\n")
-                f.flush()
+                append_record(f, record)
                 records.append(record)
                 bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        if own_cluster is not None:
-            client.close()
-            own_cluster.close()
+        # after Ctrl-C the runs in flight are abandoned: what Dask logs about them while it closes would
+        # only bury the one line the caller prints
+        with _logs_silenced("distributed", interrupted):
+            for closable in own:
+                closable.close()
     return records
 
 
-def table(records: list[dict]) -> str:
-    """The records as a text table, best validation (or test) accuracy first."""
-    def score(r):
-        m = r.get("metrics") or {}
-        return m.get("val_acc", m.get("test_acc", -1.0))
+# how long to try to reach a scheduler given by address before saying it cannot be reached
+CONNECT_TIMEOUT_S = 10
 
-    lines = [f"{'val_acc':>8} {'test_acc':>8} {'time_s':>7}  configuration"]
-    for r in sorted(records, key=score, reverse=True):
-        m = r.get("metrics") or {}
-        if r["status"] == "ok":
-            val = f"{m['val_acc']:.4f}" if "val_acc" in m else "-"
-            lines.append(f"{val:>8} {m.get('test_acc', 0):>8.4f} {r['time_s']:>7.1f}  {r['key']}")
-        else:
-            lines.append(f"{'failed':>8} {'':>8} {r['time_s']:>7.1f}  {r['key']}  {r['error']}")
-    return "\n".join(lines)
+
+def _connect(client):
+    """(a Client, [what this sweep made and must close]) for `client`: None (a LocalCluster of single-threaded
+    worker processes), a scheduler address, or a Client."""
+    from dask.distributed import Client, LocalCluster
+
+    if client is None:
+        # The worker processes inherit the ignored Ctrl-C: it ends the sweep here rather than each worker with
+        # a traceback. Their warnings about runs cancelled by the ending sweep are not shown; errors are. No
+        # dashboard, and the scheduler's HTTP server on any free local port rather than a busy 8787.
+        with _ctrl_c_ignored():
+            cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, env=SINGLE_THREADED, silence_logs=logging.ERROR,
+                                   scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
+        client = Client(cluster)
+        return client, [client, cluster]
+    if isinstance(client, str):
+        try:
+            client = Client(client, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, ValueError, TypeError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise SweepError(f"cannot reach the Dask scheduler at {client!r}: {reason}") from None
+        return client, [client]
+    return client, []
+
+
+@contextmanager
+def _ctrl_c_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _logs_silenced(name: str, silenced: bool):
+    logger = logging.getLogger(name)
+    level = logger.level
+    if silenced:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -11,12 +11,14 @@ from tqdm.auto import tqdm
 
 from . import data
 from .dispatch import get_backend
-from .errors import RecipeError, TrainingDiverged
+from .errors import RecipeError, TrainingDiverged, TrainingInterrupted
+from .interrupts import ctrl_c_stops_after_the_iteration
 from .kernels.interface import Net
 from .model import Model
 from .recipes import Recipe, get_preset
 
 DTYPES = ("float32", "float64")
+PIXELS, CLASSES = 28 * 28, 10      # what every image of the datasets has, and how many labels there are
 
 
 @dataclass
@@ -52,7 +54,9 @@ class TrainResult:
         return "; ".join(parts)
 
 
-def make_recipe(preset, iterations=None, seed=None, **overrides) -> Recipe:
+def make_recipe(preset, /, iterations=None, seed=None, **overrides) -> Recipe:
+    """`preset` (a name or a Recipe) with `overrides` applied and every setting checked; None for iterations
+    or seed keeps the preset's."""
     recipe = preset if isinstance(preset, Recipe) else get_preset(preset)
     if iterations is not None:
         overrides["iterations"] = iterations
@@ -62,10 +66,21 @@ def make_recipe(preset, iterations=None, seed=None, **overrides) -> Recipe:
 
 
 def check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    try:   # np.dtype(None) is float64: None is refused rather than taken for it
+        name = dtype if isinstance(dtype, str) or dtype is None else np.dtype(dtype).name
+    except TypeError:
+        name = None
     if name not in DTYPES:
         raise RecipeError(f"unsupported dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     return name
+
+
+def check_fits_data(recipe: Recipe, dataset: str) -> None:
+    """The recipe's input and output widths against the images' pixels and the labels' classes."""
+    for setting, value, needed, what in (("inputs", recipe.inputs, PIXELS, "pixels per image"),
+                                         ("classes", recipe.classes, CLASSES, "classes")):
+        if value != needed:
+            raise RecipeError(f"recipe {recipe.name!r}: {setting}={value} does not fit {dataset}'s {needed} {what}")
 
 
 def init_params(recipe: Recipe, rng: np.random.RandomState):
@@ -117,10 +132,15 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
 
     `overrides` change recipe settings (e.g. lr=0.01, keep_prob=0.9, reg_fact_3=1.5, batch_size=100).
     `callback(row)` is called with each history row; returning True stops training early.
+    Ctrl-C stops training after the iteration it is in and raises TrainingInterrupted, whose `result` holds
+    the model trained so far; a second Ctrl-C stops at once.
     """
     t_start = time.perf_counter()
     recipe = make_recipe(preset, iterations, seed, **overrides)
     dtype = check_dtype(dtype)
+    check_fits_data(recipe, dataset)
+    if callback is not None and not callable(callback):
+        raise RecipeError(f"callback must be callable or None, got {callback!r}")
     be = get_backend(backend)
     splits = data.load_splits(recipe.split, dataset, data_path)
     sets = {name: (be.to_float(s.images, dtype), be.asarray(s.labels, np.int64))
@@ -138,7 +158,8 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
 
     bar = tqdm(total=recipe.iterations, desc=f"{recipe.name} [{be.name}]", unit="it", disable=not progress,
                leave=False, dynamic_ncols=True)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported below
+    # divergence is detected and reported below; Ctrl-C stops after a whole iteration (TrainingInterrupted)
+    with np.errstate(over="ignore", invalid="ignore"), ctrl_c_stops_after_the_iteration() as ctrl_c:
         try:
             for it in range(recipe.iterations):
                 report = it % recipe.eval_every == 0 or it == recipe.iterations - 1
@@ -152,6 +173,10 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                     be.synchronize()
                     first_s = time.perf_counter() - t_loop
                 bar.update(1)
+                if ctrl_c.requested and not report:
+                    report = True       # the iteration training stops after gets its row, as every last one does
+                    # (its L2 term is taken after the update: the weights before it are gone)
+                    penalty = _penalty(be, net) if recipe.uses_l2() else 0.0
                 if not report:
                     continue
                 t_eval = time.perf_counter()
@@ -163,7 +188,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 bar.set_postfix({k.replace("_acc", ""): f"{v:.4f}" for k, v in row.items() if k.endswith("_acc")},
                                 refresh=False)
                 eval_s += time.perf_counter() - t_eval
-                if callback is not None and callback(dict(row)):
+                if (callback is not None and callback(dict(row))) or ctrl_c.requested:
                     stopped = True
                     break
                 if recipe.target_accuracy is not None and row["test_acc"] >= recipe.target_accuracy:
@@ -171,6 +196,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                     break
         finally:
             bar.close()
+    interrupted = ctrl_c.requested
     be.synchronize()
     t_end = time.perf_counter()
 
@@ -179,15 +205,20 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     timings = {"data_s": t_data - t_start, "setup_s": t_loop - t_data, "train_s": train_s, "eval_s": eval_s,
                "total_s": t_end - t_start, "first_iteration_s": first_s,
                "per_iteration_s": (train_s - first_s) / (n_done - 1) if n_done > 1 else train_s}
-    meta = {"backend": be.name, "dtype": dtype, "path": path, "iterations_done": n_done, "final": history[-1] if history else {},
-            "history": history, "timings": timings}
+    meta = {"backend": be.name, "dtype": dtype, "dataset": dataset, "path": path, "iterations_done": n_done,
+            "final": history[-1] if history else {}, "history": history, "timings": timings}
+    if interrupted:
+        meta["interrupted"] = True
     if reached is not None:
         timings["time_to_target_s"] = reached["elapsed_s"]
     model = Model(recipe.with_overrides(iterations=n_done) if stopped or reached else recipe,
                   [be.to_numpy(w) for w in net.weights],
                   [None if b is None else be.to_numpy(b) for b in net.biases], meta)
-    return TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
-                       None if reached is None else reached["iteration"], path)
+    result = TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
+                         None if reached is None else reached["iteration"], path)
+    if interrupted:
+        raise TrainingInterrupted(result)
+    return result
 
 
 def _metrics(be, net, recipe, sets, iteration, train_loss, train_acc, penalty) -> dict:

@@ -293,7 +293,7 @@ def test_download_goes_to_cache_and_is_found_there(tmp_path, monkeypatch, isolat
     arrays = write_dataset(tmp_path / "server")
     calls = []
 
-    def fake_retrieve(url, known_hash, path, fname, progressbar=False):
+    def fake_retrieve(url, known_hash, path, fname, progressbar=False, downloader=None):
         calls.append((url, known_hash))
         target = Path(path) / fname
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,7 @@ def test_download_tries_each_mirror(tmp_path, monkeypatch, isolated_cache):
     monkeypatch.setitem(data.CONTENT_MD5, "mnist", {})
     tried = []
 
-    def flaky_retrieve(url, known_hash, path, fname, progressbar=False):
+    def flaky_retrieve(url, known_hash, path, fname, progressbar=False, downloader=None):
         tried.append(url)
         if not url.startswith(data.MIRRORS["mnist"][-1]):
             raise ConnectionError("mirror down")
