@@ -52,25 +52,30 @@ def test_compressed_rows_hold_exactly_the_nonzero_entries(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("rows", [1, 37])
-def test_to_float_equals_the_reference_and_primes_the_compressed_copy(dtype, rows):
+@pytest.mark.parametrize("rows,cols", [(1, 29), (37, 29), (40, 784)])
+def test_to_float_keeps_only_the_stored_pixels_equal_to_the_reference(dtype, rows, cols):
     rng = np.random.default_rng()
-    images = rng.integers(0, 256, (rows, 29)).astype(np.uint8)
+    images = rng.integers(0, 256, (rows, cols)).astype(np.uint8)
     images[rng.random(images.shape) < 0.8] = 0
+    images[:, :8] = 0                                        # whole zero words
     if rows > 1:
         images[-1] = 0                                       # an empty row
-    backend = NumbaCpuBackend()
-    X = backend.to_float(np.asfortranarray(images), dtype)
+    X = NumbaCpuBackend().to_float(np.asfortranarray(images), dtype)
     want = ReferenceBackend(np).to_float(images, dtype)
-    assert X.dtype == dtype and X.flags.c_contiguous
-    np.testing.assert_array_equal(X, want)                   # bit for bit: the same division
-    cached = backend._inputs.get(X)
-    np.testing.assert_array_equal(to_dense(cached), want)
-    fresh = sparse.compress_rows(X)
-    for a, b in zip(cached[:3], fresh[:3]):
+    assert isinstance(X, sparse.CompressedImages) and X.dtype == dtype and X.shape == images.shape
+    assert X.ndim == 2 and len(X) == rows and X.size == images.size
+    np.testing.assert_array_equal(np.asarray(X), want)       # bit for bit: the same division
+    np.testing.assert_array_equal(to_dense(X.compressed), want)
+    fresh = sparse.compress_rows(want)
+    for a, b in zip(X.compressed[:3], fresh[:3]):
         np.testing.assert_array_equal(a, b)
+    pick = rng.permutation(rows)[: max(1, rows // 2)]
+    np.testing.assert_array_equal(X[pick], want[pick])
+    np.testing.assert_array_equal(X[1:3], want[1:3])
+    np.testing.assert_array_equal(X[0], want[0])
+    np.testing.assert_array_equal(X[:, 5], want[:, 5])
     with pytest.raises(ValueError, match="uint8"):
-        sparse.scale_and_compress(images.astype(np.int16), dtype)
+        sparse.compress_images(images.astype(np.int16), dtype)
 
 
 def test_compress_rows_rejects_what_it_cannot_hold():

@@ -74,8 +74,8 @@ def _mask(mask, rows, units, dtype) -> np.ndarray:
 
 
 def _inputs_fit(net, X) -> bool:
-    """Whether X is what the compiled paths read: a 2-D host array of the network's dtype."""
-    return isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype
+    """Whether X is what the compiled paths read: a 2-D host array (or CompressedImages) of the network's dtype."""
+    return isinstance(X, (np.ndarray, sparse.CompressedImages)) and X.ndim == 2 and X.dtype == net.dtype
 
 
 def _labels(labels, rows, classes) -> np.ndarray:
@@ -105,10 +105,16 @@ class _CompressedInputs:
         return id(X), X.shape, X.strides, X.dtype.str, X.__array_interface__["data"][0]
 
     def get(self, X) -> sparse.CompressedRows:
+        if isinstance(X, sparse.CompressedImages):
+            return X.compressed
         return self._entry(X)[1]
 
     def blocks(self, X) -> sparse.ColumnBlocks:
         """X's pixels regrouped by pairs of columns block by block, built on first use (for full-batch steps)."""
+        if isinstance(X, sparse.CompressedImages):
+            if X.blocks is None:
+                X.blocks = sparse.column_blocks(X.compressed)
+            return X.blocks
         entry = self._entry(X)
         if entry[2] is None:
             entry[2] = sparse.column_blocks(entry[1])
@@ -151,13 +157,21 @@ class NumbaCpuBackend(ReferenceBackend):
         return out
 
     def to_float(self, images, dtype):
-        """As the reference's, with the compressed copy that the sparse kernels read made in the same pass."""
+        """The images' non-zero pixels scaled to [0, 1] as CompressedImages, which every compiled path reads
+        directly: no dense float copy is made (X[rows] and np.asarray(X) make dense rows on demand)."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 2:
             return super().to_float(images, dtype)
-        X, compressed = sparse.scale_and_compress(images, dtype)
-        self._inputs.put(X, compressed)
-        return X
+        try:
+            resolved = np.dtype(dtype)
+        except TypeError:
+            resolved = None
+        if resolved not in (np.float32, np.float64):
+            raise ValueError(f"to_float: dtype {dtype!r} is not float32 or float64")
+        return sparse.CompressedImages(sparse.compress_images(images, resolved))
+
+    def to_numpy(self, a):
+        return np.asarray(a)
 
     def forget_inputs(self):
         """Drop the cached compressed copies of training inputs (needed if one was modified in place)."""
@@ -241,7 +255,7 @@ class NumbaCpuBackend(ReferenceBackend):
     # -- whole steps ------------------------------------------------------------------------------
     def forward(self, net, X, chunk=8192):
         """As the reference's, with the first layer reading a cached compressed copy of a sparse X."""
-        if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype == net.dtype):
+        if not _inputs_fit(net, X):
             return super().forward(net, X, chunk)
         compressed = self._inputs.get(X)
         if compressed.density > SPARSE_MAX_DENSITY:
@@ -250,15 +264,23 @@ class NumbaCpuBackend(ReferenceBackend):
         if compressed.shape[1] != W.shape[0]:
             raise ValueError(f"inputs have {compressed.shape[1]} columns, the first layer {W.shape[0]} inputs")
         dtype = W.dtype
-        A = np.empty((X.shape[0], W.shape[1]), dtype)
-        with threads.parallel_section():
-            sparse.sparse_dense_forward(compressed.indptr, compressed.indices, compressed.values,
-                                            np.arange(X.shape[0]), np.ascontiguousarray(W),
-                                            _EMPTY_VECTOR[dtype] if b is None else b, _codes(seg, W.shape[1]),
-                                            np.ones(W.shape[1], dtype), np.empty_like(A), A)
-        for W, b, seg in zip(net.weights[1:], net.biases[1:], net.segments[1:]):
-            A, _ = self.dense_forward(A, W, b, seg)
-        return A
+        n, units = X.shape[0], W.shape[1]
+        W, bias, codes, ones = np.ascontiguousarray(W), _EMPTY_VECTOR[dtype] if b is None else b, _codes(seg, units), \
+            np.ones(units, dtype)
+        chunk = max(1, int(chunk))
+        H, A = np.empty((min(n, chunk), units), dtype), np.empty((min(n, chunk), units), dtype)
+        outs = []
+        for start in range(0, n, chunk):                # chunks of rows: the first layer's outputs stay small
+            rows = np.arange(start, min(n, start + chunk))
+            h, a = H[:rows.shape[0]], A[:rows.shape[0]]
+            with threads.parallel_section():
+                sparse.sparse_dense_forward(compressed.indptr, compressed.indices, compressed.values, rows, W, bias,
+                                            codes, ones, h, a)
+            out = a
+            for W2, b2, seg2 in zip(net.weights[1:], net.biases[1:], net.segments[1:]):
+                out, _ = self.dense_forward(out, W2, b2, seg2)
+            outs.append(out if len(net.weights) > 1 else out.copy())
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def evaluate(self, net, X, labels, chunk=8192):
         with threads.serial_blas():
@@ -269,7 +291,7 @@ class NumbaCpuBackend(ReferenceBackend):
     def train_step(self, net, X, labels, rng):
         if not (_inputs_fit(net, X) and self._sparse_step_refusal(net) is None):
             return super().train_step(net, X, labels, rng)
-        compressed = sparse.compress_rows(X)
+        compressed = X.compressed if isinstance(X, sparse.CompressedImages) else sparse.compress_rows(X)
         return self._sparse_step(net, compressed, np.arange(X.shape[0]), labels, rng)
 
     def epoch_path(self, net, rows, batch_size, shuffled):

@@ -54,16 +54,34 @@ def _fill(X, indptr, indices, values):
 
 
 @njit(cache=CACHE, parallel=True)
-def _scale_and_fill(images, denominator, out, indptr, indices, values):
+def _count_pixels(words, counts):
+    """Non-zero bytes per row of uint8 images viewed as rows of 8-byte words (zero words skipped whole)."""
+    for i in prange(words.shape[0]):
+        c = 0
+        for w in range(words.shape[1]):
+            word = words[i, w]
+            while word:
+                c += (word & 0xFF) != 0
+                word >>= 8
+        counts[i] = c
+
+
+@njit(cache=CACHE, parallel=True)
+def _fill_scaled(images, words, denominator, indptr, indices, values):
+    """The non-zero pixels of each row as floats pixel / denominator (numpy's astype then division, bit for bit),
+    walking the row 8 pixels at a time and skipping the all-zero words."""
+    dtype = values.dtype
     for i in prange(images.shape[0]):
         p = indptr[i]
-        for j in range(images.shape[1]):
-            out[i, j] = images[i, j]
-            out[i, j] = out[i, j] / denominator      # as numpy's astype(dtype) then /= 255, bit for bit
-            if images[i, j] != 0:
-                indices[p] = j
-                values[p] = out[i, j]
-                p += 1
+        for w in range(words.shape[1]):
+            if words[i, w] == 0:
+                continue
+            for j in range(8 * w, 8 * w + 8):
+                x = images[i, j]
+                if x != 0:
+                    indices[p] = j
+                    values[p] = dtype.type(x) / denominator
+                    p += 1
 
 
 def _allocate_compressed(X, dtype) -> CompressedRows:
@@ -89,17 +107,81 @@ def compress_rows(X: np.ndarray) -> CompressedRows:
     return compressed
 
 
-def scale_and_compress(images: np.ndarray, dtype) -> tuple[np.ndarray, CompressedRows]:
-    """uint8 pixels as floats in [0, 1] (images / 255, equal to numpy's) and that array's compressed rows,
-    in one parallel pass: each thread first touches its own rows of the new array."""
-    images = np.ascontiguousarray(images)
+def compress_images(images: np.ndarray, dtype) -> CompressedRows:
+    """The non-zero pixels of uint8 images, row by row, as floats in [0, 1] (pixel / 255, equal to numpy's
+    images.astype(dtype) / 255), without making the dense float array."""
+    images = np.asarray(images)
     dtype = np.dtype(dtype)
-    if images.dtype != np.uint8 or dtype not in (np.float32, np.float64):
-        raise ValueError(f"scale_and_compress needs uint8 pixels and float32/float64, got {images.dtype}, {dtype}")
-    compressed = _allocate_compressed(images, dtype)
-    out = np.empty(images.shape, dtype)
-    _scale_and_fill(images, dtype.type(255), out, compressed.indptr, compressed.indices, compressed.values)
-    return out, compressed
+    if images.dtype != np.uint8 or images.ndim != 2 or dtype not in (np.float32, np.float64):
+        raise ValueError(f"compress_images needs 2-D uint8 pixels and float32/float64, got {images.dtype} "
+                         f"{images.shape}, {dtype}")
+    rows, cols = images.shape
+    padded = -(-cols // 8) * 8
+    if padded != cols or not images.flags.c_contiguous:
+        wide = np.zeros((rows, padded), np.uint8)
+        wide[:, :cols] = images
+        images = wide
+    words = images.view(np.uint64)
+    counts = np.empty(rows, np.int64)
+    _count_pixels(words, counts)
+    indptr = np.zeros(rows + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    compressed = CompressedRows(indptr, np.empty(indptr[-1], np.int32), np.empty(indptr[-1], dtype), (rows, cols))
+    _fill_scaled(images, words, dtype.type(255), compressed.indptr, compressed.indices, compressed.values)
+    return compressed
+
+
+@njit(cache=CACHE)
+def _densify(indptr, indices, values, rows, out):
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for p in range(indptr[r], indptr[r + 1]):
+            out[i, indices[p]] = values[p]
+
+
+class CompressedImages:
+    """Images as numba-cpu keeps training and test sets: only their non-zero pixels (CompressedRows), with no
+    dense float copy. Array-like enough for code written for arrays: shape, dtype, ndim, len(), X[rows] (dense
+    float rows, made on demand) and np.asarray(X) (the whole dense array)."""
+
+    ndim = 2
+
+    def __init__(self, compressed: CompressedRows):
+        self.compressed = compressed
+        self.shape = tuple(compressed.shape)
+        self.dtype = compressed.values.dtype
+        self.blocks = None           # the column blocks of a full-batch step, built on first use
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, which) -> np.ndarray:
+        """Dense float rows `which` (an index array) as a new C-contiguous array."""
+        which = np.ascontiguousarray(which, dtype=np.int64)
+        out = np.zeros((which.shape[0], self.shape[1]), self.dtype)
+        c = self.compressed
+        _densify(c.indptr, c.indices, c.values, which, out)
+        return out
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, (int, np.integer)):
+            dense = self.rows(np.arange(self.shape[0])[[first]])[0]
+            return dense[rest] if rest else dense
+        dense = self.rows(np.arange(self.shape[0])[first])
+        return dense[(slice(None),) + rest] if rest else dense
+
+    def __array__(self, dtype=None, copy=None):
+        dense = self.rows(np.arange(self.shape[0]))
+        return dense if dtype is None else dense.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"CompressedImages(shape={self.shape}, dtype={self.dtype}, stored={self.compressed.values.shape[0]})"
+
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
