@@ -533,7 +533,135 @@ def v3(d, k):
     return swapped
 
 
-VERSIONS = {"v1": v1, "v2": v2, "v3": v3}
+
+# -- v4 ----------------------------------------------------------------------------------------------
+
+import threading  # noqa: E402
+
+from fastmnist.kernels.cpu import barrier  # noqa: E402
+
+
+@njit(error_model="numpy")
+def _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd, H2, A2, dZ2,
+                 dZ2T):
+    """Rows i0:i1 of the batch's outputs from the threads' partial sums, their loss and dZ2 (and dZ2's
+    transpose); returns (summed loss, number correct)."""
+    T, batch, classes = part.shape
+    total, correct = 0.0, 0
+    for i in range(i0, i1):
+        for c in range(classes):
+            z = part[0, i, c]
+            for u in range(1, T):
+                z += part[u, i, c]
+            h = activate(z + b2[c] if has_b2 else z, codes2[c])
+            H2[i, c] = h
+            A2[i, c] = h * m2[c]
+        loss, ok = row_loss(A2[i], labels[order[start + i]], loss_kind, loss_eps, nd, dZ2[i], True)
+        total += loss
+        correct += ok
+        for c in range(classes):
+            dZ2[i, c] = dZ2[i, c] * derivative(H2[i, c], codes2[c]) * m2[c]
+            dZ2T[c, i] = dZ2[i, c]
+    return total, correct
+
+
+@njit(nogil=True, fastmath={"contract"}, error_model="numpy")
+def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
+                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
+                  omb2, eps, step0, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
+                  g_pairs, colptr, csc_rows, csc_vals, ones1, ones2, gb2, results):
+    """Thread t's share of a minibatch epoch: the hidden units bounds[t]:bounds[t + 1] of every batch, and its
+    share of the batch's rows for the regrouping and the loss. The T threads meet twice per batch."""
+    dtype = W1.dtype
+    batches = order.shape[0] // batch
+    nd = dtype.type(batch)
+    j0, j1 = bounds[t], bounds[t + 1]
+    i0, i1 = t * batch // T, (t + 1) * batch // T
+    total, correct = 0.0, 0
+    for bi in range(batches):
+        start = bi * batch
+        parity = bi & 1                      # the regrouped rows alternate between two buffers
+        m1 = masks1[bi] if masks1.shape[0] else ones1
+        m2 = masks2[bi] if masks2.shape[0] else ones2
+        step = step0 + bi + 1
+        c1 = dtype.type(1 - beta1 ** step) if kind == ADAM else dtype.type(1)
+        c2 = dtype.type(1 - beta2 ** step) if kind == ADAM else dtype.type(1)
+        _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
+                       H1, A1, part[t])
+        _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], csc_rows[parity, t],
+                       csc_vals[parity, t])
+        barrier.wait(state, T)
+        loss_sum, ok = _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps,
+                                    nd, H2, A2, dZ2, dZ2T)
+        total += loss_sum
+        correct += ok
+        barrier.wait(state, T)
+        _backward_slice_pairs(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
+                              g_rows, g_pairs, colptr[parity], csc_rows[parity], csc_vals[parity], l2_1, l2_2, state1,
+                              state2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        if t == 0 and has_b2:
+            gb2[:] = dZ2[0]
+            for i in range(1, batch):
+                gb2 += dZ2[i]
+            _update(b2, gb2, state2[2], state2[3], 0, gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+    results[t, 0] = total
+    results[t, 1] = correct
+
+
+def minibatch_epoch_v4(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
+                       W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
+                       omb2, eps, step0, loss_kind, loss_eps, threads):
+    dtype = W1.dtype
+    n_in, k = W1.shape
+    classes = W2.shape[1]
+    lanes = VECTOR_BYTES // W1.itemsize
+    vectors = k // lanes
+    T = max(1, min(threads, vectors, batch))
+    bounds = np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)
+    empty = lambda *shape: empty_rows(shape[0], shape[1], W1) if len(shape) == 2 else np.empty(shape, dtype)  # noqa
+    pairs = (n_in + 1) // 2
+    cap = (batch // T + 1) * pairs
+    buffers = dict(
+        H1=empty(batch, k), A1=empty(batch, k), dZ1=empty(batch, k), part=np.empty((T, batch, classes), dtype),
+        H2=np.empty((batch, classes), dtype), A2=np.empty((batch, classes), dtype),
+        dZ2=np.empty((batch, classes), dtype), dZ2T=np.empty((classes, batch), dtype),
+        W2T=np.ascontiguousarray(W2.T), G2T=empty(classes, k), G2=np.empty((k, classes), dtype),
+        g_rows=empty(T, k), g_pairs=empty(2 * T, k), colptr=np.empty((2, T, pairs + 1), np.int64),
+        csc_rows=np.empty((2, T, cap), np.int32), csc_vals=np.empty((2, T, 2 * cap), dtype),
+        ones1=np.ones(k, dtype), ones2=np.ones(classes, dtype), gb2=np.empty(classes, dtype),
+        results=np.zeros((T, 2)))
+    relu1 = bool(np.all(codes1 == RELU))
+    state = barrier.new_state()
+    args = (state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1, masks1, l2_1,
+            W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2, omb2, eps, step0,
+            loss_kind, loss_eps, *buffers.values())
+    others = [threading.Thread(target=_epoch_worker, args=(t, T) + args, daemon=True) for t in range(1, T)]
+    for th in others:
+        th.start()
+    _epoch_worker(0, T, *args)
+    for th in others:
+        th.join()
+    results = buffers["results"]
+    return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
+
+
+def v4(d, k):
+    """v3's design on T Python threads, each running its share of the whole epoch in one compiled call, meeting
+    at a spin barrier twice per batch (no parallel loops: no fork and join per section)."""
+    backend = k.cpu.backend.NumbaCpuBackend()
+    module = k.cpu.minibatch_epoch
+    original = module.minibatch_epoch
+    run = _run_on(backend, d, d["X"].dtype)
+
+    def swapped():
+        module.minibatch_epoch = lambda *args: minibatch_epoch_v4(*args, numba.get_num_threads())
+        try:
+            return run()
+        finally:
+            module.minibatch_epoch = original
+    return swapped
+
+VERSIONS = {"v1": v1, "v2": v2, "v3": v3, "v4": v4}
 TOL = {np.float64: 1e-11, np.float32: 1e-4}      # Adam's division by sqrt(s) amplifies float32 rounding
 
 
