@@ -10,8 +10,8 @@ import sys
 from . import data, dispatch
 from .errors import FastMnistError, TrainingDiverged
 from .model import load
-from .recipes import PRESETS
-from .training import DTYPES, train
+from .recipes import NOTEBOOK_NAMES, PRESETS
+from .training import DTYPES, count, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a preset and print its metrics")
-    t.add_argument("--preset", default="branchnet", help=f"one of {', '.join(PRESETS)} (default branchnet)")
+    t.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
     t.add_argument("--backend", default="auto", help="backend name or auto (see `fastmnist backends`)")
     t.add_argument("--iterations", type=_count, help="override the preset's iteration count")
     t.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -105,15 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_row(row: dict) -> str:
-    """One history row in the notebooks' style: I:10 Train-Err:0.198 Train-Acc:0.94 Test-Err:..."""
-    parts = [f"I:{row['iteration']}"]
+def format_row(row: dict, recipe=None) -> str:
+    """One history row in the notebooks' style: I:10 Train-Err:0.198 Train-Acc:0.94 Test-Err:...
+
+    The seed presets keep their notebook's `I:` numbering, so that their lines read as the notebooks print
+    them; other epoch-based recipes (`fast`) count epochs from 1 and add the time since train() began."""
+    epochs = recipe is not None and recipe.unit == "epoch" and recipe.name not in NOTEBOOK_NAMES
+    parts = [f"Epoch {row['iteration'] + 1}" if epochs else f"I:{row['iteration']}"]
     if row.get("train_err") != row["loss"]:
         parts.append(f"J:{row['loss']:.4f}")
     for name in ("train", "val", "test"):
         if f"{name}_acc" in row:
             label = name.capitalize()
             parts.append(f"{label}-Err:{_truncate(row[f'{name}_err'])} {label}-Acc:{round(row[f'{name}_acc'], 4)}")
+    if epochs and "elapsed_s" in row:
+        parts.append(f"({row['elapsed_s']:.1f} s)")
     return " ".join(parts)
 
 
@@ -124,20 +130,28 @@ def _truncate(x: float) -> str:
 
 def _cmd_train(args) -> int:
     overrides = dict(args.set)
-    for key, value in (("lr", args.lr), ("keep_prob", args.keep_prob)):
+    # the options win over --set; iterations and seed travel with the settings (--set iterations=5 works too)
+    for key, value in (("iterations", args.iterations), ("seed", args.seed), ("lr", args.lr),
+                       ("keep_prob", args.keep_prob)):
         if value is not None:
             overrides[key] = value
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size or None
     from tqdm.auto import tqdm
 
+    recipe = PRESETS.get(args.preset)
+
     def show(row):
         if not args.quiet:
-            tqdm.write(format_row(row))
+            tqdm.write(format_row(row, recipe))
 
-    result = train(args.preset, backend=args.backend, dtype=args.dtype, iterations=args.iterations,
-                   seed=args.seed, progress=not args.quiet and sys.stderr.isatty(), callback=show, data_path=args.data,
-                   dataset=args.dataset, **overrides)
+    def status(text):
+        if not args.quiet:
+            tqdm.write(text, file=sys.stderr)
+
+    result = train(args.preset, backend=args.backend, dtype=args.dtype,
+                   progress=not args.quiet and sys.stderr.isatty(), callback=show, data_path=args.data,
+                   dataset=args.dataset, status=status, **overrides)
     print(result.summary())
     if args.out:
         print(f"saved {result.model.save(args.out)}")
@@ -149,14 +163,14 @@ def _cmd_eval(args) -> int:
     splits = data.load_splits(model.recipe.split, args.dataset, args.data)
     meta = model.meta
     print(f"{args.model}: recipe {model.recipe.name}, trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
-          + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
+          + (f" for {count(meta['iterations_done'], model.recipe.unit)}" if "iterations_done" in meta else "")
           + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
     if args.history:
         rows = meta.get("history")
         if rows is None:
             print("(this file holds no training history: it was saved before fastmnist kept one)")
         for row in rows or []:
-            print(format_row(row))
+            print(format_row(row, model.recipe))
     for name, split in (("val", splits.val), ("test", splits.test)):
         if split is not None:
             print(f"{name} accuracy {model.accuracy(split.images, split.labels):.4f} ({len(split)} images)")
