@@ -2,7 +2,8 @@
 
 Each row is one case (the benchmark's parameters without the backend) on one backend: its mean and
 median time and its speed-up against the baseline backend on the same device (numpy on the CPU, cupy
-on the GPU), computed from the medians.
+on the GPU), computed from the medians. The chart shows the headline workloads' speed-ups (whole training
+steps and epochs, time to 98%) in one compact figure; with `detail` it shows every group's times instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from .errors import FastMnistError
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+# The groups whose speed-ups the default chart shows: what a training run spends its time in.
+HEADLINE_GROUPS = ("steps/train_step", "steps/epoch", "time_to_98")
 # extra_info keys shown as columns when a group has them.
 EXTRA_COLUMNS = (("gflops", "GFLOP/s", "{:.3g}"), ("gbps", "GB/s", "{:.3g}"), ("compile_s", "compile s", "{:.3g}"))
 
@@ -31,9 +34,10 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def render(json_path, png_path=None) -> str:
-    """The Markdown report of a pytest-benchmark JSON file; also writes a bar chart to `png_path` if given
-    and matplotlib is installed (the text says so when it is not)."""
+def render(json_path, png_path=None, detail=False) -> str:
+    """The Markdown report of a pytest-benchmark JSON file; also writes a chart to `png_path` if given and
+    matplotlib is installed (the text says so when it is not): the headline workloads' speed-ups, or with
+    `detail` every group's median times."""
     doc = _read(Path(json_path))
     results = [_result(b, json_path) for b in doc["benchmarks"]]
     lines = [f"Benchmark results `{Path(json_path).name}`: {_describe_machine(doc)}", "",
@@ -44,7 +48,7 @@ def render(json_path, png_path=None) -> str:
     for group, rows in _by_group(results).items():
         lines += ["", f"### {group}", "", *_table(rows)]
     if png_path is not None:
-        lines += ["", _chart(results, Path(png_path))]
+        lines += ["", (_chart if detail else _headline_chart)(results, Path(png_path))]
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +156,56 @@ def _number(value, fmt) -> str:
     return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
-# -- chart -----------------------------------------------------------------------------------------
+# -- charts ----------------------------------------------------------------------------------------
+
+def _headline(results) -> list[tuple[str, Result, float]]:
+    """(label, result, speed-up) for every non-baseline backend of the headline groups that has a baseline."""
+    out = []
+    for group, rows in _by_group(results).items():
+        if not group.startswith(HEADLINE_GROUPS):
+            continue
+        name = group.split("/")[-2] if group.endswith(("/cpu", "/gpu")) else group.split("/")[-1]
+        for case, case_rows in _ordered(rows).items():
+            for r in case_rows:
+                base = next((b for b in case_rows if b.backend == BASELINES.get(r.device)), None)
+                if base is None or r is base or r.median <= 0:
+                    continue
+                out.append((f"{name} {case}", r, base.median / r.median))
+    return out
+
+
+def _headline_chart(results, png_path: Path) -> str:
+    bars = _headline(results)
+    if not bars:
+        return (f"No chart written to {png_path}: the file holds none of the headline workloads "
+                f"({', '.join(HEADLINE_GROUPS)}) with their baseline; --detail draws every group.")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return f"No chart written to {png_path}: matplotlib is not installed (pip install 'fastmnist[plots]')."
+    backends = list(dict.fromkeys(r.backend for _, r, _ in bars))
+    colours = {b: f"C{(i + 1) % 10}" for i, b in enumerate(backends)}
+    fig = Figure(figsize=(7.5, 1.2 + 0.26 * len(bars)), layout="constrained")
+    ax = fig.subplots()
+    for y, (label, r, speedup) in enumerate(bars):
+        ax.barh(y, speedup, color=colours[r.backend], label=r.backend)
+        ax.text(speedup, y, f" {speedup:.2f}x", va="center", fontsize=7)
+    ax.set_yticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(s for _, _, s in bars) * 3)
+    devices = sorted({r.device for _, r, _ in bars})
+    ax.set_xlabel("speed-up against " + " / ".join(f"{BASELINES[d]} ({d.upper()})" for d in devices)
+                  + " (log scale)", fontsize=8)
+    handles = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        handles.setdefault(label, handle)
+    ax.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    return f"Chart written to {png_path}."
+
 
 def _chart(results, png_path: Path) -> str:
     try:

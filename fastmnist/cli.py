@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
     r.add_argument("json")
-    r.add_argument("--png", help="also write a bar chart here (needs matplotlib)")
+    r.add_argument("--png", help="also draw the headline workloads' speed-ups here (needs matplotlib)")
+    r.add_argument("--detail", action="store_true", help="draw every group's times instead, one panel per group")
     return p
 
 
@@ -206,7 +207,7 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_bench_report(args) -> int:
     from .bench_report import render
-    print(render(args.json, args.png))
+    print(render(args.json, args.png, detail=args.detail))
     return 0
 
 
