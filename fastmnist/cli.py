@@ -1,4 +1,4 @@
-"""`python -m fastmnist ...`: train, evaluate, list backends, report benchmarks."""
+"""`python -m fastmnist ...`: compare the backends, train, evaluate, list backends, sweep, report benchmarks."""
 
 from __future__ import annotations
 
@@ -44,6 +44,23 @@ def _grid_axis(text: str) -> tuple[str, list]:
     return key.strip(), [parse_value(v) for v in values]
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",")]
+    if "" in names:
+        raise argparse.ArgumentTypeError(f"expected backend names like numpy,numba-cpu, got {text!r}")
+    return names
+
+
 def parse_value(raw: str):
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
     lowered = raw.lower()
@@ -62,6 +79,21 @@ def parse_value(raw: str):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastmnist", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compare", help="train a preset on every backend and print one table against numpy / cupy")
+    c.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
+    c.add_argument("--backends", type=_names, metavar="A,B,...",
+                   help="backends to run (default: all; numpy, and cupy on a GPU, always join as baselines)")
+    c.add_argument("--seeds", type=_seeds, default=[1, 2, 3], metavar="1,2,3",
+                   help="one run per seed on each backend (default 1,2,3); runs after a backend's first are warm")
+    c.add_argument("--dtype", default="float32", choices=DTYPES)
+    c.add_argument("--iterations", type=_count, help="override the preset's epoch (iteration) count")
+    c.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="any recipe setting, as for train (repeatable)")
+    c.add_argument("--data", help="directory with the MNIST files (default: $FASTMNIST_DATA, then the cache)")
+    c.add_argument("--png", help="also draw test accuracy against wall time here (needs matplotlib)")
+    c.add_argument("--json", help="also write the rows and every run to this JSON file")
+    c.add_argument("--quiet", action="store_true", help="print only the table, not a line per run")
 
     t = sub.add_parser("train", help="train a preset and print its metrics")
     t.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
@@ -205,13 +237,33 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .comparison import check_plotting, compare
+
+    if args.png:
+        check_plotting()            # before minutes of training, not after
+
+    def status(text):
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype,
+                   iterations=args.iterations, data_path=args.data, status=status, **dict(args.set))
+    print(rows.table(), end="")
+    if args.json:
+        print(f"rows written to {rows.write_json(args.json)}")
+    if args.png:
+        print(f"chart written to {rows.write_png(args.png)}")
+    return 0
+
+
 def _cmd_bench_report(args) -> int:
     from .bench_report import render
     print(render(args.json, args.png, detail=args.detail))
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
+COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
             "sweep": _cmd_sweep}
 
 

@@ -71,6 +71,7 @@ def test_divergence_stops_with_the_iteration():
 def test_train_defaults_to_the_fast_preset_and_speaks_of_epochs():
     from fastmnist.cli import build_parser
     assert build_parser().parse_args(["train"]).preset == "fast"
+    assert build_parser().parse_args(["compare"]).preset == "fast"
     r = run("train", "--backend", "numpy", "--iterations", "1", "--set", "hidden=32", "--set", "batch_size=2000")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
