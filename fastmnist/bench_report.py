@@ -32,21 +32,36 @@ class Result:
     mean: float
     median: float
     extra: dict = field(default_factory=dict)
+    source: str = ""        # the file's label when a report reads several
 
 
-def render(json_path, png_path=None, detail=False) -> str:
-    """The Markdown report of a pytest-benchmark JSON file; also writes a chart to `png_path` if given and
-    matplotlib is installed (the text says so when it is not): the headline workloads' speed-ups, or with
-    `detail` every group's median times."""
-    doc = _read(Path(json_path))
-    results = [_result(b, json_path) for b in doc["benchmarks"]]
-    lines = [f"Benchmark results `{Path(json_path).name}`: {_describe_machine(doc)}", "",
-             "Times per call; speed-up = the baseline's median / this backend's median, against "
-             + " and ".join(f"{b} on the {d.upper()}" for d, b in BASELINES.items()) + "."]
-    if not results:
-        lines += ["", "No benchmarks in this file (was it written with timing disabled?)."]
-    for group, rows in _by_group(results).items():
-        lines += ["", f"### {group}", "", *_table(rows)]
+def render(json_paths, png_path=None, detail=False) -> str:
+    """The Markdown report of one or more pytest-benchmark JSON files; also writes a chart to `png_path` if
+    given and matplotlib is installed (the text says so when it is not): the headline workloads' speed-ups,
+    or with `detail` every group's median times. A path may be written LABEL@PATH; with several files each
+    one's bars carry its label (by default the name of the folder holding it, e.g. the machine's)."""
+    sources = [json_paths] if isinstance(json_paths, (str, Path)) else list(json_paths)
+    several = len(sources) > 1
+    lines, results = [], []
+    for source in sources:
+        label, _, json_path = str(source).rpartition("@")
+        label = label or Path(json_path).resolve().parent.name
+        doc = _read(Path(json_path))
+        found = [_result(b, json_path) for b in doc["benchmarks"]]
+        if several:
+            for r in found:
+                r.source = label
+        results += found
+        if lines:
+            lines.append("")
+        lines += [f"Benchmark results `{Path(json_path).name}`" + (f" ({label})" if several else "")
+                  + f": {_describe_machine(doc)}", "",
+                  "Times per call; speed-up = the baseline's median / this backend's median, against "
+                  + " and ".join(f"{b} on the {d.upper()}" for d, b in BASELINES.items()) + "."]
+        if not found:
+            lines += ["", "No benchmarks in this file (was it written with timing disabled?)."]
+        for group, rows in _by_group(found).items():
+            lines += ["", f"### {group}", "", *_table(rows)]
     if png_path is not None:
         lines += ["", (_chart if detail else _headline_chart)(results, Path(png_path))]
     return "\n".join(lines) + "\n"
@@ -106,8 +121,8 @@ def _describe_machine(doc: dict) -> str:
 def _by_group(results):
     groups = {}
     for r in results:
-        groups.setdefault(r.group, []).append(r)
-    return dict(sorted(groups.items()))
+        groups.setdefault(f"{r.source}: {r.group}" if r.source else r.group, []).append(r)
+    return dict(sorted(groups.items(), key=lambda item: (item[1][0].source, item[0])))
 
 
 def _ordered(rows):
@@ -162,25 +177,29 @@ def _headline(results) -> list[tuple[str, Result, float]]:
     """(label, result, speed-up) for every non-baseline backend of the headline groups that has a baseline."""
     out = []
     for group, rows in _by_group(results).items():
+        source, group = rows[0].source, rows[0].group
         if not group.startswith(HEADLINE_GROUPS):
             continue
-        name = group.split("/")[-2] if group.endswith(("/cpu", "/gpu")) else group.split("/")[-1]
+        parts = group.split("/")
+        name, suffix = ("time to 98%", f"-{parts[1]}") if parts[0] == "time_to_98" else (parts[1], "")
+        name = f"{source}: {name}" if source else name
         for case, case_rows in _ordered(rows).items():
             for r in case_rows:
                 base = next((b for b in case_rows if b.backend == BASELINES.get(r.device)), None)
                 if base is None or r is base or r.median <= 0:
                     continue
-                out.append((f"{name} {case}", r, base.median / r.median))
+                out.append((f"{name} {case}{suffix}", r, base.median / r.median))
     return out
 
 
 def _headline_chart(results, png_path: Path) -> str:
     bars = _headline(results)
     if not bars:
-        return (f"No chart written to {png_path}: the file holds none of the headline workloads "
-                f"({', '.join(HEADLINE_GROUPS)}) with their baseline; --detail draws every group.")
+        return (f"No chart written to {png_path}: no headline workload "
+                f"({', '.join(HEADLINE_GROUPS)}) with its baseline; --detail draws every group.")
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
     except ImportError:
         return f"No chart written to {png_path}: matplotlib is not installed (pip install 'fastmnist[plots]')."
     backends = list(dict.fromkeys(r.backend for _, r, _ in bars))
@@ -195,6 +214,7 @@ def _headline_chart(results, png_path: Path) -> str:
     ax.axvline(1.0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlim(right=max(s for _, _, s in bars) * 3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     devices = sorted({r.device for _, r, _ in bars})
     ax.set_xlabel("speed-up against " + " / ".join(f"{BASELINES[d]} ({d.upper()})" for d in devices)
                   + " (log scale)", fontsize=8)

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
 
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
-    r.add_argument("json")
+    r.add_argument("json", nargs="+", metavar="[LABEL@]JSON",
+                   help="pytest-benchmark JSON files; with several, each one's bars carry LABEL (default: its folder)")
     r.add_argument("--png", help="also draw the headline workloads' speed-ups here (needs matplotlib)")
     r.add_argument("--detail", action="store_true", help="draw every group's times instead, one panel per group")
     return p

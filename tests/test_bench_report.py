@@ -156,5 +156,17 @@ def test_no_headline_workloads_points_to_the_detail_chart(tmp_path):
     path = tmp_path / "kernels.json"
     path.write_text(json.dumps({**RESULTS, "benchmarks": RESULTS["benchmarks"][:5]}))
     text = render(path, tmp_path / "chart.png")
-    assert "none of the headline workloads" in text and "--detail" in text
+    assert "no headline workload" in text and "--detail" in text
     assert not (tmp_path / "chart.png").exists()
+
+
+def test_several_files_are_labelled_by_their_label_or_folder(results_file, tmp_path):
+    other = tmp_path / "h100" / "bench.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(RESULTS))
+    text = render([f"epyc@{results_file}", other])
+    assert "### epyc: steps/train_step/cpu" in text and "### h100: steps/train_step/cpu" in text
+    assert sections(text)["h100: steps/train_step/cpu"][("float32-branchnet", "numba-cpu")][4] == "3.00x"
+    png = tmp_path / "both.png"
+    render([f"epyc@{results_file}", other], png)
+    assert png_size(png)[1] < 300
