@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a preset and print its metrics")
     t.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
     t.add_argument("--backend", default="auto", help="backend name or auto (see `fastmnist backends`)")
-    t.add_argument("--iterations", type=_count, help="override the preset's iteration count")
+    t.add_argument("--iterations", type=_count, help="override the preset's epoch (iteration) count")
     t.add_argument("--dtype", default="float32", choices=DTYPES)
     t.add_argument("--seed", type=_count, help="random seed (default: the preset's, as in its notebook)")
     t.add_argument("--lr", type=float, help="learning rate")

@@ -229,7 +229,8 @@ def table(rows: Comparison) -> str:
             cells = [row.backend, row.device, row.reason if row.available else f"unavailable: {_one_line(row.reason)}"]
             cells += ["–"] * (len(header) - 3)
         else:
-            cells = [row.backend, row.device, row.path, _time(row.step_s), _time(row.time_s)]
+            path = row.path + (f"; {_one_line(row.reason)}" if row.reason else "")     # a later seed failed
+            cells = [row.backend, row.device, path, _time(row.step_s), _time(row.time_s)]
             if recipe.target_accuracy is not None:
                 cells.append(f"{row.reached}/{len(row.runs)}")
             cells.append("–" if row.test_acc is None else f"{row.test_acc:.4f}")

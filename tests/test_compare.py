@@ -116,6 +116,27 @@ def test_a_backend_whose_training_fails_is_reported_and_the_others_go_on(registe
     assert next(r for r in rows if r.backend == "numpy").time_s is not None
 
 
+class DivergingLater(Twin):
+    """Trains seed 1 as the reference does, and diverges from its second training on."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.trainings = 0
+
+    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
+        total, correct = super().train_epoch(net, X, labels, batch_size, rng, order)
+        self.trainings += 1
+        return (total * np.nan if self.trainings > 1 else total), correct
+
+
+def test_a_backend_failing_on_a_later_seed_keeps_its_runs_and_says_why(registered):
+    bad = registered(DivergingLater)
+    rows = fastmnist.compare("fast", backends=[bad], seeds=(1, 2), **QUICK)
+    row = next(r for r in rows if r.backend == bad)
+    assert [r.seed for r in row.runs] == [1] and row.reason.startswith("failed on seed 2")
+    assert "failed on seed 2" in markdown_rows(rows.table())[1][bad][2]
+
+
 def test_json_and_png_are_written(registered, tmp_path):
     twin = registered(Twin)
     rows = fastmnist.compare("fast", backends=[twin], seeds=(1, 2), **QUICK)
