@@ -50,8 +50,9 @@ class TrainResult:
             at = self.target_iteration + 1 if unit == "epoch" else self.target_iteration
             parts.append(f"reached {self.recipe.target_accuracy:.2%} test accuracy at {unit} {at} "
                          f"after {t['time_to_target_s']:.2f} s")
-        parts.append(f"{t['train_s']:.2f} s training ({duration(t['per_iteration_s'])} per {unit} after the first, "
-                     f"which took {duration(t['first_iteration_s'])}), {t['total_s']:.2f} s in all"
+        steps = (f" ({duration(t['per_iteration_s'])} per {unit} after the first, which took "
+                 f"{duration(t['first_iteration_s'])})" if f.get("iteration", 0) >= 1 else "")
+        parts.append(f"{t['train_s']:.2f} s training{steps}, {t['total_s']:.2f} s in all"
                      + (f", {duration(t['compile_s'])} of it compiling kernels" if t.get("compile_s") else ""))
         return "; ".join(parts)
 

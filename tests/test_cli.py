@@ -72,12 +72,13 @@ def test_train_defaults_to_the_fast_preset_and_speaks_of_epochs():
     from fastmnist.cli import build_parser
     assert build_parser().parse_args(["train"]).preset == "fast"
     assert build_parser().parse_args(["compare"]).preset == "fast"
-    r = run("train", "--backend", "numpy", "--iterations", "1", "--set", "hidden=32", "--set", "batch_size=2000")
+    r = run("train", "--backend", "numpy", "--iterations", "2", "--set", "hidden=32", "--set", "batch_size=2000")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("Epoch 1 Train-Err:") and lines[0].endswith(" s)")
-    assert lines[1].startswith("fast on numpy (float32, reference operations): 1 epoch;")
-    assert "per epoch after the first" in lines[1] and "iteration" not in lines[1]
+    assert lines[1].startswith("Epoch 2 Train-Err:")
+    assert lines[2].startswith("fast on numpy (float32, reference operations): 2 epochs;")
+    assert "per epoch after the first" in lines[2] and "iteration" not in lines[2]
 
 
 def test_the_notebooks_names_on_the_command_line():
