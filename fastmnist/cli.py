@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import data, dispatch
-from .errors import FastMnistError, TrainingDiverged
+from .errors import FastMnistError, RecipeError, TrainingDiverged
 from .model import load
 from .recipes import NOTEBOOK_NAMES, PRESETS
 from .training import DTYPES, count, train
@@ -162,8 +162,20 @@ def _truncate(x: float) -> str:
     return f"{math.floor(x * 1000) / 1000:.3f}" if math.isfinite(x) else str(x)
 
 
+def _recipe_settings(pairs, command: str) -> dict:
+    """--set pairs as recipe overrides; a name that is one of the command's own arguments is refused here (it
+    would otherwise collide with that argument) with the option to use instead."""
+    settings = dict(pairs)
+    own = {"preset", "backend", "backends", "seeds", "dtype", "data_path", "dataset", "status", "progress",
+           "callback"}
+    for key in settings:
+        if key in own:
+            raise RecipeError(f"--set {key}: not a recipe setting; use {command}'s own option for it")
+    return settings
+
+
 def _cmd_train(args) -> int:
-    overrides = dict(args.set)
+    overrides = _recipe_settings(args.set, "train")
     # the options win over --set; iterations and seed travel with the settings (--set iterations=5 works too)
     for key, value in (("iterations", args.iterations), ("seed", args.seed), ("lr", args.lr),
                        ("keep_prob", args.keep_prob)):
@@ -248,8 +260,11 @@ def _cmd_compare(args) -> int:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype,
-                   iterations=args.iterations, data_path=args.data, status=status, **dict(args.set))
+    overrides = _recipe_settings(args.set, "compare")
+    if args.iterations is not None:
+        overrides["iterations"] = args.iterations
+    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
+                   status=status, **overrides)
     print(rows.table(), end="")
     if args.json:
         print(f"rows written to {rows.write_json(args.json)}")

@@ -226,11 +226,19 @@ def test_cli_prints_one_table_and_writes_json_and_png(tmp_path):
     (["compare", "--backends", "numpy,"], "expected backend names"),
     (["compare", "--preset", "nope"], "unknown preset 'nope'"),
     (["compare", "--set", "alpha=0.1"], "unknown setting 'alpha' for recipe 'fast'"),
+    (["compare", "--set", "dtype=float64"], "--set dtype: not a recipe setting"),
+    (["train", "--set", "backend=numpy"], "--set backend: not a recipe setting"),
 ])
 def test_cli_bad_arguments_give_one_line_and_status_2(args, words):
     r = run(*args)
     assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_iterations_may_come_as_a_setting():
+    r = run("compare", "--backends", "numpy", "--seeds", "1", "--set", "iterations=1", *QUICK_ARGS[2:])
+    assert r.returncode == 0, r.stderr
+    assert markdown_rows(r.stdout)[1]["numpy"][5] == "1/1"
 
 
 def test_cli_png_without_matplotlib_fails_at_once(tmp_path):
