@@ -1,10 +1,17 @@
-"""What every benchmark shares: the backends and dtypes it runs on, real MNIST inputs, and the timer.
+"""What every benchmark shares: the backends and dtypes it runs on, real MNIST inputs, the timer, and the
+size of a timed run.
 
 Benchmarks take the fixtures `backend_name` and `dtype`; `pytest_generate_tests` parametrises them over
 every backend `fastmnist.backends()` reports available (optionally narrowed with
 FASTMNIST_BENCH_BACKENDS=numpy,numba-cpu) and both dtypes, so ids start `numpy-float32-...` and the suite
 grows by itself as backends land. Benchmarks that take `jit_backend` run on the available backends that
 compile kernels (every backend that is not the plain reference array code).
+
+A timed run is sized for a person by default: the whole steps (bench_steps.py) and, in float32, each kernel
+at the batch its preset trains with; every round of at most DEFAULT_MAX_TIME seconds per benchmark unless
+--benchmark-max-time is given; no slow benchmark unless -m selects it. `--bench-grid` times everything (both
+dtypes, every batch, the slow benchmarks). With --benchmark-disable (the test command) every body runs once,
+whatever the options. The JSON keeps each benchmark's statistics, not the time of every round.
 """
 
 from __future__ import annotations
@@ -17,9 +24,80 @@ import pytest
 
 from fastmnist import data
 from fastmnist.kernels.reference import ReferenceBackend
+from fastmnist.recipes import PRESETS
 from fastmnist.training import DTYPES, build_net, init_params, make_recipe
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+DEFAULT_MAX_TIME = 0.3
+# The batch each preset trains with (its full training set when it trains full-batch).
+TRAINING_BATCH = {name: r.batch_size or data.TRAIN_ROWS[r.split] for name, r in PRESETS.items()}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-grid", action="store_true",
+                     help="fastmnist: time the whole benchmark grid (both dtypes, every batch, the slow benchmarks) "
+                          "instead of the default slice")
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("benchmark") and not any(
+            a.startswith("--benchmark-max-time") for a in config.invocation_params.args):
+        config.option.benchmark_max_time = DEFAULT_MAX_TIME
+        session = getattr(config, "_benchmarksession", None)   # made by pytest-benchmark's own configure
+        if session is not None:
+            session.options["max_time"] = DEFAULT_MAX_TIME
+
+
+def _timing(config) -> bool:
+    return (config.pluginmanager.hasplugin("benchmark") and not config.getoption("benchmark_disable")
+            and not config.getoption("benchmark_skip"))
+
+
+def _in_default_slice(item) -> bool:
+    """Whole steps always; a kernel in float32 at the batch its preset trains with (any preset's batch for
+    the losses)."""
+    if item.path.name != "bench_kernels.py":
+        return True
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if params.get("dtype") not in (None, "float32"):
+        return False
+    batch = params.get("batch")
+    if batch is None:
+        return True
+    preset = params.get("preset")
+    return batch == TRAINING_BATCH[preset] if preset in TRAINING_BATCH else batch in TRAINING_BATCH.values()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _timing(config) or config.getoption("bench_grid"):
+        return
+    slow_unselected = not config.option.markexpr
+    keep, dropped = [], []
+    for item in items:
+        if "benchmark" not in getattr(item, "fixturenames", ()):     # a test, not a benchmark
+            keep.append(item)
+        elif (slow_unselected and item.get_closest_marker("slow")) or not _in_default_slice(item):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+        config._bench_grid_left = len(dropped)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left = getattr(config, "_bench_grid_left", 0)
+    if left:
+        terminalreporter.write_line(f"fastmnist benchmarks: {left} cases of the full grid were not timed "
+                                    "(float64 kernels, other batches, slow benchmarks); --bench-grid times them all")
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keeps each benchmark's statistics and drops the time of every round: tens of thousands of rounds of a
+    microsecond kernel made the file hundreds of megabytes."""
+    for bench in output_json.get("benchmarks", []):
+        (bench.get("stats") or {}).pop("data", None)
 
 
 def _wanted(names):
@@ -30,8 +108,13 @@ def _wanted(names):
     return [n for n in names if n in keep]
 
 
+# The backends registered when the benchmarks' conftest loads, before pytest imports any test module: a
+# backend a test registers for itself (the conformance suite's toy) is no backend to time.
+_REGISTERED = set(fastmnist.dispatch.names())
+
+
 def available_backends() -> list[str]:
-    return _wanted([info.name for info in fastmnist.backends() if info.available])
+    return _wanted([info.name for info in fastmnist.backends() if info.available and info.name in _REGISTERED])
 
 
 def jit_backends() -> list[str]:

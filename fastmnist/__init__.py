@@ -30,6 +30,7 @@ def _bind_source_kernels():
 _bind_source_kernels()
 
 from . import builtin_backends as _builtin_backends  # noqa: E402,F401  (registers the built-in backends)
+from .comparison import Comparison, compare  # noqa: E402
 from .dispatch import backends, get_backend, register, unregister  # noqa: E402
 from .errors import (BackendUnavailable, DataError, FastMnistError, ModelFileError, OutputError,  # noqa: E402
                      RecipeError, TrainingDiverged)
@@ -41,6 +42,6 @@ from .training import TrainResult, train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "sweep", "load", "backends", "get_backend", "register", "unregister", "Backend", "Net",
-           "Model", "TrainResult", "Recipe", "PRESETS", "get_preset", "FastMnistError", "DataError",
+__all__ = ["train", "compare", "Comparison", "sweep", "load", "backends", "get_backend", "register", "unregister",
+           "Backend", "Net", "Model", "TrainResult", "Recipe", "PRESETS", "get_preset", "FastMnistError", "DataError",
            "RecipeError", "BackendUnavailable", "TrainingDiverged", "ModelFileError", "OutputError"]

@@ -2,7 +2,8 @@
 
 Each row is one case (the benchmark's parameters without the backend) on one backend: its mean and
 median time and its speed-up against the baseline backend on the same device (numpy on the CPU, cupy
-on the GPU), computed from the medians.
+on the GPU), computed from the medians. The chart shows the headline workloads' speed-ups (whole training
+steps and epochs, time to 98%) in one compact figure; with `detail` it shows every group's times instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .errors import FastMnistError, OutputError
 from .files import check_writable, os_reason
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+# The groups whose speed-ups the default chart shows: what a training run spends its time in.
+HEADLINE_GROUPS = ("steps/train_step", "steps/epoch", "time_to_98")
 # extra_info keys shown as columns when a group has them.
 EXTRA_COLUMNS = (("gflops", "GFLOP/s", "{:.3g}"), ("gbps", "GB/s", "{:.3g}"), ("compile_s", "compile s", "{:.3g}"))
 
@@ -30,24 +33,40 @@ class Result:
     mean: float
     median: float
     extra: dict = field(default_factory=dict)
+    source: str = ""        # the file's label when a report reads several
 
 
-def render(json_path, png_path=None) -> str:
-    """The Markdown report of a pytest-benchmark JSON file; also writes a bar chart to `png_path` if given
-    and matplotlib is installed (the text says so when it is not)."""
+def render(json_paths, png_path=None, detail=False) -> str:
+    """The Markdown report of one or more pytest-benchmark JSON files; also writes a chart to `png_path` if
+    given and matplotlib is installed (the text says so when it is not): the headline workloads' speed-ups,
+    or with `detail` every group's median times. A path may be written LABEL@PATH; with several files each
+    one's bars carry its label (by default the name of the folder holding it, e.g. the machine's)."""
     if png_path is not None:
         check_writable(Path(png_path))
-    doc = _read(Path(json_path))
-    results = [_result(b, json_path) for b in doc["benchmarks"]]
-    lines = [f"Benchmark results `{Path(json_path).name}`: {_describe_machine(doc)}", "",
-             "Times per call; speed-up = the baseline's median / this backend's median, against "
-             + " and ".join(f"{b} on the {d.upper()}" for d, b in BASELINES.items()) + "."]
-    if not results:
-        lines += ["", "No benchmarks in this file (was it written with timing disabled?)."]
-    for group, rows in _by_group(results).items():
-        lines += ["", f"### {group}", "", *_table(rows)]
+    sources = [json_paths] if isinstance(json_paths, (str, Path)) else list(json_paths)
+    several = len(sources) > 1
+    lines, results = [], []
+    for source in sources:
+        label, _, json_path = str(source).rpartition("@")
+        label = label or Path(json_path).resolve().parent.name
+        doc = _read(Path(json_path))
+        found = [_result(b, json_path) for b in doc["benchmarks"]]
+        if several:
+            for r in found:
+                r.source = label
+        results += found
+        if lines:
+            lines.append("")
+        lines += [f"Benchmark results `{Path(json_path).name}`" + (f" ({label})" if several else "")
+                  + f": {_describe_machine(doc)}", "",
+                  "Times per call; speed-up = the baseline's median / this backend's median, against "
+                  + " and ".join(f"{b} on the {d.upper()}" for d, b in BASELINES.items()) + "."]
+        if not found:
+            lines += ["", "No benchmarks in this file (was it written with timing disabled?)."]
+        for group, rows in _by_group(found).items():
+            lines += ["", f"### {group}", "", *_table(rows)]
     if png_path is not None:
-        lines += ["", _chart(results, Path(png_path))]
+        lines += ["", (_chart if detail else _headline_chart)(results, Path(png_path))]
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +130,8 @@ def _describe_machine(doc: dict) -> str:
 def _by_group(results):
     groups = {}
     for r in results:
-        groups.setdefault(r.group, []).append(r)
-    return dict(sorted(groups.items()))
+        groups.setdefault(f"{r.source}: {r.group}" if r.source else r.group, []).append(r)
+    return dict(sorted(groups.items(), key=lambda item: (item[1][0].source, item[0])))
 
 
 def _ordered(rows):
@@ -161,7 +180,61 @@ def _number(value, fmt) -> str:
     return fmt.format(value) if isinstance(value, (int, float)) and math.isfinite(value) else ""
 
 
-# -- chart -----------------------------------------------------------------------------------------
+# -- charts ----------------------------------------------------------------------------------------
+
+def _headline(results) -> list[tuple[str, Result, float]]:
+    """(label, result, speed-up) for every non-baseline backend of the headline groups that has a baseline."""
+    out = []
+    for group, rows in _by_group(results).items():
+        source, group = rows[0].source, rows[0].group
+        if not group.startswith(HEADLINE_GROUPS):
+            continue
+        parts = group.split("/")
+        name, suffix = ("time to 98%", f"-{parts[1]}") if parts[0] == "time_to_98" else (parts[1], "")
+        name = f"{source}: {name}" if source else name
+        for case, case_rows in _ordered(rows).items():
+            for r in case_rows:
+                base = next((b for b in case_rows if b.backend == BASELINES.get(r.device)), None)
+                if base is None or r is base or r.median <= 0:
+                    continue
+                out.append((f"{name} {case}{suffix}", r, base.median / r.median))
+    return out
+
+
+def _headline_chart(results, png_path: Path) -> str:
+    bars = _headline(results)
+    if not bars:
+        return (f"No chart written to {png_path}: no headline workload "
+                f"({', '.join(HEADLINE_GROUPS)}) with its baseline; --detail draws every group.")
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return f"No chart written to {png_path}: matplotlib is not installed (pip install 'fastmnist[plots]')."
+    backends = list(dict.fromkeys(r.backend for _, r, _ in bars))
+    colours = {b: f"C{(i + 1) % 10}" for i, b in enumerate(backends)}
+    fig = Figure(figsize=(7.5, 1.2 + 0.26 * len(bars)), layout="constrained")
+    ax = fig.subplots()
+    for y, (label, r, speedup) in enumerate(bars):
+        ax.barh(y, speedup, color=colours[r.backend], label=r.backend)
+        ax.text(speedup, y, f" {speedup:.2f}x", va="center", fontsize=7)
+    ax.set_yticks(range(len(bars)), [label for label, _, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(s for _, _, s in bars) * 3)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    devices = sorted({r.device for _, r, _ in bars})
+    ax.set_xlabel("speed-up against " + " / ".join(f"{BASELINES[d]} ({d.upper()})" for d in devices)
+                  + " (log scale)", fontsize=8)
+    handles = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        handles.setdefault(label, handle)
+    ax.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    return f"Chart written to {png_path}."
+
 
 def _chart(results, png_path: Path) -> str:
     try:

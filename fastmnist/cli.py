@@ -1,4 +1,4 @@
-"""`python -m fastmnist ...`: train, evaluate, list backends, report benchmarks."""
+"""`python -m fastmnist ...`: compare the backends, train, evaluate, list backends, sweep, report benchmarks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from . import data, dispatch
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .model import load, model_path
-from .recipes import PRESETS
-from .training import DTYPES, make_recipe, train
+from .recipes import NOTEBOOK_NAMES, PRESETS
+from .training import DTYPES, count, make_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +47,23 @@ def _grid_axis(text: str) -> tuple[str, list]:
     return key.strip(), [parse_value(v) for v in values]
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 1,2,3, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {text!r}")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",")]
+    if "" in names:
+        raise argparse.ArgumentTypeError(f"expected backend names like numpy,numba-cpu, got {text!r}")
+    return names
+
+
 def parse_value(raw: str):
     """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
     lowered = raw.lower()
@@ -66,10 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fastmnist", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    c = sub.add_parser("compare", help="train a preset on every backend and print one table against numpy / cupy")
+    c.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
+    c.add_argument("--backends", type=_names, metavar="A,B,...",
+                   help="backends to run (default: all; numpy, and cupy on a GPU, always join as baselines)")
+    c.add_argument("--seeds", type=_seeds, default=[1, 2, 3], metavar="1,2,3",
+                   help="one run per seed on each backend (default 1,2,3); runs after a backend's first are warm")
+    c.add_argument("--dtype", default="float32", choices=DTYPES)
+    c.add_argument("--iterations", type=_count, help="override the preset's epoch (iteration) count")
+    c.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="any recipe setting, as for train (repeatable)")
+    c.add_argument("--data", help="directory with the MNIST files (default: $FASTMNIST_DATA, then the cache)")
+    c.add_argument("--png", help="also draw test accuracy against wall time here (needs matplotlib)")
+    c.add_argument("--json", help="also write the rows and every run to this JSON file")
+    c.add_argument("--quiet", action="store_true", help="print only the table, not a line per run")
+
     t = sub.add_parser("train", help="train a preset and print its metrics")
-    t.add_argument("--preset", default="branchnet", help=f"one of {', '.join(PRESETS)} (default branchnet)")
+    t.add_argument("--preset", default="fast", help=f"one of {', '.join(PRESETS)} (default fast)")
     t.add_argument("--backend", default="auto", help="backend name or auto (see `fastmnist backends`)")
-    t.add_argument("--iterations", type=_count, help="override the preset's iteration count")
+    t.add_argument("--iterations", type=_count, help="override the preset's epoch (iteration) count")
     t.add_argument("--dtype", default="float32", choices=DTYPES)
     t.add_argument("--seed", type=_count, help="random seed (default: the preset's, as in its notebook)")
     t.add_argument("--lr", type=float, help="learning rate")
@@ -104,20 +136,28 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
 
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
-    r.add_argument("json")
-    r.add_argument("--png", help="also write a bar chart here (needs matplotlib)")
+    r.add_argument("json", nargs="+", metavar="[LABEL@]JSON",
+                   help="pytest-benchmark JSON files; with several, each one's bars carry LABEL (default: its folder)")
+    r.add_argument("--png", help="also draw the headline workloads' speed-ups here (needs matplotlib)")
+    r.add_argument("--detail", action="store_true", help="draw every group's times instead, one panel per group")
     return p
 
 
-def format_row(row: dict) -> str:
-    """One history row in the notebooks' style: I:10 Train-Err:0.198 Train-Acc:0.94 Test-Err:..."""
-    parts = [f"I:{row['iteration']}"]
+def format_row(row: dict, recipe=None) -> str:
+    """One history row in the notebooks' style: I:10 Train-Err:0.198 Train-Acc:0.94 Test-Err:...
+
+    The seed presets keep their notebook's `I:` numbering, so that their lines read as the notebooks print
+    them; other epoch-based recipes (`fast`) count epochs from 1 and add the time since train() began."""
+    epochs = recipe is not None and recipe.unit == "epoch" and recipe.name not in NOTEBOOK_NAMES
+    parts = [f"Epoch {row['iteration'] + 1}" if epochs else f"I:{row['iteration']}"]
     if row.get("train_err") != row["loss"]:
         parts.append(f"J:{row['loss']:.4f}")
     for name in ("train", "val", "test"):
         if f"{name}_acc" in row:
             label = name.capitalize()
             parts.append(f"{label}-Err:{_truncate(row[f'{name}_err'])} {label}-Acc:{round(row[f'{name}_acc'], 4)}")
+    if epochs and "elapsed_s" in row:
+        parts.append(f"({row['elapsed_s']:.1f} s)")
     return " ".join(parts)
 
 
@@ -131,15 +171,26 @@ SETTING_FLAGS = {"iterations": "--iterations", "seed": "--seed", "lr": "--lr", "
                  "batch_size": "--batch-size"}
 
 
+# the commands' own arguments, which --set cannot name (they would collide with them)
+COMMAND_OWN = {"preset", "backend", "backends", "seeds", "dtype", "data_path", "dataset", "status", "progress",
+               "callback"}
+
+
 def recipe_settings(args) -> dict:
     """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch)."""
-    given = [(key, getattr(args, key), flag) for key, flag in SETTING_FLAGS.items() if getattr(args, key) is not None]
+    given = [(key, getattr(args, key, None), flag) for key, flag in SETTING_FLAGS.items()
+             if getattr(args, key, None) is not None]
     given = [(key, (value or None) if key == "batch_size" else value, flag) for key, value, flag in given]
-    settings, source = {}, {}
+    aliases = NOTEBOOK_NAMES.get(args.preset, {})
+    settings, source, canonical = {}, {}, {}
     for key, value, flag in given + [(key, value, "--set") for key, value in args.set]:
-        if key in settings:
-            raise RecipeError(f"{key} is given twice ({source[key]} and {flag})")
-        settings[key], source[key] = value, flag
+        if flag == "--set" and key in COMMAND_OWN:
+            raise RecipeError(f"--set {key}: not a recipe setting; use {args.command}'s own option for it")
+        name = aliases.get(key, key)             # a notebook's name and fastmnist's are one setting
+        if name in canonical:
+            raise RecipeError(f"{name} is given twice ({source[canonical[name]]} and {flag}"
+                              + (f" as {key}" if key != name else "") + ")")
+        settings[key], source[key], canonical[name] = value, flag, key
     return settings
 
 
@@ -152,12 +203,16 @@ def _cmd_train(args) -> int:
 
     def show(row):
         if not args.quiet:
-            tqdm.write(format_row(row))
+            tqdm.write(format_row(row, recipe))
+
+    def status(text):
+        if not args.quiet:
+            tqdm.write(text, file=sys.stderr)
 
     try:
         result, interrupted = train(recipe, backend=args.backend, dtype=args.dtype,
                                     progress=not args.quiet and sys.stderr.isatty(), callback=show,
-                                    data_path=args.data, dataset=args.dataset), None
+                                    data_path=args.data, dataset=args.dataset, status=status), None
     except TrainingInterrupted as stop:     # Ctrl-C: the model trained so far is kept like a finished one
         result, interrupted = stop.result, stop
     print(result.summary())
@@ -194,14 +249,14 @@ def _cmd_eval(args) -> int:
         print(f"fastmnist: note: the model was trained on {trained_on}, evaluated here on {dataset}", file=sys.stderr)
     print(f"{args.model}: recipe {model.recipe.name} ({trained_on}), "
           f"trained on {meta.get('backend', '?')} ({meta.get('dtype', '?')})"
-          + (f" for {meta['iterations_done']} iterations" if "iterations_done" in meta else "")
+          + (f" for {count(meta['iterations_done'], model.recipe.unit)}" if "iterations_done" in meta else "")
           + (f" in {meta['timings']['train_s']:.1f} s" if "train_s" in meta.get("timings", {}) else ""))
     if args.history:
         rows = meta.get("history")
         if rows is None:
             print("(this file holds no training history: it was saved before fastmnist kept one)")
         for row in rows or []:
-            print(format_row(row))
+            print(format_row(row, model.recipe))
     for name, split in (("val", splits.val), ("test", splits.test)):
         if split is not None:
             print(f"{name} accuracy {model.accuracy(split.images, split.labels):.4f} ({len(split)} images)")
@@ -247,13 +302,34 @@ def _cmd_sweep(args) -> int:
     return 1 if records and failed == len(records) else 0
 
 
-def _cmd_bench_report(args) -> int:
-    from .bench_report import render
-    print(render(args.json, args.png))
+def _cmd_compare(args) -> int:
+    from .comparison import check_plotting, compare
+
+    if args.png:
+        check_plotting()            # before minutes of training, not after
+
+    def status(text):
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    overrides = recipe_settings(args)
+    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
+                   status=status, **overrides)
+    print(rows.table(), end="")
+    if args.json:
+        print(f"rows written to {rows.write_json(args.json)}")
+    if args.png:
+        print(f"chart written to {rows.write_png(args.png)}")
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
+def _cmd_bench_report(args) -> int:
+    from .bench_report import render
+    print(render(args.json, args.png, detail=args.detail))
+    return 0
+
+
+COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
             "sweep": _cmd_sweep}
 
 

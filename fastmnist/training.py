@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,20 +40,89 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
     def summary(self) -> str:
-        f = self.final
+        f, unit = self.final, self.recipe.unit
         parts = [f"{self.recipe.name} on {self.backend} ({self.dtype}, {self.path}): "
-                 f"{f.get('iteration', -1) + 1} iterations"]
+                 f"{count(f.get('iteration', -1) + 1, unit)}"]
         for key in ("train_acc", "val_acc", "test_acc"):
             if f.get(key) is not None:
                 parts.append(f"{key.replace('_acc', '')} accuracy {f[key]:.4f}")
         t = self.timings
         if self.target_iteration is not None:
-            parts.append(f"reached {self.recipe.target_accuracy:.2%} test accuracy at iteration "
-                         f"{self.target_iteration} after {t['time_to_target_s']:.2f} s")
-        parts.append(f"{t['train_s']:.2f} s training ({1e3 * t['per_iteration_s']:.2f} ms/iteration after the first, "
-                     f"which took {t['first_iteration_s']:.2f} s including any compilation), "
-                     f"{t['total_s']:.2f} s in all")
+            # epochs are counted from 1; iterations keep the notebooks' numbering (I:0 is the first)
+            at = self.target_iteration + 1 if unit == "epoch" else self.target_iteration
+            parts.append(f"reached {self.recipe.target_accuracy:.2%} test accuracy at {unit} {at} "
+                         f"after {t['time_to_target_s']:.2f} s")
+        steps = (f" ({duration(t['per_iteration_s'])} per {unit} after the first, which took "
+                 f"{duration(t['first_iteration_s'])})" if f.get("iteration", 0) >= 1 else "")
+        parts.append(f"{t['train_s']:.2f} s training{steps}, {t['total_s']:.2f} s in all"
+                     + (f", {duration(t['compile_s'])} of it compiling kernels" if t.get("compile_s") else ""))
         return "; ".join(parts)
+
+
+def count(n: int, unit: str) -> str:
+    """'1 epoch', '3 epochs', '10000 iterations'."""
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def duration(seconds: float) -> str:
+    """'612 ms', '1.25 s', '95.3 s'."""
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+class CompileWatch:
+    """Measures the time Numba spends compiling in this thread while a training runs, and calls `on_start`
+    when the first compilation begins, so that a user is told why nothing happens for a while.
+
+    Numba announces a compilation only on a cache miss ("numba:compile" events): loading a kernel from its
+    on-disk cache is not counted. Nested compilations (a kernel compiling the functions it calls) count
+    once. Nothing is watched when Numba has not been imported (the reference backends never import it)."""
+
+    def __init__(self, on_start=None):
+        self.on_start, self.seconds, self.started = on_start, 0.0, False
+        self._depth, self._t0, self._thread, self._listener = 0, 0.0, threading.get_ident(), None
+
+    def __enter__(self):
+        if "numba" in sys.modules:
+            from numba.core import event
+
+            watch = self
+
+            class Listener(event.Listener):
+                def on_start(self, ev):
+                    watch._begin()
+
+                def on_end(self, ev):
+                    watch._end()
+
+            self._listener = Listener()
+            event.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        if self._listener is not None:
+            from numba.core import event
+            event.unregister("numba:compile", self._listener)
+            self._listener = None
+
+    def _begin(self):
+        if threading.get_ident() != self._thread:
+            return
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+            if not self.started:
+                self.started = True
+                if self.on_start is not None:
+                    self.on_start()
+        self._depth += 1
+
+    def _end(self):
+        if threading.get_ident() != self._thread or self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
 
 
 def make_recipe(preset, /, iterations=None, seed=None, **overrides) -> Recipe:
@@ -126,12 +197,14 @@ def _per_unit(layer, attr, neutral):
     return None if np.all(values == neutral) else values
 
 
-def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, seed=None, progress=True,
-          callback=None, *, data_path=None, dataset="mnist", **overrides) -> TrainResult:
+def train(preset="fast", backend="auto", dtype="float32", iterations=None, seed=None, progress=True,
+          callback=None, *, data_path=None, dataset="mnist", status=None, **overrides) -> TrainResult:
     """Train a preset (or a Recipe) and return the model, the metric history and timings.
 
-    `overrides` change recipe settings (e.g. lr=0.01, keep_prob=0.9, reg_fact_3=1.5, batch_size=100).
-    `callback(row)` is called with each history row; returning True stops training early.
+    `overrides` change recipe settings (e.g. lr=0.01, keep_prob=0.9, reg_fact_3=1.5, batch_size=100; each
+    seed preset also takes its notebook's names, e.g. alpha=0.01). `callback(row)` is called with each
+    history row; returning True stops training early. `status(text)` receives one-line notices (kernels
+    being compiled, and how long that took); by default they are printed to stderr when `progress` is on.
     Ctrl-C stops training after the iteration it is in and raises TrainingInterrupted, whose `result` holds
     the model trained so far; a second Ctrl-C stops at once.
     """
@@ -142,6 +215,15 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     if callback is not None and not callable(callback):
         raise RecipeError(f"callback must be callable or None, got {callback!r}")
     be = get_backend(backend)
+    if status is None:
+        status = (lambda text: tqdm.write(text, file=sys.stderr)) if progress else (lambda text: None)
+    watch = CompileWatch(lambda: status(f"{be.name}: compiling kernels (Numba keeps them in its on-disk cache, "
+                                        "so later runs skip this)..."))
+    with watch:
+        return _train(recipe, be, dtype, progress, callback, data_path, dataset, status, watch, t_start)
+
+
+def _train(recipe, be, dtype, progress, callback, data_path, dataset, status, watch, t_start) -> TrainResult:
     splits = data.load_splits(recipe.split, dataset, data_path)
     sets = {name: (be.to_float(s.images, dtype), be.asarray(s.labels, np.int64))
             for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
@@ -156,7 +238,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     history, pending, eval_s, stopped, reached, first_s = [], [], 0.0, False, None, 0.0
     t_loop = time.perf_counter()
 
-    bar = tqdm(total=recipe.iterations, desc=f"{recipe.name} [{be.name}]", unit="it", disable=not progress,
+    bar = tqdm(total=recipe.iterations, desc=f"{recipe.name} [{be.name}]", unit=recipe.unit, disable=not progress,
                leave=False, dynamic_ncols=True)
     # divergence is detected and reported below; Ctrl-C stops after a whole iteration (TrainingInterrupted)
     with np.errstate(over="ignore", invalid="ignore"), ctrl_c_stops_after_the_iteration() as ctrl_c:
@@ -188,6 +270,8 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
                 bar.set_postfix({k.replace("_acc", ""): f"{v:.4f}" for k, v in row.items() if k.endswith("_acc")},
                                 refresh=False)
                 eval_s += time.perf_counter() - t_eval
+                if it == 0 and watch.started:      # the first report has compiled the evaluation kernels too
+                    status(f"{be.name}: kernels compiled in {duration(watch.seconds)}")
                 if (callback is not None and callback(dict(row))) or ctrl_c.requested:
                     stopped = True
                     break
@@ -203,7 +287,7 @@ def train(preset="branchnet", backend="auto", dtype="float32", iterations=None, 
     n_done = (history[-1]["iteration"] + 1) if history else 0
     train_s = t_end - t_loop - eval_s
     timings = {"data_s": t_data - t_start, "setup_s": t_loop - t_data, "train_s": train_s, "eval_s": eval_s,
-               "total_s": t_end - t_start, "first_iteration_s": first_s,
+               "total_s": t_end - t_start, "first_iteration_s": first_s, "compile_s": watch.seconds,
                "per_iteration_s": (train_s - first_s) / (n_done - 1) if n_done > 1 else train_s}
     meta = {"backend": be.name, "dtype": dtype, "dataset": dataset, "path": path, "iterations_done": n_done,
             "final": history[-1] if history else {}, "history": history, "timings": timings}
@@ -255,4 +339,4 @@ def _check_finite(losses, first_iteration, history):
                                    f"{first_iteration + offset}", history)
 
 
-__all__ = ["train", "TrainResult", "make_recipe", "init_params", "build_net", "planned_path"]
+__all__ = ["train", "TrainResult", "make_recipe", "init_params", "build_net", "planned_path", "CompileWatch"]

@@ -29,7 +29,7 @@ def test_result_holds_model_history_and_timings(result):
     assert result.timings["train_s"] > 0 and result.timings["per_iteration_s"] > 0
     assert result.backend == "numpy" and result.dtype == "float32"
     assert result.model.dtype == np.float32
-    assert "grokking-3layer on numpy (float32, reference operations): 3 iterations" in result.summary()
+    assert "grokking-3layer on numpy (float32, reference operations): 3 epochs;" in result.summary()
     assert result.path == "reference operations" and result.model.meta["path"] == result.path
 
 
@@ -240,3 +240,15 @@ def test_a_source_checkout_imports_its_kernels_as_fastmnist_kernels_and_never_as
     clash = subprocess.run([sys.executable, "-c", "import kernels"], cwd=ROOT, capture_output=True, text=True,
                            timeout=60)
     assert clash.returncode != 0 and "imports as fastmnist.kernels" in clash.stderr
+
+
+def test_train_defaults_to_the_fast_preset_and_counts_its_epochs():
+    result = fastmnist.train(backend="numpy", iterations=2, hidden=32, batch_size=2000, target_accuracy=0.5,
+                             progress=False)
+    assert result.recipe.name == "fast" and result.recipe.unit == "epoch"
+    assert result.target_iteration == 0
+    summary = result.summary()
+    assert "fast on numpy (float32, reference operations): 1 epoch;" in summary
+    assert "reached 50.00% test accuracy at epoch 1 after" in summary and "iteration" not in summary
+    full_batch = fastmnist.train("branchnet", backend="numpy", iterations=1, progress=False)
+    assert "branchnet on numpy (float32, reference operations): 1 iteration;" in full_batch.summary()

@@ -133,3 +133,40 @@ def test_reads_a_real_pytest_benchmark_file(tmp_path):
     rows = sections(render(out))["kernels/sum/cpu"]
     assert set(rows) == {("b10", "numpy"), ("b10", "numba-cpu")}
     assert rows[("b10", "numpy")][4] == "1.00x" and rows[("b10", "numba-cpu")][4].endswith("x")
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_default_chart_is_one_compact_figure_of_the_headline_speedups(results_file, tmp_path):
+    from fastmnist.bench_report import _headline, _read, _result
+    results = [_result(b, results_file) for b in _read(results_file)["benchmarks"]]
+    bars = [(label, r.backend, round(speedup, 6)) for label, r, speedup in _headline(results)]
+    assert bars == [("train_step float32-branchnet", "numba-cpu", 3.0)]     # kernels are detail, not headline
+    headline, detail = tmp_path / "headline.png", tmp_path / "detail.png"
+    render(results_file, headline)
+    render(results_file, detail, detail=True)
+    assert png_size(headline)[1] < 300 < png_size(detail)[1]
+
+
+def test_no_headline_workloads_points_to_the_detail_chart(tmp_path):
+    path = tmp_path / "kernels.json"
+    path.write_text(json.dumps({**RESULTS, "benchmarks": RESULTS["benchmarks"][:5]}))
+    text = render(path, tmp_path / "chart.png")
+    assert "no headline workload" in text and "--detail" in text
+    assert not (tmp_path / "chart.png").exists()
+
+
+def test_several_files_are_labelled_by_their_label_or_folder(results_file, tmp_path):
+    other = tmp_path / "h100" / "bench.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(RESULTS))
+    text = render([f"epyc@{results_file}", other])
+    assert "### epyc: steps/train_step/cpu" in text and "### h100: steps/train_step/cpu" in text
+    assert sections(text)["h100: steps/train_step/cpu"][("float32-branchnet", "numba-cpu")][4] == "3.00x"
+    png = tmp_path / "both.png"
+    render([f"epyc@{results_file}", other], png)
+    assert png_size(png)[1] < 300

@@ -20,10 +20,10 @@ def test_train_save_and_eval(tmp_path):
             "--dtype", "float64", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in r.stdout
-    assert "grokking-3layer on numpy (float64, reference operations): 1 iterations" in r.stdout and out.exists()
+    assert "grokking-3layer on numpy (float64, reference operations): 1 epoch;" in r.stdout and out.exists()
     e = run("eval", str(out))
     assert e.returncode == 0 and "test accuracy 0.6493 (10000 images)" in e.stdout
-    assert "trained on numpy (float64) for 1 iterations" in e.stdout and "I:0" not in e.stdout
+    assert "trained on numpy (float64) for 1 epoch" in e.stdout and "I:0" not in e.stdout
     h = run("eval", str(out), "--history")
     assert h.returncode == 0 and "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in h.stdout
 
@@ -66,3 +66,28 @@ def test_divergence_stops_with_the_iteration():
     r = run("train", "--preset", "grokking-3layer", "--backend", "numpy", "--lr", "1e6", "--iterations", "2")
     assert r.returncode == 1 and "loss became" in r.stderr and "at iteration 0" in r.stderr
     assert "Traceback" not in r.stderr and "RuntimeWarning" not in r.stderr
+
+
+def test_train_defaults_to_the_fast_preset_and_speaks_of_epochs():
+    from fastmnist.cli import build_parser
+    assert build_parser().parse_args(["train"]).preset == "fast"
+    assert build_parser().parse_args(["compare"]).preset == "fast"
+    r = run("train", "--backend", "numpy", "--iterations", "2", "--set", "hidden=32", "--set", "batch_size=2000")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("Epoch 1 Train-Err:") and lines[0].endswith(" s)")
+    assert lines[1].startswith("Epoch 2 Train-Err:")
+    assert lines[2].startswith("fast on numpy (float32, reference operations): 2 epochs;")
+    assert "per epoch after the first" in lines[2] and "iteration" not in lines[2]
+
+
+def test_the_notebooks_names_on_the_command_line():
+    r = run("train", "--preset", "grokking-3layer", "--backend", "numpy", "--dtype", "float64",
+            "--set", "alpha=0.005", "--set", "hidden_size=40", "--set", "iterations=1")
+    assert r.returncode == 0, r.stderr
+    assert "I:0 Train-Err:0.729 Train-Acc:0.527 Test-Err:0.593 Test-Acc:0.6493" in r.stdout
+    assert "grokking-3layer on numpy (float64, reference operations): 1 epoch;" in r.stdout
+    r = run("train", "--preset", "branchnet", "--backend", "numpy", "--set", "iter=1", "--set", "learn_rate=0.002",
+            "--set", "epsilon=1e-8", "--set", "keep_prob_2=0.9")
+    assert r.returncode == 0, r.stderr
+    assert "I:0 " in r.stdout and "branchnet on numpy (float32, reference operations): 1 iteration;" in r.stdout

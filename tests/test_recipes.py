@@ -75,3 +75,35 @@ def test_fast_preset_trains_shuffled_minibatches_with_adam():
     assert result.final["test_acc"] > 0.9 and result.final["train_acc"] > 0.85
     other = fastmnist.train("fast", backend="numpy", iterations=1, hidden=64, batch_size=500, seed=1, progress=False)
     assert other.final["train_err"] != result.final["train_err"]
+
+
+@pytest.mark.parametrize("preset", ["grokking-3layer", "grokking-dropout", "grokking-batch"])
+def test_seed_000_presets_take_the_notebooks_names(preset):
+    r = get_preset(preset).with_overrides(alpha=0.01, hidden_size=64, iterations=20)
+    assert (r.optimizer.lr, r.layers[0].units, r.iterations) == (0.01, 64, 20)
+    assert get_preset(preset).with_overrides(lr=0.01, hidden=64) == r.with_overrides(iterations=get_preset(preset).iterations)
+
+
+def test_branchnet_takes_seed_004s_names():
+    r = get_preset("branchnet").with_overrides(
+        learn_rate=0.002, iter=500, keep_prob_11=0.9, keep_prob_12=0.85, keep_prob_2=0.95, reg_fact_11=1.1,
+        reg_fact_12=1.0, reg_fact_2=1.2, reg_fact_3=1.5, beta1=0.8, beta2=0.99, epsilon=1e-6)
+    assert (r.optimizer.lr, r.iterations, r.optimizer.beta1, r.optimizer.beta2, r.optimizer.eps) == (
+        0.002, 500, 0.8, 0.99, 1e-6)
+    assert [b.keep_prob for layer in r.hidden_layers for b in layer.branches] == [0.9, 0.85, 0.95]
+    assert [b.l2 for layer in r.layers for b in layer.branches] == [1.1, 1.0, 1.2, 1.5]
+    assert r.loss_eps == get_preset("branchnet").loss_eps     # the notebook's epsilon is the optimiser's
+
+
+def test_an_unknown_name_lists_the_valid_ones_with_the_notebooks():
+    with pytest.raises(RecipeError, match="unknown setting 'alfa' for recipe 'grokking-3layer'; valid: .*lr.*alpha, hidden_size"):
+        get_preset("grokking-3layer").with_overrides(alfa=0.1)
+    with pytest.raises(RecipeError, match="unknown setting 'learning' for recipe 'branchnet'; valid: .*learn_rate, iter, epsilon"):
+        get_preset("branchnet").with_overrides(learning=0.1)
+    with pytest.raises(RecipeError, match="unknown setting 'alpha' for recipe 'fast'"):   # not a notebook's preset
+        get_preset("fast").with_overrides(alpha=0.1)
+
+
+def test_epoch_and_iteration_units():
+    assert [PRESETS[n].unit for n in PRESETS] == ["epoch", "epoch", "epoch", "iteration", "epoch"]
+    assert get_preset("branchnet").with_overrides(batch_size=100).unit == "epoch"
