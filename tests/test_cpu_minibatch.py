@@ -64,3 +64,32 @@ def test_minibatch_epoch_rejects_a_wrong_order():
     X = np.random.RandomState(0).random_sample((40, SIZES[0]))
     with pytest.raises(ValueError, match="order must have shape"):
         be.train_epoch(net, X, np.zeros(40, np.int64), 8, np.random.RandomState(0), np.arange(39))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [1, 255, 700])
+@pytest.mark.parametrize("case", CASES, ids=["bias-relu-ce", "dropout-l2-branches-mse"])
+def test_one_hidden_layer_evaluation_matches_reference(dtype, rows, case):
+    """evaluate() of a one-hidden-layer network runs the minibatch epoch's compiled layers, rows split between
+    threads in chunks: the reference's loss and count (NaN rows included)."""
+    ref, be = ReferenceBackend(), NumbaCpuBackend()
+    rng = np.random.RandomState(4)
+    X = rng.random_sample((rows, SIZES[0]))
+    X[X < 0.6] = 0
+    if rows > 3:
+        X[3, 2] = np.nan
+    X = X.astype(dtype)
+    y = rng.randint(0, SIZES[-1], rows)
+    net0, net = make_net(ref, dtype, "adam", **case), make_net(be, dtype, "adam", **case)
+    t0, c0 = ref.evaluate(net0, X, y)
+    t1, c1 = be.evaluate(net, X, y)
+    assert int(c1) == int(c0)
+    if rows > 3:
+        assert np.isnan(t0) and np.isnan(t1)
+    else:
+        assert abs(float(t1) - float(t0)) <= 10 * TOL[dtype] * abs(float(t0))
+    images = (rng.random_sample((rows, SIZES[0])) * 255 * (rng.random_sample((rows, SIZES[0])) > 0.6)).astype(np.uint8)
+    Xc = be.to_float(images, dtype)
+    t2, c2 = be.evaluate(net, Xc, y)
+    t3, c3 = ref.evaluate(net0, ref.to_float(images, dtype), y)
+    assert int(c2) == int(c3) and abs(float(t2) - float(t3)) <= 10 * TOL[dtype] * abs(float(t3))

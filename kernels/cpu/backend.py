@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import numba
 import numpy as np
 
 from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
@@ -283,6 +284,20 @@ class NumbaCpuBackend(ReferenceBackend):
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def evaluate(self, net, X, labels, chunk=8192):
+        if len(net.weights) == 2 and _inputs_fit(net, X) and net.loss in loss.LOSS_CODES:
+            # a one-hidden-layer network: the minibatch epoch's own compiled layers, on every thread
+            compressed = self._inputs.get(X)
+            if compressed.shape[1] != net.weights[0].shape[0]:
+                raise ValueError(f"inputs have {compressed.shape[1]} columns, the first layer "
+                                 f"{net.weights[0].shape[0]} inputs")
+            (W1, W2), (b1, b2) = net.weights, net.biases
+            dtype = W1.dtype
+            return minibatch_epoch.evaluate(
+                compressed.indptr, compressed.indices, compressed.values, _labels(labels, X.shape[0], W2.shape[1]),
+                np.ascontiguousarray(W1), _EMPTY_VECTOR[dtype] if b1 is None else b1, b1 is not None,
+                _codes(net.segments[0], W1.shape[1]), np.ascontiguousarray(W2),
+                _EMPTY_VECTOR[dtype] if b2 is None else b2, b2 is not None, _codes(net.segments[1], W2.shape[1]),
+                loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps), numba.get_num_threads())
         with threads.serial_blas():
             out = self.forward(net, X, chunk)
         total, correct, _ = self.loss(net.loss, out, labels, net.loss_eps, need_grad=False)
@@ -456,7 +471,7 @@ class NumbaCpuBackend(ReferenceBackend):
                 W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
                 minibatch_epoch.OPTIMIZER_CODES[net.optimizer], t(net.lr), t(net.beta1), t(1 - net.beta1),
                 t(net.beta2), t(1 - net.beta2), t(net.eps), net.step, loss.LOSS_CODES[net.loss],
-                t(net.loss_eps))
+                t(net.loss_eps), numba.get_num_threads())
         net.step += done
         return total, correct
 

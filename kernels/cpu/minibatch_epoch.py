@@ -1,225 +1,370 @@
-"""A whole minibatch epoch of a network with one hidden layer in one compiled call (the `fast` preset).
+"""A whole minibatch epoch of a network with one hidden layer, and its evaluation, in compiled code on T threads
+(the `fast` preset).
 
-Per batch, the rows that `order` picks from a compressed copy of the input (which is never rebuilt) go
-through the first layer's product one slice of units per task, so that slice of W1 stays in cache; each
-row of the batch, in parallel, goes through the output layer, the loss and the backward pass down to dZ1;
-the output layer is updated one class per task; and each task computes whole rows of the first
-layer's weight gradient from the pixels (the batch regrouped by pixel) and applies the optimiser to them
-at once, so the full gradient is never stored and no two tasks write the same element. Per-unit dropout
-masks are drawn by the caller, batch by batch in the reference's order. Results equal the reference's
-within rounding.
+Each of T Python threads runs `_epoch_worker` (compiled, without the GIL) for the whole epoch and owns one
+slice of the hidden units: for every batch it computes its slice of the hidden layer and its share of the
+output layer's sums, regroups its share of the batch's rows by pairs of adjacent pixels, meets the others
+(barrier.wait), computes the loss and dZ2 of its share of the rows, meets them again, then computes its
+slice of dZ1, of W2's rows and of W1's columns (the weight gradient gathered pixel pair by pixel pair, two
+rows of it per read of a dZ1 row) and applies the optimiser to them. No element is written by two threads;
+the regrouped rows alternate between two buffers so that one thread may regroup batch b + 1 while another
+still reads batch b's. Two meeting points per batch replace the fork and join of a parallel loop per phase.
+
+Per-unit dropout masks are drawn by the caller, batch by batch in the reference's order. Results equal the
+reference's within rounding. The compiled helpers loop over views indexed from 0: an index from a run-time
+start would get a wraparound check per element, which stops LLVM from vectorising.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
+import threading
 
+import numpy as np
+from numba import njit
+
+from . import barrier
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
-from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_columns, gather_planned, tile_plan
+from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_pair_tile, gather_planned, tile_plan
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
-REGROUP = 4         # tasks that regroup a batch's pixels
-SLICE_TILES = 1     # first-layer units per task, in tiles of 4 vectors (32 float32 or 16 float64 units)
+EVAL_ROWS = 256         # rows per chunk of an evaluation
 
 
-@njit(cache=CACHE)
+@njit(cache=CACHE, fastmath={"contract"})
 def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with cpu_optim's loops."""
+    """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with optim's loops."""
     if kind == SGD:
         sgd_range(p, g, lr, j0, j1)
     else:
         adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
 
 
-# Sums in any order (reassoc) so that the row's dot products vectorise: within rounding of the reference.
-@njit(cache=CACHE, fastmath={"contract", "reassoc"}, error_model="numpy")
-def _row(label, b1, has_b1, codes1, relu1, m1, W2T, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd,
-         H1, A1, dZ1, H2, A2, dZ2):
-    """Forward from H1 = this row's X @ W1, loss, and backward down to dZ1 (= dL/dZ1 of this row); W2T is
-    the output layer's weights transposed, relu1 whether every first-layer unit is a ReLU.
-    Returns (loss, correct)."""
-    classes, k = W2T.shape
-    if has_b1:
-        for j in range(k):
-            H1[j] += b1[j]
-    if relu1:
-        for j in range(k):
-            h = max(H1[j], 0) if not np.isnan(H1[j]) else H1[j]
-            H1[j] = h
-            A1[j] = h * m1[j]
-    else:
-        for j in range(k):
-            h = activate(H1[j], codes1[j])
-            H1[j] = h
-            A1[j] = h * m1[j]
-    for c in range(classes):
-        w = W2T[c]
-        z = A1[0] * w[0]
-        for j in range(1, k):
-            z += A1[j] * w[j]
-        h = activate(z + b2[c] if has_b2 else z, codes2[c])
-        H2[c] = h
-        A2[c] = h * m2[c]
-    total, correct = row_loss(A2, label, loss_kind, loss_eps, nd, dZ2, True)
-    for c in range(classes):
-        dZ2[c] = dZ2[c] * derivative(H2[c], codes2[c]) * m2[c]
-    dZ1[:] = 0
-    for c in range(classes):
-        d = dZ2[c]
-        w = W2T[c]
-        for j in range(k):
-            dZ1[j] += d * w[j]
-    if relu1:
-        for j in range(k):
-            dZ1[j] = dZ1[j] * m1[j] if H1[j] > 0 else dZ1[j] * 0
-    else:
-        for j in range(k):
-            dZ1[j] = dZ1[j] * derivative(H1[j], codes1[j]) * m1[j]
+@njit(cache=CACHE, fastmath={"contract", "reassoc"})
+def _dot(a, w, zero):
+    """a @ w in whatever order vectorises (its own function: inlined, it would take its caller's fastmath
+    flags, without reassoc, and not vectorise)."""
+    z = zero
+    for j in range(a.shape[0]):
+        z += a[j] * w[j]
+    return z
+
+
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+def _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
+                   H1, A1, part):
+    """Units j0:j1 of the hidden layer for the input rows rows[start:start + count] (H1, A1 rows 0:count), and
+    their share of the output layer's sums (part[i, c])."""
+    zero = W1.dtype.type(0)
+    plan = tile_plan(j0, j1, W1.itemsize)
+    classes = W2T.shape[0]
+    bs, cs, ms = b1[j0:j1], codes1[j0:j1], m1[j0:j1]
+    for i in range(count):
+        r = rows[start + i]
+        gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
+        h1, a1 = H1[i, j0:j1], A1[i, j0:j1]
+        if has_b1:
+            for j in range(h1.shape[0]):
+                h1[j] += bs[j]
+        if relu1:
+            for j in range(h1.shape[0]):
+                h = h1[j] if h1[j] > 0 or np.isnan(h1[j]) else h1[j] * 0      # NaN stays NaN
+                h1[j] = h
+                a1[j] = h * ms[j]
+        else:
+            for j in range(h1.shape[0]):
+                h = activate(h1[j], cs[j])
+                h1[j] = h
+                a1[j] = h * ms[j]
+        for c in range(classes):
+            part[i, c] = _dot(a1, W2T[c, j0:j1], zero)
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _regroup_pairs(indptr, indices, values, rows, start, i0, i1, cp, pair_rows, pair_values):
+    """Batch rows i0:i1 (input rows rows[start + i]) regrouped by pairs of adjacent pixels (2q, 2q + 1): one
+    entry per row that has either, holding the batch row and both values (0 for a missing one), so that one
+    read of a dZ1 row serves two rows of the weight gradient. cp[q]:cp[q + 1] are pair q's entries."""
+    cp[:] = 0
+    for i in range(i0, i1):
+        r = rows[start + i]
+        p, hi = indptr[r], indptr[r + 1]
+        while p < hi:
+            c = indices[p]
+            p += 2 if c % 2 == 0 and p + 1 < hi and indices[p + 1] == c + 1 else 1
+            cp[(c >> 1) + 1] += 1
+    pairs = cp.shape[0] - 1
+    for q in range(pairs):
+        cp[q + 1] += cp[q]
+    for i in range(i0, i1):
+        r = rows[start + i]
+        p, hi = indptr[r], indptr[r + 1]
+        while p < hi:
+            c = indices[p]
+            e = cp[c >> 1]
+            pair_rows[e] = i
+            if c % 2 == 0:
+                pair_values[2 * e] = values[p]
+                if p + 1 < hi and indices[p + 1] == c + 1:
+                    pair_values[2 * e + 1] = values[p + 1]
+                    p += 2
+                else:
+                    pair_values[2 * e + 1] = 0
+                    p += 1
+            else:
+                pair_values[2 * e] = 0
+                pair_values[2 * e + 1] = values[p]
+                p += 1
+            cp[c >> 1] = e + 1
+    for q in range(pairs, 0, -1):                   # back to starts: cp[q] is now pair q's end
+        cp[q] = cp[q - 1]
+    cp[0] = 0
+
+
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
+def _gather_pair_add(plan, rows, vals, lo, hi, M, Out, ra, rb, j0, j1, accumulate):
+    """Out[ra, j0:j1] (+)= sum over e in lo:hi of vals[2e] M[rows[e], j0:j1], Out[rb] likewise with vals[2e + 1]."""
+    lanes = VECTOR_BYTES // M.itemsize
+    nv, wide, narrow = plan
+    gather_pair_tile(nv + 1, rows, vals, lo, hi, M, Out, ra, rb, j0, wide, accumulate)
+    k = j0 + wide * (nv + 1) * lanes
+    gather_pair_tile(nv, rows, vals, lo, hi, M, Out, ra, rb, k, narrow, accumulate)
+    for j in range(k + narrow * nv * lanes, j1):
+        sa = Out[ra, j] if accumulate else Out[ra, j] * 0
+        sb = Out[rb, j] if accumulate else Out[rb, j] * 0
+        for e in range(lo, hi):
+            m = M[rows[e], j]
+            sa += vals[2 * e] * m
+            sb += vals[2 * e + 1] * m
+        Out[ra, j] = sa
+        Out[rb, j] = sb
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _output_rows(part, rows, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd, H2, A2, dZ2,
+                 dZ2T, need_grad):
+    """Rows i0:i1 of a batch's outputs, from the threads' partial sums, their loss and (need_grad) dZ2 and its
+    transpose; returns (summed loss, number correct)."""
+    T, _, classes = part.shape
+    total, correct = 0.0, 0
+    for i in range(i0, i1):
+        for c in range(classes):
+            z = part[0, i, c]
+            for u in range(1, T):
+                z += part[u, i, c]
+            h = activate(z + b2[c] if has_b2 else z, codes2[c])
+            H2[i, c] = h
+            A2[i, c] = h * m2[c]
+        loss, ok = row_loss(A2[i], labels[rows[start + i]], loss_kind, loss_eps, nd, dZ2[i], need_grad)
+        total += loss
+        correct += ok
+        if need_grad:
+            for c in range(classes):
+                dZ2[i, c] = dZ2[i, c] * derivative(H2[i, c], codes2[c]) * m2[c]
+                dZ2T[c, i] = dZ2[i, c]
     return total, correct
 
 
-@njit(cache=CACHE, parallel=True, fastmath={"contract"})
-def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
-                    W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
-                    one_minus_beta2, eps, step0, loss_kind, loss_eps, slice_tiles=SLICE_TILES):
-    """Trains on len(order) // batch batches, rows order[b * batch:(b + 1) * batch] of the compressed input
-    (indptr, indices, values); returns (summed loss, number correct, batches).
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2, g_rows,
+                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, flat2, kind, lr, beta1, omb1, beta2,
+                    omb2, eps, c1, c2):
+    """Thread t's units j0:j1: dZ1, the gradient and the optimiser step of W2's rows and W1's columns j0:j1
+    (and of b1's). W2's rows are updated after dZ1 has read them. flat2: flat views of (W2, G2, v_W2, s_W2)."""
+    batch, classes = dZ2.shape
+    n_in = W1.shape[0]
+    T = colptr.shape[0]
+    zero = W1.dtype.type(0)
+    vW1, sW1, vb1, sb1 = state1
+    plan = tile_plan(j0, j1, W1.itemsize)
+    cs, ms = codes1[j0:j1], m1[j0:j1]
+    for i in range(batch):
+        h1, d1 = H1[i, j0:j1], dZ1[i, j0:j1]
+        d1[:] = zero
+        for c in range(classes):
+            dc = dZ2[i, c]
+            w = W2T[c, j0:j1]
+            for j in range(d1.shape[0]):
+                d1[j] += dc * w[j]
+        if relu1:
+            for j in range(d1.shape[0]):
+                d1[j] = d1[j] * ms[j] if h1[j] > 0 else d1[j] * 0
+        else:
+            for j in range(d1.shape[0]):
+                d1[j] = d1[j] * derivative(h1[j], cs[j]) * ms[j]
+    for c in range(classes):                        # W2's rows j0:j1: the gradient A1.T @ dZ2, by class
+        gather_planned(plan, None, dZ2T[c], 0, batch, A1, G2T[c], j0, j1)
+    for j in range(j0, j1):                         # ... laid out as W2's rows, one flat range of W2
+        for c in range(classes):
+            G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
+    _update(flat2[0], flat2[1], flat2[2], flat2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1, beta2, omb2, eps,
+            c1, c2)
+    for j in range(j0, j1):
+        for c in range(classes):
+            W2T[c, j] = W2[j, c]
+    if has_b1:
+        gb1 = g_rows[t, j0:j1]
+        gb1[:] = dZ1[0, j0:j1]
+        for i in range(1, batch):
+            d1 = dZ1[i, j0:j1]
+            for j in range(gb1.shape[0]):
+                gb1[j] += d1[j]
+        _update(b1, g_rows[t], vb1, sb1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+    for q in range(colptr.shape[1] - 1):            # W1's columns j0:j1, two of its rows (pixels) at a time
+        for u in range(T):
+            _gather_pair_add(plan, pair_rows[u], pair_values[u], colptr[u, q], colptr[u, q + 1], dZ1, g_pairs, 2 * t,
+                             2 * t + 1, j0, j1, u > 0)
+        for m in range(2):
+            row = 2 * q + m
+            if row >= n_in:
+                break
+            g = g_pairs[2 * t + m]
+            if l2_1.shape[0]:
+                gs, w, ls = g[j0:j1], W1[row, j0:j1], l2_1[j0:j1]
+                for j in range(gs.shape[0]):
+                    gs[j] += w[j] * ls[j]
+            _update(W1[row], g, vW1[row], sW1[row], j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
 
-    b1, b2: the biases, read and updated only when has_b1, has_b2. masks1/masks2: (batches, units) per-unit
-    dropout scales, or (0, units) for none. l2_1/l2_2: per-unit L2 coefficients (dW += l2 * W), or empty.
-    state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
-    shapes for SGD, which reads none). Scalars have the weights' dtype, as cpu_optim's. slice_tiles: the
-    first-layer units each task takes, in tiles of 4 vectors.
-    """
+
+@njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
+                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
+                  omb2, eps, step0, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
+                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, flat2, results):
+    """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and batch rows t*batch//T:(t+1)*batch//T for
+    the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t]."""
     dtype = W1.dtype
-    n_in, k = W1.shape
-    classes = W2.shape[1]
     batches = order.shape[0] // batch
     nd = dtype.type(batch)
-    H1 = empty_rows(batch, k, W1)
-    A1 = empty_rows(batch, k, W1)            # rows read by the output layer's gradient
-    dZ1 = empty_rows(batch, k, W1)           # rows read by the first layer's gradient
-    H2 = np.empty((batch, classes), dtype)
-    A2 = np.empty((batch, classes), dtype)
-    dZ2 = np.empty((batch, classes), dtype)
-    losses = np.empty(batch)
-    corrects = np.empty(batch, np.int64)
-    G2T = np.empty((classes, k), dtype)          # the output layer's gradient, transposed
-    dZ2T = np.empty((classes, batch), dtype)
-    batch_rows = np.arange(batch)
-    W2T = np.empty((classes, k), dtype)
-    relu1 = True
-    for j in range(k):
-        if codes1[j] != RELU:
-            relu1 = False
-    gb2 = np.empty(classes, dtype)
-    ones1 = np.ones(k, dtype)
-    ones2 = np.ones(classes, dtype)
-    vW1, sW1, vb1, sb1 = state1
-    vW2, sW2, vb2, sb2 = state2
-    width = slice_tiles * 4 * (VECTOR_BYTES // W1.itemsize)
-    slices = (k + width - 1) // width
-    row_blocks = min(n_in, 16)
-    g_rows = np.empty((row_blocks, k), dtype)    # each task's gradient row of W1
-    gb1 = np.empty(k, dtype)
-    colptr = np.empty(n_in + 1, np.int64)        # the batch's stored pixels by input column (CSC)
-    fill = np.empty((REGROUP, n_in), np.int64)    # per task: counts, then next free slots
-    csc_rows = np.empty(0, np.int64)             # grown to twice the largest batch seen
-    csc_values = np.empty(0, dtype)
+    j0, j1 = bounds[t], bounds[t + 1]
+    i0, i1 = t * batch // T, (t + 1) * batch // T
     total, correct = 0.0, 0
     for bi in range(batches):
         start = bi * batch
+        parity = bi & 1
         m1 = masks1[bi] if masks1.shape[0] else ones1
         m2 = masks2[bi] if masks2.shape[0] else ones2
         step = step0 + bi + 1
         c1 = dtype.type(1 - beta1 ** step) if kind == ADAM else dtype.type(1)
         c2 = dtype.type(1 - beta2 ** step) if kind == ADAM else dtype.type(1)
-        # the batch's stored pixels regrouped by pixel (a counting sort in REGROUP tasks over the rows,
-        # each task's rows after the previous task's: rows stay in order within a pixel)
-        for t in prange(REGROUP):
-            fill[t] = 0
-            for i in range(t * batch // REGROUP, (t + 1) * batch // REGROUP):
-                r = order[start + i]
-                for p in range(indptr[r], indptr[r + 1]):
-                    fill[t, indices[p]] += 1
-        nnz = 0
-        for j in range(n_in):
-            colptr[j] = nnz
-            for t in range(REGROUP):
-                count = fill[t, j]
-                fill[t, j] = nnz
-                nnz += count
-        colptr[n_in] = nnz
-        if csc_rows.shape[0] < nnz:
-            csc_rows = np.empty(2 * nnz, np.int64)
-            csc_values = np.empty(2 * nnz, dtype)
-        for t in prange(REGROUP):
-            for i in range(t * batch // REGROUP, (t + 1) * batch // REGROUP):
-                r = order[start + i]
-                for p in range(indptr[r], indptr[r + 1]):
-                    q = fill[t, indices[p]]
-                    csc_rows[q] = i
-                    csc_values[q] = values[p]
-                    fill[t, indices[p]] = q + 1
-        # first layer's product, one slice of units per task: that slice of W1 stays in the L2 cache
-        for t in prange(slices):
-            j0 = t * width
-            j1 = min(k, j0 + width)
-            plan = tile_plan(j0, j1, W1.itemsize)
-            for i in range(batch):
-                r = order[start + i]
-                gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
-        W2T[:] = W2.T
-        for i in prange(batch):
-            losses[i], corrects[i] = _row(labels[order[start + i]], b1, has_b1, codes1, relu1, m1, W2T, b2,
-                                          has_b2, codes2, m2, loss_kind, loss_eps, nd, H1[i], A1[i], dZ1[i], H2[i],
-                                          A2[i], dZ2[i])
-        for i in range(batch):
-            total += losses[i]
-            correct += corrects[i]
-        # output layer, one class per task: its column of the gradient (dZ2[:, c] gathered over A1's rows),
-        # then the optimiser on that column of W2
-        dZ2T[:, :] = dZ2.T
-        for c in prange(classes):
-            g = G2T[c]
-            gather_columns(batch_rows, dZ2T[c], 0, batch, A1, g, 0, k)
-            if l2_2.shape[0]:
-                for j in range(k):
-                    g[j] += W2[j, c] * l2_2[c]
-            _update(W2[:, c], g, vW2[:, c], sW2[:, c], 0, k,
-                    kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
-        if has_b2:
+        _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
+                       H1, A1, part[t])
+        _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
+                       pair_values[parity, t])
+        barrier.wait(state, T)
+        loss_sum, ok = _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps,
+                                    nd, H2, A2, dZ2, dZ2T, True)
+        total += loss_sum
+        correct += ok
+        barrier.wait(state, T)
+        _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
+                        g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
+                        flat2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        if t == 0 and has_b2:
             gb2[:] = dZ2[0]
             for i in range(1, batch):
                 gb2 += dZ2[i]
-            _update(b2, gb2, vb2, sb2, 0, classes,
-                    kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
-        if has_b1:
-            for t in prange(slices):
-                j0 = t * width
-                j1 = min(k, j0 + width)
-                for j in range(j0, j1):
-                    gb1[j] = dZ1[0, j]
-                for i in range(1, batch):
-                    for j in range(j0, j1):
-                        gb1[j] += dZ1[i, j]
-                _update(b1, gb1, vb1, sb1, j0, j1,
-                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
-        # first layer: each task computes whole rows of the weight gradient from the pixels and updates
-        # those rows of W1 and its moments at once, reading and writing them as contiguous streams
-        for blk in prange(row_blocks):
-            g = g_rows[blk]
-            plan = tile_plan(0, k, dZ1.itemsize)
-            for row in range(blk * n_in // row_blocks, (blk + 1) * n_in // row_blocks):
-                gather_planned(plan, csc_rows, csc_values, colptr[row], colptr[row + 1], dZ1, g, 0, k)
-                if l2_1.shape[0]:
-                    w = W1[row]
-                    for j in range(k):
-                        g[j] += w[j] * l2_1[j]
-                _update(W1[row], g, vW1[row], sW1[row], 0, k,
-                        kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2)
-    return total, correct, batches
+            _update(b2, gb2, state2[2], state2[3], 0, gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+    results[t, 0] = total
+    results[t, 1] = correct
+
+
+def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
+    """Bounds of T near-equal slices of k units, each starting on a whole vector."""
+    lanes = VECTOR_BYTES // itemsize
+    vectors = k // lanes
+    T = max(1, min(threads, vectors, rows))
+    return np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)
+
+
+def _run(worker, T, args):
+    """worker(t, T, *args) on T threads: T - 1 new ones and this one."""
+    others = [threading.Thread(target=worker, args=(t, T) + args, daemon=True) for t in range(1, T)]
+    for th in others:
+        th.start()
+    worker(0, T, *args)
+    for th in others:
+        th.join()
+
+
+def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
+                    W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
+                    one_minus_beta2, eps, step0, loss_kind, loss_eps, threads):
+    """Trains on len(order) // batch batches, rows order[b * batch:(b + 1) * batch] of the compressed input
+    (indptr, indices, values), on `threads` threads; returns (summed loss, number correct, batches).
+
+    b1, b2: the biases, read and updated only when has_b1, has_b2. masks1/masks2: (batches, units) per-unit
+    dropout scales, or (0, units) for none. l2_1/l2_2: per-unit L2 coefficients (dW += l2 * W), or empty.
+    state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
+    shapes for SGD, which reads none). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
+    """
+    dtype = W1.dtype
+    n_in, k = W1.shape
+    classes = W2.shape[1]
+    bounds = _unit_slices(k, W1.itemsize, threads, batch)
+    T = bounds.shape[0] - 1
+    pairs = (n_in + 1) // 2
+    cap = (batch // T + 1) * pairs
+    rows = lambda n: empty_rows(n, k, W1)  # noqa: E731
+    buffers = (rows(batch), rows(batch), rows(batch), np.empty((T, batch, classes), dtype),     # H1 A1 dZ1 part
+               np.empty((batch, classes), dtype), np.empty((batch, classes), dtype),            # H2 A2
+               np.empty((batch, classes), dtype), np.empty((classes, batch), dtype),            # dZ2 dZ2T
+               np.ascontiguousarray(W2.T), empty_rows(classes, k, W1), np.empty((k, classes), dtype),  # W2T G2T G2
+               rows(T), rows(2 * T),                                                            # g_rows g_pairs
+               np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
+               np.empty((2, T, 2 * cap), dtype),                                                # pair_values
+               np.ones(k, dtype), np.ones(classes, dtype), np.empty(classes, dtype))            # ones1 ones2 gb2
+    G2 = buffers[10]
+    flat2 = (W2.reshape(-1), G2.reshape(-1), state2[0].reshape(-1), state2[1].reshape(-1))     # views, not copies
+    if any(not np.shares_memory(f, a) for f, a in zip(flat2, (W2, G2, state2[0], state2[1]))):
+        raise ValueError("minibatch_epoch: W2 and its optimiser state must be C-contiguous")
+    results = np.zeros((T, 2))
+    relu1 = bool(np.all(codes1 == RELU))
+    _run(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
+                            has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1,
+                            state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step0, loss_kind,
+                            loss_eps) + buffers + (flat2, results))
+    return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
+
+
+@njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
+def _evaluate_worker(t, T, indptr, indices, values, rows, labels, W1, b1, has_b1, codes1, relu1, W2, W2T, b2, has_b2,
+                     codes2, loss_kind, loss_eps, results):
+    """Thread t of T: rows t*n//T:(t+1)*n//T, chunk by chunk through both layers and the loss."""
+    n = rows.shape[0]
+    k, classes = W2.shape
+    dtype = W1.dtype
+    chunk = min(EVAL_ROWS, max(1, n))
+    H1, A1 = empty_rows(chunk, k, W1), empty_rows(chunk, k, W1)
+    part = np.empty((1, chunk, classes), dtype)
+    H2, A2, grad = np.empty((chunk, classes), dtype), np.empty((chunk, classes), dtype), np.empty((chunk, classes), dtype)
+    gradT = np.empty((classes, chunk), dtype)
+    ones1, ones2 = np.ones(k, dtype), np.ones(classes, dtype)
+    one = dtype.type(1)
+    total, correct = 0.0, 0
+    i0, i1 = t * n // T, (t + 1) * n // T
+    for start in range(i0, i1, chunk):
+        count = min(chunk, i1 - start)
+        _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, 0, k,
+                       H1, A1, part[0])
+        loss_sum, ok = _output_rows(part, rows, start, labels, 0, count, b2, has_b2, codes2, ones2, loss_kind, loss_eps,
+                                    one, H2, A2, grad, gradT, False)
+        total += loss_sum
+        correct += ok
+    results[t, 0] = total
+    results[t, 1] = correct
+
+
+def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, has_b2, codes2, loss_kind, loss_eps,
+             threads):
+    """(summed loss, number correct) of a one-hidden-layer network on every row of a compressed input, without
+    dropout, its rows split between `threads` threads."""
+    n = indptr.shape[0] - 1
+    T = max(1, min(threads, n // EVAL_ROWS + 1))
+    results = np.zeros((T, 2))
+    _run(_evaluate_worker, T, (indptr, indices, values, np.arange(n), labels, W1, b1, has_b1, codes1,
+                               bool(np.all(codes1 == RELU)), W2, np.ascontiguousarray(W2.T), b2, has_b2, codes2,
+                               loss_kind, loss_eps, results))
+    return float(results[:, 0].sum()), int(results[:, 1].sum())

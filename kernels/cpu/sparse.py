@@ -53,10 +53,10 @@ def _fill(X, indptr, indices, values):
                 p += 1
 
 
-@njit(cache=CACHE, parallel=True)
+@njit(cache=CACHE)
 def _count_pixels(words, counts):
     """Non-zero bytes per row of uint8 images viewed as rows of 8-byte words (zero words skipped whole)."""
-    for i in prange(words.shape[0]):
+    for i in range(words.shape[0]):
         c = 0
         for w in range(words.shape[1]):
             word = words[i, w]
@@ -66,12 +66,12 @@ def _count_pixels(words, counts):
         counts[i] = c
 
 
-@njit(cache=CACHE, parallel=True)
+@njit(cache=CACHE)
 def _fill_scaled(images, words, denominator, indptr, indices, values):
     """The non-zero pixels of each row as floats pixel / denominator (numpy's astype then division, bit for bit),
     walking the row 8 pixels at a time and skipping the all-zero words."""
     dtype = values.dtype
-    for i in prange(images.shape[0]):
+    for i in range(images.shape[0]):
         p = indptr[i]
         for w in range(words.shape[1]):
             if words[i, w] == 0:
@@ -109,7 +109,8 @@ def compress_rows(X: np.ndarray) -> CompressedRows:
 
 def compress_images(images: np.ndarray, dtype) -> CompressedRows:
     """The non-zero pixels of uint8 images, row by row, as floats in [0, 1] (pixel / 255, equal to numpy's
-    images.astype(dtype) / 255), without making the dense float array."""
+    images.astype(dtype) / 255), without making the dense float array. Serial: a parallel loop would cost more
+    to compile, in a new install, than it saves."""
     images = np.asarray(images)
     dtype = np.dtype(dtype)
     if images.dtype != np.uint8 or images.ndim != 2 or dtype not in (np.float32, np.float64):
