@@ -11,6 +11,7 @@ A peer that is not installed is skipped with the reason (pip install 'fastmnist[
 always run. Timed only when asked, being long: `pytest bench/bench_peers.py --benchmark-only -m peers`
 (add `-m "peers and not slow"` to leave out time to target). Untimed (the test command) each body runs
 once on a few rows (peers.SMOKE_ROWS) and checks its loss against fastmnist numpy's on the same rows.
+FASTMNIST_PEERS_THREADS=N gives every implementation N threads (peers.limit_threads; XLA: 1 or every CPU).
 extra_info: the implementation (`backend`, so reports group it as one), peer and version, threads, the
 epoch's mean loss and running accuracy; the matrix products' GFMA/s and share of the machine's FMA peak
 (peaks.record); for time to target, each seed's time, epoch reaching the target and test accuracy.
@@ -38,6 +39,17 @@ def _asked(config) -> bool:
 
 
 IMPLEMENTATIONS = [pytest.param(n, id=f"{n}-float32") for n in peers.IMPLEMENTATIONS]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """FASTMNIST_PEERS_THREADS=N gives every implementation N threads in these benchmarks (XLA only 1 or all)."""
+    if not os.environ.get("FASTMNIST_PEERS_THREADS"):
+        yield
+        return
+    restore = peers.limit_threads(peers.threads())
+    yield
+    restore()
 
 
 def _ready(benchmark, config, name):

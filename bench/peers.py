@@ -19,10 +19,12 @@ a permutation (a DataLoader's per-sample collation would be slower). JAX: pure f
 optimiser written out with tree_map (JAX itself ships none), and an epoch as one jax.jit'd lax.scan over
 the batches, so Python dispatches once per epoch.
 
-Threads: torch.set_num_threads(threads()) with one inter-op thread; XLA's CPU client sizes its intra-op
-pool to the CPUs this process may run on (sched_getaffinity), which is threads() too: it has no setting for
-another count except one thread (XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1). JAX_PLATFORMS=cpu is set unless already set.
+Threads: every implementation gets threads(), the CPUs this process may run on unless
+FASTMNIST_PEERS_THREADS says otherwise (`limit_threads`): Numba and OpenBLAS start that many by default;
+torch gets torch.set_num_threads(threads()) with one inter-op thread; XLA's CPU client sizes its intra-op
+pool to the CPUs this process may run on (sched_getaffinity) and has no setting for another count except one
+thread (XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1, which limit_threads(1)
+sets). JAX_PLATFORMS=cpu is set unless already set.
 """
 
 from __future__ import annotations
@@ -51,12 +53,46 @@ SUPPORTED_LOSSES = ("softmax_ce", "mse")
 SUPPORTED_OPTIMIZERS = ("adam", "adam_like", "sgd")
 
 
-def threads() -> int:
-    """The CPUs this process may run on: what Numba, OpenBLAS and XLA use by default, and torch is given."""
+def cpus() -> int:
+    """The CPUs this process may run on: the threads Numba, OpenBLAS and XLA start by default."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def threads() -> int:
+    """The threads every implementation is given: FASTMNIST_PEERS_THREADS, or cpus()."""
+    chosen = os.environ.get("FASTMNIST_PEERS_THREADS", "").strip()
+    return max(1, int(chosen)) if chosen else cpus()
+
+
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def limit_threads(n: int):
+    """Gives every implementation `n` threads from now on: Numba's kernels (numba.set_num_threads, for the
+    calling thread), the BLAS numpy uses (threadpoolctl), torch (at its setup) and, for n = 1, XLA (its flags,
+    read when JAX starts; XLA has no setting for another count). Returns a function restoring Numba's and the
+    BLAS's counts."""
+    import numba
+    from threadpoolctl import threadpool_limits
+    os.environ["FASTMNIST_PEERS_THREADS"] = str(n)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    blas = threadpool_limits(limits=n, user_api="blas")
+    if n == 1 and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + XLA_ONE_THREAD).strip()
+
+    def restore():
+        numba.set_num_threads(before)
+        blas.restore_original_limits()
+
+    return restore
+
+
+def xla_threads() -> int:
+    return 1 if XLA_ONE_THREAD in os.environ.get("XLA_FLAGS", "") else cpus()
 
 
 def version(package: str) -> str | None:
@@ -493,12 +529,14 @@ def describe(name) -> dict:
             info.update(threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads())
         else:
             jax = jax_setup()
-            info.update(jaxlib_version=version("jaxlib"), jax_backend=jax.default_backend(),
+            info.update(threads=xla_threads(), jaxlib_version=version("jaxlib"), jax_backend=jax.default_backend(),
                         xla_flags=os.environ.get("XLA_FLAGS", ""))
         return info
     import numba
+    from threadpoolctl import threadpool_info
+    blas = max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
     return {"peer": "fastmnist", "peer_version": version("fastmnist"), "backend": name,
-            "threads": numba.get_num_threads() if name != "numpy" else threads()}
+            "threads": numba.get_num_threads() if name != "numpy" else blas, "blas_threads": blas}
 
 
 # -- data, workloads, time to target ------------------------------------------------------------------------
@@ -601,7 +639,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, from " + ",".join(WORKLOADS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--to-target", metavar="SEEDS", help="also train `fast` to its target with these seeds (1,2,3)")
+    parser.add_argument("--threads", type=int, help="threads for every implementation (default: every CPU)")
     args = parser.parse_args(argv)
+    if args.threads:
+        limit_threads(args.threads)
     names = []
     for n in args.names:
         why = unavailable(n)
