@@ -13,8 +13,9 @@ always run. Timed only when asked, being long: `pytest bench/bench_peers.py --be
 once on a few rows (peers.SMOKE_ROWS) and checks its loss against fastmnist numpy's on the same rows.
 FASTMNIST_PEERS_THREADS=N gives every implementation N threads (peers.limit_threads; XLA: 1 or every CPU).
 extra_info: the implementation (`backend`, so reports group it as one), peer and version, threads, the
-epoch's mean loss and running accuracy; the matrix products' GFMA/s and share of the machine's FMA peak
-(peaks.record); for time to target, each seed's time, epoch reaching the target and test accuracy.
+epoch's mean loss and running accuracy; the dense matrix products' GFMA/s and share of the machine's FMA
+peak on the threads used (peaks.record; the same work counted for every implementation, though fastmnist's
+sparse first layer skips the zero pixels' share of it); for time to target, each seed's time, epoch reaching the target and test accuracy.
 `python bench/peers.py` times the same workloads with the implementations alternating round by round.
 """
 

@@ -122,8 +122,8 @@ def _fma_chains_intrinsic(chains):
             count = context.cast(builder, args[0], sig.args[0], types.int64)
             mv, av = _splat(builder, vty, args[1]), _splat(builder, vty, args[2])
             # distinct starting values, or LLVM would merge identical chains into one
-            accs = [cgutils.alloca_once_value(builder, builder.fadd(av, _splat(builder, vty, ir.Constant(fty, float(k)))))
-                    for k in range(chains)]
+            starts = [builder.fadd(av, _splat(builder, vty, ir.Constant(fty, float(k)))) for k in range(chains)]
+            accs = [cgutils.alloca_once_value(builder, v) for v in starts]
             with cgutils.for_range(builder, count):
                 for acc in accs:
                     builder.store(_fma(builder, builder.load(acc), mv, av), acc)
@@ -334,7 +334,8 @@ def achieved(seconds, *, flop=0.0, nbytes=0.0, cores=1, dtype="float32", peaks=N
     """A benchmark's rates and their shares of this machine's peaks.
 
     flop counts a multiply-add as 2 operations (as the benchmarks' `flop` does), so GFMA/s = flop / 2 / s;
-    nbytes is the data it moved. `cores` is how many cores ran it: the FMA share is against `cores` times the
+    nbytes is the data it moved. Benchmarks count the dense products' work, so a kernel that skips work
+    (the sparse first layer's zero pixels) can show a share above what its FMA units did. `cores` is how many cores ran it: the FMA share is against `cores` times the
     per-core peak (or the all-core peak when cores is every core), the L2 share against `cores` times the
     per-core L2 bandwidth, the memory share against one core's or all cores' memory bandwidth. Returns
     gfmas, fma_share, gbps, l2_share and memory_share (shares as fractions; keys only for what was given).

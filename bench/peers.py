@@ -16,8 +16,8 @@ framework's own generator.
 PyTorch: an nn.Module, torch.optim.Adam / SGD where the recipe's optimiser is one (the Adam-like update is a
 small hand-written torch.optim.Optimizer), autograd, minibatches gathered by indexing the data tensor with
 a permutation (a DataLoader's per-sample collation would be slower). JAX: pure functions, jax.grad, the
-optimiser written out with tree_map (JAX itself ships none), and an epoch as one jax.jit'd lax.scan over
-the batches, so Python dispatches once per epoch.
+optimiser written out with tree_map (the peers extra does not add optax), and an epoch as one jax.jit'd
+lax.scan over the batches, so Python dispatches once per epoch.
 
 Threads: every implementation gets threads(), the CPUs this process may run on unless
 FASTMNIST_PEERS_THREADS says otherwise (`limit_threads`): Numba and OpenBLAS start that many by default;
@@ -198,7 +198,8 @@ class TorchRunner:
         check_supported(recipe)
         self.recipe, self.F = recipe, F
         self.gen = torch.Generator().manual_seed(recipe.seed if seed is None else seed)
-        self.X, self.y = torch.from_numpy(np.ascontiguousarray(X, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+        self.X = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+        self.y = torch.from_numpy(np.asarray(y, np.int64))
         specs = layer_specs(recipe)
         weights = init_weights(recipe, lambda s: torch.randn(s, generator=self.gen, dtype=torch.float64).numpy(),
                                lambda s: torch.rand(s, generator=self.gen, dtype=torch.float64).numpy())
@@ -243,7 +244,8 @@ class TorchRunner:
                 xb, yb = self.X[idx], self.y[idx]
             else:
                 xb, yb = self.X[i * batch:(i + 1) * batch], self.y[i * batch:(i + 1) * batch]
-            masks = [None if k is None else (torch.rand(k.shape, generator=self.gen) < k).float() / k for k in self.keep]
+            masks = [None if k is None else (torch.rand(k.shape, generator=self.gen) < k).float() / k
+                     for k in self.keep]
             out = self.model(xb, masks)
             loss, summed = self._loss(out, yb)
             l2 = self._l2_term(batch)
@@ -271,7 +273,7 @@ class TorchRunner:
         self.model.eval()
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.ascontiguousarray(X, np.float32)))
-            return float((out.argmax(1) == torch.from_numpy(np.asarray(y, np.int64))).float().mean())
+            return int((out.argmax(1) == torch.from_numpy(np.asarray(y, np.int64))).sum()) / len(y)
 
 
 def recipe_mlp(nn, F, specs, weights):
