@@ -22,7 +22,7 @@ trial down. Threads are Python threads running `nogil` functions, started togeth
 of all cores is the total work over the span from the first start to the last finish.
 
 The theoretical FMA figure. A core with P FMA pipes of B bits retires P * B / (8 * itemsize) FMAs per
-cycle whatever the vector width the code uses (a vector wider than a pipe takes the pipe for several
+cycle whatever the vector width the code uses (a vector wider than a pipe is split across pipes or
 cycles). `FMA_UNITS` lists P, B and the FMA latency in cycles for the CPUs LLVM names; for AMD Zen 4
 (`znver4`): two 256-bit FMA pipes (FP0 and FP1; AVX-512 instructions run as two 256-bit halves), latency 4,
 so 16 float32 or 8 float64 FMAs per cycle. The clock is not the TSC's nominal figure under a hypervisor or
@@ -31,8 +31,9 @@ theory is FMAs per cycle x that clock, and the measured peak should come to abou
 exceed it unless the table is wrong). The nominal clock (/proc/cpuinfo's `cpu MHz`) is reported beside it.
 
 `achieved(seconds, flop=..., nbytes=..., cores=...)` turns a benchmark's work into GFMA/s and GB/s and their
-shares of these peaks; `session_peaks()` measures once per process (the benchmarks' conftest stores it in
-pytest-benchmark's machine_info).
+shares of these peaks, and `record(benchmark, ...)` adds them to a timed benchmark's extra_info;
+`session_peaks()` measures once per process (the benchmarks' conftest stores it in pytest-benchmark's
+machine_info).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def theory_fma_per_cycle(dtype="float32", cpu=None):
 
 
 def measure(trial_s=TRIAL_S, trials=TRIALS) -> dict:
-    """Every peak of this machine (see the module's docstring); about a second once compiled."""
+    """Every peak of this machine (see the module's docstring)."""
     t0 = time.perf_counter()
     timing = dict(trial_s=trial_s, trials=trials)
     n = cores()
