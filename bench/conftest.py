@@ -265,3 +265,18 @@ def check(be):
         assert tuple(a.shape) == tuple(shape), f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}"
         assert np.all(np.isfinite(be.to_numpy(a))), f"{name} holds NaN or infinity"
     return check_array
+
+
+# -- this machine's peaks (bench/peaks.py), measured once per run --------------------------------------------
+# Stored in the JSON's machine_info["peaks"] when results are saved; benchmarks that take `machine_peaks`, or
+# call peaks.record(benchmark, flop=..., nbytes=..., cores=...) once timed, share the same measurement.
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    import peaks        # bench/ is on sys.path while pytest imports this conftest
+    machine_info["peaks"] = peaks.session_peaks()
+
+
+@pytest.fixture(scope="session")
+def machine_peaks():
+    import peaks
+    return peaks.session_peaks()
