@@ -27,9 +27,15 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 SPINS = 2000            # busy polls before each yield: a partner thread that is running arrives within them
 
 
+COUNT, GENERATION = 0, 8       # the counters' indices: each on a cache line of its own
+
+
 def new_state() -> np.ndarray:
-    """The barrier's shared counters: (threads arrived, generation)."""
-    return np.zeros(2, np.int64)
+    """The barrier's shared counters (threads arrived, generation), each alone on a 64-byte cache line: a line
+    it shared with anything a thread writes while others spin on it would bounce between the cores."""
+    buf = np.zeros(24 + 8, np.int64)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start:start + 24]
 
 
 def _slot(context, builder, array_type, array, index):
@@ -114,13 +120,13 @@ def wait(state, threads):
     """Returns once `threads` threads have called wait on `state` since the last time it returned."""
     if threads <= 1:
         return
-    generation = atomic_load(state, 1)
-    if atomic_add(state, 0, 1) == threads - 1:       # the last to arrive releases the others
-        atomic_store(state, 0, 0)
-        atomic_add(state, 1, 1)
+    generation = atomic_load(state, GENERATION)
+    if atomic_add(state, COUNT, 1) == threads - 1:   # the last to arrive releases the others
+        atomic_store(state, COUNT, 0)
+        atomic_add(state, GENERATION, 1)
         return
     spins = 0
-    while atomic_load(state, 1) == generation:
+    while atomic_load(state, GENERATION) == generation:
         spins += 1
         if spins < SPINS:
             pause()

@@ -12,13 +12,16 @@ still reads batch b's. Two meeting points per batch replace the fork and join of
 
 Per-unit dropout masks are drawn by the caller, batch by batch in the reference's order. Results equal the
 reference's within rounding. The compiled helpers loop over views indexed from 0: an index from a run-time
-start would get a wraparound check per element, which stops LLVM from vectorising.
+start would get a wraparound check per element, which stops LLVM from vectorising. Calls between compiled
+functions pass no constant arguments: a constant is typed as its literal value, and every new literal
+compiles the callee once more (what a new install spends its first seconds on).
 """
 
 from __future__ import annotations
 
 import threading
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -26,7 +29,7 @@ from . import barrier
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
-from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_pair_tile, gather_planned, tile_plan
+from .simd import CACHE, VECTOR_BYTES, aligned_empty, empty_rows, gather_pair_tile, gather_planned, tile_plan
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
@@ -195,7 +198,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             for j in range(d1.shape[0]):
                 d1[j] = d1[j] * derivative(h1[j], cs[j]) * ms[j]
     for c in range(classes):                        # W2's rows j0:j1: the gradient A1.T @ dZ2, by class
-        gather_planned(plan, None, dZ2T[c], 0, batch, A1, G2T[c], j0, j1)
+        gather_planned(plan, None, dZ2T[c], batch - batch, batch, A1, G2T[c], j0, j1)
     for j in range(j0, j1):                         # ... laid out as W2's rows, one flat range of W2
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
@@ -232,7 +235,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
 def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
                   masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
                   omb2, eps, step0, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
-                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, flat2, results):
+                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, flat2, need_grad, results):
     """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and batch rows t*batch//T:(t+1)*batch//T for
     the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t]."""
     dtype = W1.dtype
@@ -255,7 +258,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                        pair_values[parity, t])
         barrier.wait(state, T)
         loss_sum, ok = _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps,
-                                    nd, H2, A2, dZ2, dZ2T, True)
+                                    nd, H2, A2, dZ2, dZ2T, need_grad)
         total += loss_sum
         correct += ok
         barrier.wait(state, T)
@@ -266,7 +269,8 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
             gb2[:] = dZ2[0]
             for i in range(1, batch):
                 gb2 += dZ2[i]
-            _update(b2, gb2, state2[2], state2[3], 0, gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+            _update(b2, gb2, state2[2], state2[3], i0, i0 + gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps,
+                    c1, c2)
     results[t, 0] = total
     results[t, 1] = correct
 
@@ -280,7 +284,10 @@ def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
 
 
 def _run(worker, T, args):
-    """worker(t, T, *args) on T threads: T - 1 new ones and this one."""
+    """worker(t, T, *args) on T threads: T - 1 new ones and this one (which compiles it first, if need be, so
+    that the compilation happens in, and is seen by, the caller's thread)."""
+    if T > 1:
+        worker.compile(tuple(numba.typeof(a) for a in (0, T) + args))
     others = [threading.Thread(target=worker, args=(t, T) + args, daemon=True) for t in range(1, T)]
     for th in others:
         th.start()
@@ -307,7 +314,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     T = bounds.shape[0] - 1
     pairs = (n_in + 1) // 2
     cap = (batch // T + 1) * pairs
-    rows = lambda n: empty_rows(n, k, W1)  # noqa: E731
+    rows = lambda n: aligned_empty((n, k), dtype)  # noqa: E731
     buffers = (rows(batch), rows(batch), rows(batch), np.empty((T, batch, classes), dtype),     # H1 A1 dZ1 part
                np.empty((batch, classes), dtype), np.empty((batch, classes), dtype),            # H2 A2
                np.empty((batch, classes), dtype), np.empty((classes, batch), dtype),            # dZ2 dZ2T
@@ -325,32 +332,27 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     _run(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
                             has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1,
                             state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step0, loss_kind,
-                            loss_eps) + buffers + (flat2, results))
+                            loss_eps) + buffers + (flat2, True, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
 def _evaluate_worker(t, T, indptr, indices, values, rows, labels, W1, b1, has_b1, codes1, relu1, W2, W2T, b2, has_b2,
-                     codes2, loss_kind, loss_eps, results):
-    """Thread t of T: rows t*n//T:(t+1)*n//T, chunk by chunk through both layers and the loss."""
+                     codes2, loss_kind, loss_eps, bounds, H1, A1, part, H2, A2, grad, gradT, ones1, ones2, need_grad,
+                     results):
+    """Thread t of T: rows t*n//T:(t+1)*n//T, chunk by chunk (H1's rows) through both layers and the loss, in
+    thread t's buffers (H1[t], ...); bounds is (0, units)."""
     n = rows.shape[0]
-    k, classes = W2.shape
-    dtype = W1.dtype
-    chunk = min(EVAL_ROWS, max(1, n))
-    H1, A1 = empty_rows(chunk, k, W1), empty_rows(chunk, k, W1)
-    part = np.empty((1, chunk, classes), dtype)
-    H2, A2, grad = np.empty((chunk, classes), dtype), np.empty((chunk, classes), dtype), np.empty((chunk, classes), dtype)
-    gradT = np.empty((classes, chunk), dtype)
-    ones1, ones2 = np.ones(k, dtype), np.ones(classes, dtype)
-    one = dtype.type(1)
+    chunk = H1.shape[1]
+    one = W1.dtype.type(1)
     total, correct = 0.0, 0
     i0, i1 = t * n // T, (t + 1) * n // T
     for start in range(i0, i1, chunk):
         count = min(chunk, i1 - start)
-        _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, 0, k,
-                       H1, A1, part[0])
-        loss_sum, ok = _output_rows(part, rows, start, labels, 0, count, b2, has_b2, codes2, ones2, loss_kind, loss_eps,
-                                    one, H2, A2, grad, gradT, False)
+        _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, bounds[0],
+                       bounds[1], H1[t], A1[t], part[t, 0])
+        loss_sum, ok = _output_rows(part[t], rows, start, labels, start - start, count, b2, has_b2, codes2, ones2,
+                                    loss_kind, loss_eps, one, H2[t], A2[t], grad[t], gradT[t], need_grad)
         total += loss_sum
         correct += ok
     results[t, 0] = total
@@ -362,9 +364,17 @@ def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, ha
     """(summed loss, number correct) of a one-hidden-layer network on every row of a compressed input, without
     dropout, its rows split between `threads` threads."""
     n = indptr.shape[0] - 1
+    k, classes = W2.shape
+    dtype = W1.dtype
     T = max(1, min(threads, n // EVAL_ROWS + 1))
+    chunk = min(EVAL_ROWS, max(1, n))
+    rows3 = lambda: aligned_empty((T, chunk, k), dtype)  # noqa: E731
+    small = lambda *shape: np.empty((T,) + shape, dtype)  # noqa: E731
+    buffers = (np.array([0, k], np.int64), rows3(), rows3(), small(1, chunk, classes), small(chunk, classes),
+               small(chunk, classes), small(chunk, classes), small(classes, chunk), np.ones(k, dtype),
+               np.ones(classes, dtype), False)
     results = np.zeros((T, 2))
     _run(_evaluate_worker, T, (indptr, indices, values, np.arange(n), labels, W1, b1, has_b1, codes1,
                                bool(np.all(codes1 == RELU)), W2, np.ascontiguousarray(W2.T), b2, has_b2, codes2,
-                               loss_kind, loss_eps, results))
+                               loss_kind, loss_eps) + buffers + (results,))
     return float(results[:, 0].sum()), int(results[:, 1].sum())
