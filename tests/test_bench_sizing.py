@@ -36,7 +36,9 @@ def test_the_default_timed_run_is_the_headline_slice_and_the_grid_is_behind_an_o
     assert any(i.startswith("bench/bench_compile.py") for i in grid)
     assert any(i.startswith("bench/bench_kernels.py") and "-float64-" in i for i in grid)
     slow = benchmark_ids("-m", "slow")
-    assert slow and all(i.startswith(("bench/bench_compile.py", "bench/bench_time_to_target.py")) for i in slow)
+    slow_files = ("bench/bench_compile.py", "bench/bench_time_to_target.py", "bench/bench_peers.py")
+    assert slow and all(i.startswith(slow_files) for i in slow)
+    assert all("time_to_target" in i for i in slow if i.startswith("bench/bench_peers.py"))
 
 
 def test_the_json_keeps_statistics_not_every_round(tmp_path):
