@@ -214,13 +214,15 @@ class Timer:
 
     The device is synchronised inside the timed region; a first untimed call (only when timing is on)
     keeps JIT compilation and first-touch costs out of the rounds. With the work in floating-point
-    operations and bytes moved, the achieved GFLOP/s and GB/s (at the median time) go into extra_info.
+    operations and bytes moved, the achieved GFLOP/s and GB/s (at the median time) go into extra_info, and on
+    the CPU their shares of this machine's peaks (bench/peaks.py) on `cores` cores (default: every core the
+    process may use, as the backends do).
     """
 
     def __init__(self, benchmark, backend, dtype):
         self.benchmark, self.backend, self.dtype = benchmark, backend, np.dtype(dtype).name
 
-    def __call__(self, group, fn, *args, flop=0.0, nbytes=0.0, **info):
+    def __call__(self, group, fn, *args, flop=0.0, nbytes=0.0, cores=None, **info):
         bm, be = self.benchmark, self.backend
         bm.group = f"{group}/{be.device}"
 
@@ -243,6 +245,9 @@ class Timer:
                 bm.extra_info["gflops"] = flop / median / 1e9
             if nbytes:
                 bm.extra_info["gbps"] = nbytes / median / 1e9
+            if be.device == "cpu" and (flop or nbytes):
+                import peaks
+                peaks.record(bm, flop=flop, nbytes=nbytes, cores=cores or peaks.cores(), dtype=self.dtype)
         return out
 
 

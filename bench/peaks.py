@@ -338,8 +338,8 @@ def achieved(seconds, *, flop=0.0, nbytes=0.0, cores=1, dtype="float32", peaks=N
     nbytes is the data it moved. Benchmarks count the dense products' work, so a kernel that skips work
     (the sparse first layer's zero pixels) can show a share above what its FMA units did. `cores` is how many cores ran it: the FMA share is against `cores` times the
     per-core peak (or the all-core peak when cores is every core), the L2 share against `cores` times the
-    per-core L2 bandwidth, the memory share against one core's or all cores' memory bandwidth. Returns
-    gfmas, fma_share, gbps, l2_share and memory_share (shares as fractions; keys only for what was given).
+    per-core L1 or L2 bandwidth, the memory share against one core's or all cores' memory bandwidth. Returns
+    gfmas, fma_share, gbps, l1_share, l2_share and memory_share (shares as fractions; keys only for what was given).
     """
     peaks = session_peaks() if peaks is None else peaks
     dtype = np.dtype(dtype).name
@@ -352,6 +352,7 @@ def achieved(seconds, *, flop=0.0, nbytes=0.0, cores=1, dtype="float32", peaks=N
         out["fma_share"] = out["gfmas"] / peak
     if nbytes:
         out["gbps"] = nbytes / seconds / 1e9
+        out["l1_share"] = out["gbps"] / (min(cores, peaks["cores"]) * peaks["l1_gbps_per_core"])
         out["l2_share"] = out["gbps"] / (min(cores, peaks["cores"]) * peaks["l2_gbps_per_core"])
         out["memory_share"] = out["gbps"] / peaks["memory_gbps_all_cores" if all_cores else "memory_gbps_per_core"]
     return out

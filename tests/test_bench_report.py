@@ -25,7 +25,7 @@ RESULTS = {
         entry("kernels/dense_forward/cpu", "test_dense_forward", "numpy", "float32-b100-784x192", 2e-3, 2.5e-3,
               gflops=15.05),
         entry("kernels/dense_forward/cpu", "test_dense_forward", "numba-cpu", "float32-b100-784x192", 5e-4,
-              gflops=60.2),
+              gflops=60.2, fma_share=0.2567, gbps=40.0, l1_share=0.1, l2_share=0.35),
         entry("kernels/dense_forward/cpu", "test_dense_forward", "numba-cpu", "float64-b1-784x40", 3e-6),
         entry("kernels/dense_forward/gpu", "test_dense_forward", "cupy", "float32-b100-784x192", 1e-4),
         entry("kernels/dense_forward/gpu", "test_dense_forward", "numba-cuda", "float32-b100-784x192", 2.5e-5),
@@ -78,7 +78,8 @@ def test_extra_info_columns_and_machine(results_file):
     text = render(results_file)
     assert "Test CPU (2 logical cores)" in text and "2026-11-23" in text
     cpu = sections(text)["kernels/dense_forward/cpu"]
-    assert cpu[("float32-b100-784x192", "numba-cpu")][5] == "60.2"
+    assert cpu[("float32-b100-784x192", "numba-cpu")][5:10] == ["60.2", "25.7%", "40", "10.0%", "35.0%"]
+    assert cpu[("float32-b100-784x192", "numpy")][5:10] == ["15.1", "", "", "", ""]
     assert "GFLOP/s" not in text.split("### steps/train_step/cpu")[1]
 
 

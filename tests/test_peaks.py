@@ -50,10 +50,11 @@ def test_caches_are_faster_than_memory(measured):
 
 def test_achieved_shares():
     fake = {"cores": 2, "fma_gfmas_per_core_float32": 50.0, "fma_gfmas_all_cores_float32": 90.0,
-            "l2_gbps_per_core": 100.0, "memory_gbps_per_core": 20.0, "memory_gbps_all_cores": 30.0}
+            "l1_gbps_per_core": 400.0, "l2_gbps_per_core": 100.0, "memory_gbps_per_core": 20.0,
+            "memory_gbps_all_cores": 30.0}
     one = peaks.achieved(0.5, flop=50e9, nbytes=5e9, peaks=fake)
-    assert one == pytest.approx({"gfmas": 50.0, "fma_share": 1.0, "gbps": 10.0, "l2_share": 0.1,
-                                 "memory_share": 0.5})
+    assert one == pytest.approx({"gfmas": 50.0, "fma_share": 1.0, "gbps": 10.0, "l1_share": 0.025,
+                                 "l2_share": 0.1, "memory_share": 0.5})
     both = peaks.achieved(1.0, flop=90e9, cores=2, peaks=fake)
     assert both == pytest.approx({"gfmas": 45.0, "fma_share": 0.5})
 
