@@ -1,14 +1,41 @@
-"""The SIMD gather / scatter loops of cpu_simd against numpy, over column ranges of every tiling case:
-a single partial vector, whole vectors, tiles of one to MAX_TILE vectors, several passes of mixed widths."""
+"""The SIMD gather / scatter loops of kernels/cpu/simd.py against numpy, over column ranges of every tiling case
+(a single partial vector, whole vectors, tiles of one to MAX_TILE vectors, several passes of mixed widths), at
+every vector width this host runs (16, 32 and 64 bytes with AVX-512): the width is a compile-time argument of
+the loops, so one process covers them all."""
 
 import itertools
 
 import numpy as np
 import pytest
 
+from numba import njit
+
 from fastmnist.kernels.cpu import simd
 
 TOL = {np.float64: 1e-13, np.float32: 1e-5}
+VBYTES = [w for w in simd.WIDTHS if w <= simd.VECTOR_BYTES]
+by_width = pytest.mark.parametrize("vbytes", VBYTES)
+
+
+def at_width(fn, vbytes):
+    """A compiled caller of simd's inlined helper `fn` (scatter_nonzero or gather_two_rows_planned) with vbytes
+    as a constant: they take their width only so."""
+    if fn is simd.scatter_nonzero:
+        @njit
+        def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
+            simd.scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1, vbytes)
+        return scatter_nonzero
+
+    @njit
+    def two_rows(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
+        simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed,
+                                     vbytes)
+    return two_rows
+
+
+def test_the_widths_include_32_and_this_hosts():
+    assert simd.VECTOR_BYTES in VBYTES and (32 in VBYTES or simd.VECTOR_BYTES < 32)
+    assert all(simd.width(k) in simd.WIDTHS and simd.width(k) <= simd.VECTOR_BYTES for k in simd.PREFERRED)
 
 
 def rel_err(a, b):
@@ -16,8 +43,8 @@ def rel_err(a, b):
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
-def widths(dtype):
-    lanes = simd.lanes(np.dtype(dtype))
+def widths(dtype, vbytes):
+    lanes = simd.lanes(np.dtype(dtype), vbytes)
     return sorted({1, lanes - 1, lanes, lanes + 3, 5 * lanes, simd.MAX_TILE * lanes,
                    (simd.MAX_TILE + 1) * lanes + 1, 13 * lanes + 5, 20 * lanes})
 
@@ -29,26 +56,27 @@ def _scatter_want(G, indices, values, lo, hi, d, j0, j1):
     return want
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("max_tile", [None, 1, 4])
-def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype, max_tile):
-    lanes = simd.lanes(np.dtype(dtype))
+def test_tile_plan_covers_the_whole_vectors_in_the_fewest_passes(dtype, max_tile, vbytes):
+    lanes = simd.lanes(np.dtype(dtype), vbytes)
     limit = max_tile or simd.MAX_TILE
     for j0 in (0, 3):
         for width in range(0, 40 * lanes):
-            args = (j0, j0 + width, np.dtype(dtype).itemsize) + ((max_tile,) if max_tile else ())
-            nv, wide, narrow = simd.tile_plan(*args)
+            nv, wide, narrow = simd.tile_plan(j0, j0 + width, np.dtype(dtype).itemsize, limit, vbytes)
             assert wide * (nv + 1) + narrow * nv == width // lanes
             assert nv + (wide > 0) <= limit
             assert wide + narrow == -(-(width // lanes) // limit)
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
 @pytest.mark.parametrize("dense", [False, True], ids=["indexed", "dense"])
-def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
+def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense, vbytes):
     rng = np.random.default_rng()
-    for width in widths(dtype):
+    for width in widths(dtype, vbytes):
         cols = j0 + width + 2
         M = rng.standard_normal((50, cols)).astype(dtype)
         indices = rng.integers(0, 50, 37).astype(np.int32)          # repeats included
@@ -57,7 +85,7 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
         values = rng.standard_normal(37).astype(dtype)
         lo, hi = 4, 33
         h = np.full(cols, np.nan, dtype)
-        simd.gather_columns(None if dense else indices, values, lo, hi, M, h, j0, j0 + width)
+        simd.gather_columns(None if dense else indices, values, lo, hi, M, h, j0, j0 + width, vbytes)
         rows = M[indices[lo:hi]].astype(np.float64)
         want = values[lo:hi].astype(np.float64) @ rows
         # measured against the sums of |terms|: a few columns' sums can cancel to near 0 (width 1: one column)
@@ -69,21 +97,23 @@ def test_gather_and_scatter_columns_match_numpy(dtype, j0, dense):
         d = rng.standard_normal(cols).astype(dtype)
         G = rng.standard_normal((50, cols)).astype(dtype)
         want, before = _scatter_want(G, indices, values, lo, hi, d, j0, j0 + width), G.copy()
-        simd.scatter_columns(None if dense else indices, values, lo, hi, d, G, j0, j0 + width)
+        simd.scatter_columns(None if dense else indices, values, lo, hi, d, G, j0, j0 + width, vbytes)
         assert rel_err(G, want) < TOL[dtype], width
         outside = np.ones(cols, bool)
         outside[j0:j0 + width] = False
         assert np.array_equal(G[:, outside], before[:, outside]), "changed columns outside its range"
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
-def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0):
+def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0, vbytes):
     rng = np.random.default_rng()
-    lanes = simd.lanes(np.dtype(dtype))
-    for width in widths(dtype):
+    lanes = simd.lanes(np.dtype(dtype), vbytes)
+    scatter_nonzero = at_width(simd.scatter_nonzero, vbytes)
+    for width in widths(dtype, vbytes):
         cols = j0 + width + 2
-        plans = simd.listed_plans(j0, j0 + width, np.dtype(dtype).itemsize)
+        plans = simd.listed_plans(j0, j0 + width, np.dtype(dtype).itemsize, vbytes)
         assert len(plans) == width // lanes + 1
         columns = np.full(len(plans), -1, np.int64)
         indices = rng.integers(0, 50, 37).astype(np.int32)
@@ -93,7 +123,7 @@ def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0
             d[j0:j0 + width][rng.random(width) < zero_share] = 0          # some whole vectors end up all zero
             G = rng.standard_normal((50, cols)).astype(dtype)
             want, before = _scatter_want(G, indices, values, 4, 33, d, j0, j0 + width), G.copy()
-            simd.scatter_nonzero(plans, columns, indices, values, 4, 33, d, G, j0, j0 + width)
+            scatter_nonzero(plans, columns, indices, values, 4, 33, d, G, j0, j0 + width)
             assert rel_err(G, want) < TOL[dtype], (width, zero_share)
             outside = np.ones(cols, bool)
             outside[j0:j0 + width] = False
@@ -103,22 +133,24 @@ def test_scatter_nonzero_matches_numpy_and_skips_only_all_zero_vectors(dtype, j0
             assert np.array_equal(columns[:len(live)], j0 + live * lanes), "listed the wrong vectors"
 
 
-def test_scatter_nonzero_counts_nan_as_non_zero():
-    cols = 2 * simd.lanes(np.dtype(np.float32))
+@by_width
+def test_scatter_nonzero_counts_nan_as_non_zero(vbytes):
+    cols = 2 * simd.lanes(np.dtype(np.float32), vbytes)
     d = np.zeros(cols, np.float32)
     d[cols - 3] = np.nan
     G = np.ones((3, cols), np.float32)
-    plans = simd.listed_plans(0, cols, 4)
-    simd.scatter_nonzero(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
+    plans = simd.listed_plans(0, cols, 4, vbytes)
+    at_width(simd.scatter_nonzero, vbytes)(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
                          d, G, 0, cols)
     assert np.isnan(G[1, cols - 3]) and np.isfinite(np.delete(G.ravel(), 2 * cols - 3)).all()
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
-def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv):
+def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv, vbytes):
     rng = np.random.default_rng()
-    lanes = simd.lanes(np.dtype(dtype))
+    lanes = simd.lanes(np.dtype(dtype), vbytes)
     cols = 2 * simd.MAX_TILE * lanes + 3
     starts = rng.permutation(2 * simd.MAX_TILE)[:2 * nv] * lanes              # two tiles, shuffled vectors
     d = rng.standard_normal(cols).astype(dtype)
@@ -131,15 +163,16 @@ def test_scatter_listed_tile_takes_its_vectors_in_any_order(dtype, nv):
     want = G.astype(np.float64)
     np.add.at(want, (indices[:, None], np.flatnonzero(picked)[None, :]),
               values[:, None].astype(np.float64) * d[None, picked])
-    simd.scatter_listed_tile(nv, indices, values, 0, 9, d, G, starts.astype(np.int64), 0, 2)
+    simd.scatter_listed_tile(nv, indices, values, 0, 9, d, G, starts.astype(np.int64), 0, 2, vbytes)
     assert rel_err(G, want) < TOL[dtype]
 
 
-def test_gather_propagates_nan():
+@by_width
+def test_gather_propagates_nan(vbytes):
     M = np.ones((4, 24), np.float32)
     M[2, 17] = np.nan
     h = np.zeros(24, np.float32)
-    simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24)
+    simd.gather_columns(np.array([0, 2], np.int32), np.ones(2, np.float32), 0, 2, M, h, 0, 24, vbytes)
     assert np.isnan(h[17]) and np.isfinite(np.delete(h, 17)).all()
 
 
@@ -148,9 +181,9 @@ def test_gather_refuses_strided_indices_or_values():
     h = np.zeros(8, np.float32)
     values = np.ones(4, np.float32)
     with pytest.raises(Exception, match="C-contiguous"):
-        simd.gather_columns(np.arange(4, dtype=np.int32)[::2], values[:2], 0, 2, M, h, 0, 8)
+        simd.gather_columns(np.arange(4, dtype=np.int32)[::2], values[:2], 0, 2, M, h, 0, 8, 32)
     with pytest.raises(Exception, match="C-contiguous"):
-        simd.gather_columns(np.arange(2, dtype=np.int32), values[::2], 0, 2, M, h, 0, 8)
+        simd.gather_columns(np.arange(2, dtype=np.int32), values[::2], 0, 2, M, h, 0, 8, 32)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -166,11 +199,11 @@ def test_aligned_arrays_start_on_a_cache_line(dtype, shape):
     assert simd.aligned_copy(copy) is copy
 
 
-def _row_tile_case(dtype, nv, streams):
+def _row_tile_case(dtype, nv, streams, vbytes):
     """(j0, tiles, span, M, indices, values, Out) for the row-tile gathers: 37 stored entries, `streams` values
     per entry, a span of two tiles starting one vector in."""
     rng = np.random.default_rng()
-    lanes = simd.lanes(np.dtype(dtype))
+    lanes = simd.lanes(np.dtype(dtype), vbytes)
     j0, tiles = lanes, 2
     cols = j0 + tiles * nv * lanes + 3
     M = rng.standard_normal((50, cols)).astype(dtype)
@@ -187,27 +220,29 @@ def _check_rows(Out, before, want, rows, span, dtype):
     assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' tiles"
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
-def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv):
-    j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 1)
+def test_gather_row_tile_writes_or_adds_into_one_row_of_its_output(dtype, nv, vbytes):
+    j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 1, vbytes)
     before = Out.copy()
     for (lo, hi), add in itertools.product(((4, 33), (4, 4), (5, 6)), (True, False)):   # odd, even, no pixels
-        simd.gather_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles, add)
+        simd.gather_row_tile(nv, indices, values, lo, hi, M, Out, 2, j0, tiles, add, vbytes)
         want = before.astype(np.float64)
         want[2, span] = (want[2, span] if add else 0) + values[lo:hi].astype(np.float64) @ M[indices[lo:hi], span]
         _check_rows(Out, before, want, (2,), span, dtype)
         before = Out.copy()
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("nv", range(1, simd.MAX_TILE + 1))
-def test_gather_pair_tile_writes_or_adds_two_interleaved_sums_into_two_rows(dtype, nv):
-    j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 2)
+def test_gather_pair_tile_writes_or_adds_two_interleaved_sums_into_two_rows(dtype, nv, vbytes):
+    j0, tiles, span, M, indices, values, Out = _row_tile_case(dtype, nv, 2, vbytes)
     values[11] = 0                                             # an entry of the second row only
     before = Out.copy()
     for (lo, hi), add, (ra, rb) in itertools.product(((4, 33), (4, 4), (36, 37)), (True, False), ((2, 3), (4, 1))):
-        simd.gather_pair_tile(nv, indices, values, lo, hi, M, Out, ra, rb, j0, tiles, add)
+        simd.gather_pair_tile(nv, indices, values, lo, hi, M, Out, ra, rb, j0, tiles, add, vbytes)
         want = before.astype(np.float64)
         for m, r in enumerate((ra, rb)):
             want[r, span] = ((want[r, span] if add else 0)
@@ -216,22 +251,25 @@ def test_gather_pair_tile_writes_or_adds_two_interleaved_sums_into_two_rows(dtyp
         before = Out.copy()
 
 
-def test_gather_pair_tile_propagates_nan_to_its_own_row_only():
-    lanes = simd.lanes(np.dtype(np.float32))
+@by_width
+def test_gather_pair_tile_propagates_nan_to_its_own_row_only(vbytes):
+    lanes = simd.lanes(np.dtype(np.float32), vbytes)
     M = np.ones((4, lanes), np.float32)
     values = np.ones(4, np.float32)
     values[2] = np.nan                                         # entry 1, first row
     Out = np.zeros((2, lanes), np.float32)
-    simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True)
+    simd.gather_pair_tile(1, np.array([0, 3], np.int32), values, 0, 2, M, Out, 0, 1, 0, 1, True, vbytes)
     assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(lanes, 2, np.float32))
 
 
+@by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0, transposed):
+def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0, transposed, vbytes):
     rng = np.random.default_rng()
-    for width in widths(dtype):
+    two_rows = at_width(simd.gather_two_rows_planned, vbytes)
+    for width in widths(dtype, vbytes):
         cols = j0 + width + 2
         M = rng.standard_normal((40, cols)).astype(dtype)
         U = rng.standard_normal((4, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
@@ -240,8 +278,8 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
                                                                  ((0, 1, 1, 2), (3, 1, 4, 0))):
             Out = rng.standard_normal((5, cols)).astype(dtype)
             before = Out.copy()
-            plan = simd.tile_plan(j0, j0 + width, M.itemsize)
-            simd.gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
+            plan = simd.tile_plan(j0, j0 + width, M.itemsize, simd.MAX_TILE, vbytes)
+            two_rows(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
             span = slice(j0, j0 + width)
             want = before.astype(np.float64)
             for r, v in ((ra, va), (rb, vb)):
@@ -253,11 +291,13 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
             assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' columns"
 
 
-def test_gather_two_rows_propagates_nan_to_its_own_row_only():
-    cols = simd.lanes(np.dtype(np.float32)) + 3                # a whole vector and a scalar tail
+@by_width
+def test_gather_two_rows_propagates_nan_to_its_own_row_only(vbytes):
+    cols = simd.lanes(np.dtype(np.float32), vbytes) + 3        # a whole vector and a scalar tail
     M = np.ones((3, cols), np.float32)
     V = np.ones((2, 3), np.float32)
     V[1, 2] = np.nan
     Out = np.zeros((2, cols), np.float32)
-    simd.gather_two_rows_planned(simd.tile_plan(0, cols, 4), V, 0, 1, 0, 3, M, Out, 0, 1, 0, cols, False, False)
+    plan = simd.tile_plan(0, cols, 4, simd.MAX_TILE, vbytes)
+    at_width(simd.gather_two_rows_planned, vbytes)(plan, V, 0, 1, 0, 3, M, Out, 0, 1, 0, cols, False, False)
     assert np.array_equal(Out[0], np.full(cols, 3, np.float32)) and np.isnan(Out[1]).all()

@@ -14,7 +14,9 @@ from numba import njit
 
 from .activation import IDENTITY, RELU, activate, derivative
 from .loss import row_loss
-from .simd import CACHE, VECTOR_BYTES, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan
+from .simd import CACHE, MAX_TILE, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan, width
+
+B1_WIDTH = width("batch1_epoch")      # bytes per SIMD vector in the batch-1 and repeated-update epochs
 
 
 @njit(cache=CACHE)
@@ -22,7 +24,7 @@ def padded_hidden(W1, W2):
     """(W1 with its columns padded by zeros to whole vectors, W2.T padded the same way): the kernels' working
     copies of a two-layer network's weights (W1 itself when it needs no padding)."""
     n_in, k = W1.shape
-    lanes = VECTOR_BYTES // W1.itemsize
+    lanes = B1_WIDTH // W1.itemsize
     kp = -(-k // lanes) * lanes
     W2T = np.zeros((W2.shape[1], kp), W1.dtype)
     W2T[:, :k] = W2.T
@@ -83,13 +85,13 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     zero = one - one
     total = 0.0
     correct = 0
-    plan = tile_plan(0, kp, W1.itemsize)
-    plans = listed_plans(0, kp, W1.itemsize)
+    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, B1_WIDTH)
+    plans = listed_plans(0, kp, W1.itemsize, B1_WIDTH)
     live = np.empty(plans.shape[0], np.int64)
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
-        gather_planned(plan, indices, values, lo, hi, W1p, h, 0, kp)
+        gather_planned(plan, indices, values, lo, hi, W1p, h, 0, kp, B1_WIDTH)
         if relu:
             for j in range(n_hidden):
                 h[j] = zero if h[j] < zero else h[j]          # NaN stays NaN
@@ -130,6 +132,6 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
                 W2T[c, j] -= lr * (a[j] * gc)
         for j in range(n_hidden):
             step[j] = -lr * s[j]
-        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1p, 0, kp)
+        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1p, 0, kp, B1_WIDTH)
     unpad_hidden(W1, W2, W1p, W2T)
     return total, correct

@@ -20,7 +20,9 @@ from numba import njit, prange
 from .activation import activate, activate_runs, code_runs, derivative, times_derivative_runs
 from .dense import column_sums
 from .loss import row_loss
-from .simd import CACHE, VECTOR_BYTES, gather_planned, gather_two_rows_planned, scatter_planned, tile_plan
+from .simd import CACHE, MAX_TILE, gather_planned, gather_two_rows_planned, scatter_planned, tile_plan, width
+
+HEAD_WIDTH = width("head")          # bytes per SIMD vector in the head's products
 
 
 BLOCK = 64      # rows taken phase by phase (their hidden layer's outputs and gradients buffered), so that each
@@ -43,9 +45,9 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
     D2 = np.empty((BLOCK, m2), dtype)          # the block's hidden-layer gradients dZ2
     row = np.empty((1, m2), dtype)
     runs2 = code_runs(codes2)
-    to_m2 = tile_plan(0, m2, A1.itemsize)
-    to_padded = tile_plan(0, padded, A1.itemsize)
-    to_k1 = tile_plan(0, k1, A1.itemsize)
+    to_m2 = tile_plan(0, m2, A1.itemsize, MAX_TILE, HEAD_WIDTH)
+    to_padded = tile_plan(0, padded, A1.itemsize, MAX_TILE, HEAD_WIDTH)
+    to_k1 = tile_plan(0, k1, A1.itemsize, MAX_TILE, HEAD_WIDTH)
     dW2[:] = 0
     dW3[:] = 0
     db2[:] = 0
@@ -57,9 +59,10 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
         # phase by phase, so that W2 and then W2T stay in the L1 cache; the products two rows at a time, so that
         # each tile of the weights loaded serves both
         for b in range(0, nb - 1, 2):
-            gather_two_rows_planned(to_m2, A1, s0 + b, s0 + b + 1, 0, k1, W2, H2, b, b + 1, 0, m2, False, False)
+            gather_two_rows_planned(to_m2, A1, s0 + b, s0 + b + 1, 0, k1, W2, H2, b, b + 1, 0, m2, False, False,
+                                    HEAD_WIDTH)
         if nb % 2:
-            gather_planned(to_m2, None, A1[s0 + nb - 1], 0, k1, W2, H2[nb - 1], 0, m2)
+            gather_planned(to_m2, None, A1[s0 + nb - 1], 0, k1, W2, H2[nb - 1], 0, m2, HEAD_WIDTH)
         for b in range(nb):
             i = s0 + b
             h2 = H2[b]
@@ -69,7 +72,7 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             activate_runs(h2, runs2)
             for j in range(m2):
                 a2[j] = h2[j] * scale2[j]
-            gather_planned(to_padded, None, a2, 0, m2, W3, out, 0, padded)
+            gather_planned(to_padded, None, a2, 0, m2, W3, out, 0, padded, HEAD_WIDTH)
             for c in range(classes):
                 z = out[c] + b3[c] if b3.shape[0] else out[c]
                 out[c] = activate(z, codes3[c])
@@ -79,23 +82,24 @@ def _rows(A1, W2, b2, codes2, scale2, W3, b3, codes3, W2T, W3T, labels, loss_kin
             for c in range(classes):
                 g[c] = g[c] * derivative(out[c], codes3[c])
                 db3[c] += g[c]
-            scatter_planned(to_padded, None, a2, 0, m2, g, dW3, 0, padded)
+            scatter_planned(to_padded, None, a2, 0, m2, g, dW3, 0, padded, HEAD_WIDTH)
             d2 = D2[b]
-            gather_planned(to_m2, None, g, 0, classes, W3T, d2, 0, m2)
+            gather_planned(to_m2, None, g, 0, classes, W3T, d2, 0, m2, HEAD_WIDTH)
             times_derivative_runs(d2, h2, runs2)
             for j in range(m2):
                 d2[j] = d2[j] * scale2[j]
                 db2[j] += d2[j]
         for b in range(0, nb - 1, 2):
             gather_two_rows_planned(to_k1, D2, b, b + 1, 0, m2, W2T, dA1, s0 + b, s0 + b + 1, 0, k1, False,
-                                    False)
+                                    False, HEAD_WIDTH)
         if nb % 2:
-            gather_planned(to_k1, None, D2[nb - 1], 0, m2, W2T, dA1[s0 + nb - 1], 0, k1)
+            gather_planned(to_k1, None, D2[nb - 1], 0, m2, W2T, dA1[s0 + nb - 1], 0, k1, HEAD_WIDTH)
         block = A1[s0:s0 + nb]
         for j in range(0, k1 - 1, 2):          # dW2 += block.T @ D2, reading the block's columns in place
-            gather_two_rows_planned(to_m2, block, j, j + 1, 0, nb, D2, dW2, j, j + 1, 0, m2, True, True)
+            gather_two_rows_planned(to_m2, block, j, j + 1, 0, nb, D2, dW2, j, j + 1, 0, m2, True, True, HEAD_WIDTH)
         if k1 % 2:
-            gather_two_rows_planned(to_m2, block, k1 - 1, k1 - 1, 0, nb, D2, row, 0, 0, 0, m2, False, True)
+            gather_two_rows_planned(to_m2, block, k1 - 1, k1 - 1, 0, nb, D2, row, 0, 0, 0, m2, False, True,
+                                    HEAD_WIDTH)
             for u in range(m2):
                 dW2[k1 - 1, u] += row[0, u]
     return total, correct
@@ -115,7 +119,7 @@ def head_step(A1, W2, b2, codes2, scale2, W3, b3, codes3, labels, loss_kind, eps
     dtype = A1.dtype
     nd = dtype.type(n)
     threads = max(1, min(threads, n))
-    lanes = VECTOR_BYTES // W3.itemsize
+    lanes = HEAD_WIDTH // W3.itemsize
     padded = -(-classes // lanes) * lanes
     W3p = np.zeros((m2, padded), dtype)
     W3p[:, :classes] = W3

@@ -29,11 +29,12 @@ from . import barrier
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
-from .simd import CACHE, VECTOR_BYTES, aligned_empty, empty_rows, gather_pair_tile, gather_planned, tile_plan
+from .simd import CACHE, MAX_TILE, aligned_empty, empty_rows, gather_pair_tile, gather_planned, tile_plan, width
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
 EVAL_ROWS = 256         # rows per chunk of an evaluation
+MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's gathers
 
 
 @njit(cache=CACHE, fastmath={"contract"})
@@ -61,12 +62,12 @@ def _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, 
     """Units j0:j1 of the hidden layer for the input rows rows[start:start + count] (H1, A1 rows 0:count), and
     their share of the output layer's sums (part[i, c])."""
     zero = W1.dtype.type(0)
-    plan = tile_plan(j0, j1, W1.itemsize)
+    plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     classes = W2T.shape[0]
     bs, cs, ms = b1[j0:j1], codes1[j0:j1], m1[j0:j1]
     for i in range(count):
         r = rows[start + i]
-        gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1)
+        gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1, H1[i], j0, j1, MB_WIDTH)
         h1, a1 = H1[i, j0:j1], A1[i, j0:j1]
         if has_b1:
             for j in range(h1.shape[0]):
@@ -129,11 +130,11 @@ def _regroup_pairs(indptr, indices, values, rows, start, i0, i1, cp, pair_rows, 
 @njit(cache=CACHE, fastmath={"contract"}, inline="always")
 def _gather_pair_add(plan, rows, vals, lo, hi, M, Out, ra, rb, j0, j1, accumulate):
     """Out[ra, j0:j1] (+)= sum over e in lo:hi of vals[2e] M[rows[e], j0:j1], Out[rb] likewise with vals[2e + 1]."""
-    lanes = VECTOR_BYTES // M.itemsize
+    lanes = MB_WIDTH // M.itemsize
     nv, wide, narrow = plan
-    gather_pair_tile(nv + 1, rows, vals, lo, hi, M, Out, ra, rb, j0, wide, accumulate)
+    gather_pair_tile(nv + 1, rows, vals, lo, hi, M, Out, ra, rb, j0, wide, accumulate, MB_WIDTH)
     k = j0 + wide * (nv + 1) * lanes
-    gather_pair_tile(nv, rows, vals, lo, hi, M, Out, ra, rb, k, narrow, accumulate)
+    gather_pair_tile(nv, rows, vals, lo, hi, M, Out, ra, rb, k, narrow, accumulate, MB_WIDTH)
     for j in range(k + narrow * nv * lanes, j1):
         sa = Out[ra, j] if accumulate else Out[ra, j] * 0
         sb = Out[rb, j] if accumulate else Out[rb, j] * 0
@@ -181,7 +182,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
     T = colptr.shape[0]
     zero = W1.dtype.type(0)
     vW1, sW1, vb1, sb1 = state1
-    plan = tile_plan(j0, j1, W1.itemsize)
+    plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     cs, ms = codes1[j0:j1], m1[j0:j1]
     for i in range(batch):
         h1, d1 = H1[i, j0:j1], dZ1[i, j0:j1]
@@ -198,7 +199,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             for j in range(d1.shape[0]):
                 d1[j] = d1[j] * derivative(h1[j], cs[j]) * ms[j]
     for c in range(classes):                        # W2's rows j0:j1: the gradient A1.T @ dZ2, by class
-        gather_planned(plan, None, dZ2T[c], batch - batch, batch, A1, G2T[c], j0, j1)
+        gather_planned(plan, None, dZ2T[c], batch - batch, batch, A1, G2T[c], j0, j1, MB_WIDTH)
     for j in range(j0, j1):                         # ... laid out as W2's rows, one flat range of W2
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
@@ -277,7 +278,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
 
 def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
     """Bounds of T near-equal slices of k units, each starting on a whole vector."""
-    lanes = VECTOR_BYTES // itemsize
+    lanes = MB_WIDTH // itemsize
     vectors = k // lanes
     T = max(1, min(threads, vectors, rows))
     return np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)

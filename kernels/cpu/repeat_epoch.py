@@ -15,9 +15,9 @@ import numpy as np
 from numba import njit
 
 from .activation import activate, derivative
-from .batch1_epoch import padded_hidden, unpad_hidden
+from .batch1_epoch import B1_WIDTH, padded_hidden, unpad_hidden
 from .loss import row_loss
-from .simd import CACHE, gather_planned, listed_plans, scatter_nonzero, tile_plan
+from .simd import CACHE, MAX_TILE, gather_planned, listed_plans, scatter_nonzero, tile_plan
 
 
 @njit(cache=CACHE, fastmath={"contract"})
@@ -42,8 +42,8 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
     out = np.empty(n_out, dtype)
     dW2T = np.empty((n_out, kp), dtype)
     step = np.zeros(kp, dtype)
-    plan = tile_plan(0, kp, W1.itemsize)
-    plans = listed_plans(0, kp, W1.itemsize)
+    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, B1_WIDTH)
+    plans = listed_plans(0, kp, W1.itemsize, B1_WIDTH)
     live = np.empty(plans.shape[0], np.int64)
     total = 0.0
     correct = 0
@@ -52,7 +52,7 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
         for i in range(batch):
             r = order[base + i]
             h = H1[i]
-            gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1p, h, 0, kp)
+            gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1p, h, 0, kp, B1_WIDTH)
             for j in range(n_hidden):
                 h[j] = activate(h[j], codes1[j])
                 A1[i, j] = h[j] * fwd[base + i, j] if fwd.shape[0] else h[j]
@@ -82,7 +82,7 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
                     q += dZ2[i, c] * dW2T[c, j]
                 d = (first * p - second * q) * derivative(H1[i, j], codes1[j])
                 step[j] = -(d * bwd[base + i, j] if bwd.shape[0] else d)
-            scatter_nonzero(plans, live, indices, values, indptr[r], indptr[r + 1], step, W1p, 0, kp)
+            scatter_nonzero(plans, live, indices, values, indptr[r], indptr[r + 1], step, W1p, 0, kp, B1_WIDTH)
         for c in range(n_out):
             for j in range(n_hidden):
                 W2T[c, j] -= first * dW2T[c, j]

@@ -2,18 +2,20 @@
 
 LLVM does not vectorise these loops well by itself: it cannot prove that the output does not alias the
 weights, so it keeps the accumulators in memory and adds checks per stored pixel. Here a tile of `nv`
-vectors of VECTOR_BYTES bytes stays in registers for the whole pixel loop.
+vectors of `vbytes` bytes stays in registers for the whole pixel loop.
 
+Every intrinsic and loop takes the vector width in bytes as its last argument, a compile-time constant.
 VECTOR_BYTES follows the host's widest vectors as LLVM reports its CPU features: 64 with AVX-512, 32 with
-AVX or AVX2, 16 elsewhere (SSE2, ARM NEON, ...); FASTMNIST_VECTOR_BYTES (16, 32 or 64) forces one. Numba's
-on-disk cache does not see this module-level constant, so a forced width other than the host's compiles
-these kernels in memory only (CACHE is False): a cached kernel is always one built for the host's width.
+AVX or AVX2, 16 elsewhere (SSE2, ARM NEON, ...); each kernel compiles for `width(kernel)`, the host's width
+capped at what measured fastest for it (PREFERRED). FASTMNIST_VECTOR_BYTES (16, 32 or 64) forces one width
+on every kernel. Numba's on-disk cache does not see these module-level constants, so a forced width
+compiles the kernels in memory only (CACHE is False): a cached kernel is always one built for the host.
 
-gather_tiles(nv)(indices, values, lo, hi, W, h, j0, ntiles):
+gather_tiles(nv)(indices, values, lo, hi, W, h, j0, ntiles, vbytes):
     h[j0:j0 + ntiles*T] = sum over p in [lo, hi) of values[p] * W[indices[p], j0:j0 + ntiles*T]
-scatter_tiles(nv)(indices, values, lo, hi, dz, acc, j0, ntiles):
+scatter_tiles(nv)(indices, values, lo, hi, dz, acc, j0, ntiles, vbytes):
     acc[indices[p], j0:j0 + ntiles*T] += values[p] * dz[j0:j0 + ntiles*T] for p in [lo, hi)
-with T = nv * lanes (`lanes`). indices may be None: then values[p] goes with row p of W or acc, a dense
+with T = nv * vbytes / itemsize (`lanes`). indices may be None: then values[p] goes with row p of W or acc, a dense
 product with no index to load per row. Callers check bounds: the intrinsics index without checks. W, acc are
 C-contiguous 2-D arrays, h and dz contiguous 1-D ones, all of one float dtype. Products are fused
 multiply-adds, so results equal a plain loop's within rounding. gather_columns and scatter_columns do the
@@ -34,8 +36,9 @@ import os
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import literally, njit, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 WIDTHS = (16, 32, 64)
@@ -68,7 +71,21 @@ def _chosen_vector_bytes() -> int:
 
 HOST_VECTOR_BYTES = host_vector_bytes()
 VECTOR_BYTES = _chosen_vector_bytes()
-CACHE = VECTOR_BYTES == HOST_VECTOR_BYTES     # the kernels that depend on the width cache only the host's
+FORCED = bool(os.environ.get("FASTMNIST_VECTOR_BYTES", "").strip())
+CACHE = not FORCED      # the kernels that read a width from a module constant cache only the host's policy
+
+# Per kernel, the widest vectors worth using when the host has them: in the lab on a 2-core Zen 4 (AVX-512 on
+# 256-bit pipes; bench/lab/README.md has the measurements) the sparse forward and the batch-1 epoch ran
+# faster on 32-byte vectors, the weight gradient, the fused head and the minibatch epoch on 64-byte ones.
+PREFERRED = {"sparse_forward": 32, "batch1_epoch": 32, "weight_grad": 64, "head": 64, "minibatch_epoch": 64}
+
+
+def width(kernel: str) -> int:
+    """The vector width in bytes that `kernel` (a key of PREFERRED) compiles for: the host's, capped at the
+    kernel's preference, unless FASTMNIST_VECTOR_BYTES forces one for every kernel."""
+    return VECTOR_BYTES if FORCED else min(VECTOR_BYTES, PREFERRED[kernel])
+
+
 CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines
 
 
@@ -101,9 +118,9 @@ def empty_rows(rows, cols, like):
     return buf[start:start + rows * cols].reshape((rows, cols))
 
 
-def lanes(dtype) -> int:
-    """Lanes of one vector for a numpy float dtype (VECTOR_BYTES // itemsize)."""
-    return VECTOR_BYTES // dtype.itemsize
+def lanes(dtype, vbytes=None) -> int:
+    """Lanes of one vector of vbytes bytes (VECTOR_BYTES by default) for a numpy float dtype."""
+    return (vbytes or VECTOR_BYTES) // np.dtype(dtype).itemsize
 
 
 def _parts(context, builder, ty, value):
@@ -111,9 +128,17 @@ def _parts(context, builder, ty, value):
     return arr.data, cgutils.unpack_tuple(builder, arr.shape)
 
 
-def _vector_type(context, dtype):
+def _vector_type(context, dtype, vbytes):
     fty = context.get_value_type(dtype)
-    return fty, ir.VectorType(fty, VECTOR_BYTES // (dtype.bitwidth // 8))
+    return fty, ir.VectorType(fty, vbytes // (dtype.bitwidth // 8))
+
+
+def _width_of(ty) -> int:
+    """The vector width in bytes an intrinsic is compiled for: its last argument, a compile-time constant."""
+    value = getattr(ty, "literal_value", getattr(ty, "value", None))
+    if value not in WIDTHS:
+        raise TypingError(f"simd: the vector width must be a constant in {WIDTHS}, got {ty}")
+    return value
 
 
 def _splat(builder, vty, x):
@@ -155,9 +180,9 @@ def _check_types(indices, values, matrix, out, out_ndim=1, values_ndim=1):
         raise TypeError("cpu_simd: need integer indices (or None), float values and C-contiguous arrays of one dtype")
 
 
-def _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p, out_off, j0_v, nt_v, accumulate):
+def _gather_codegen(nv, vbytes, context, builder, ind_ty, val_ty, w_ty, args, out_p, out_off, j0_v, nt_v, accumulate):
     """The tile loop of a gather: out[out_off + col : + T] (+)= sum of values[p] * W[indices[p], col : + T]."""
-    fty, vty = _vector_type(context, w_ty.dtype)
+    fty, vty = _vector_type(context, w_ty.dtype, vbytes)
     i64 = ir.IntType(64)
     ind_p = None if ind_ty is types.none else _parts(context, builder, ind_ty, args[0])[0]
     val_p, _ = _parts(context, builder, val_ty, args[1])
@@ -201,15 +226,16 @@ def _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p, out
 @functools.lru_cache(maxsize=None)
 def gather_tiles(nv: int):
     @intrinsic
-    def _gather(typingctx, indices, values, lo, hi, W, h, j0, ntiles):
+    def _gather(typingctx, indices, values, lo, hi, W, h, j0, ntiles, vbytes):
         _check_types(indices, values, W, h)
-        sig = types.void(indices, values, types.int64, types.int64, W, h, types.int64, types.int64)
+        sig = types.void(indices, values, types.int64, types.int64, W, h, types.int64, types.int64, vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
-            ind_ty, val_ty, _, _, w_ty, h_ty, _, _ = signature.args
+            ind_ty, val_ty, _, _, w_ty, h_ty = signature.args[:6]
             h_p, _ = _parts(context, builder, h_ty, args[5])
-            _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, h_p, ir.Constant(ir.IntType(64), 0),
-                            args[6], args[7], accumulate=None)
+            _gather_codegen(nv, width, context, builder, ind_ty, val_ty, w_ty, args, h_p,
+                            ir.Constant(ir.IntType(64), 0), args[6], args[7], accumulate=None)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -223,15 +249,16 @@ def gather_row_tiles(nv: int):
     into row `row` of the C-contiguous 2-D Out, adding to what it holds when `accumulate`. No row view is
     made, so nothing is reference-counted per call."""
     @intrinsic
-    def _gather_row(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles, accumulate):
+    def _gather_row(typingctx, indices, values, lo, hi, W, Out, row, j0, ntiles, accumulate, vbytes):
         _check_types(indices, values, W, Out, out_ndim=2)
         sig = types.void(indices, values, types.int64, types.int64, W, Out, types.int64, types.int64, types.int64,
-                         types.boolean)
+                         types.boolean, vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
             out_p, (_, out_width) = _parts(context, builder, out_ty, args[5])
-            _gather_codegen(nv, context, builder, ind_ty, val_ty, w_ty, args, out_p,
+            _gather_codegen(nv, width, context, builder, ind_ty, val_ty, w_ty, args, out_p,
                             builder.mul(args[6], out_width), args[7], args[8], accumulate=args[9])
             return context.get_dummy_value()
 
@@ -240,12 +267,12 @@ def gather_row_tiles(nv: int):
     return _gather_row
 
 
-def _two_sums_codegen(nv, context, builder, w_ty, out_ty, args, entry):
+def _two_sums_codegen(nv, vbytes, context, builder, w_ty, out_ty, args, entry):
     """The tile loop of gather_pair_tiles and gather_two_rows_tiles: rows row_a and row_b of Out each get their
     own stream of values summed over one list of rows of W, so each tile of W is loaded once for both. One set of
     accumulators per output row: its chain of FMAs hides the other's latency. args: (lo, hi, W, Out, row_a,
     row_b, j0, ntiles, accumulate); entry(p) gives entry p's row of W and its two values (i64, scalars)."""
-    fty, vty = _vector_type(context, w_ty.dtype)
+    fty, vty = _vector_type(context, w_ty.dtype, vbytes)
     i64 = ir.IntType(64)
     lo_v, hi_v = args[0], args[1]
     w_p, (_, width) = _parts(context, builder, w_ty, args[2])
@@ -285,11 +312,12 @@ def gather_pair_tiles(nv: int):
     values[2p + m] * W[indices[p], j0:j0 + ntiles*T], adding to what Out holds when `accumulate`: two sums over
     one list of W's rows (two adjacent input columns of a weight gradient)."""
     @intrinsic
-    def _gather_pair(typingctx, indices, values, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate):
+    def _gather_pair(typingctx, indices, values, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, vbytes):
         _check_types(indices, values, W, Out, out_ndim=2)
         if indices is types.none:
             raise TypeError("cpu_simd: a pair gather needs its index array")
-        sig = types.void(indices, values, types.int64, types.int64, W, Out, *_TWO_SUMS_REST)
+        sig = types.void(indices, values, types.int64, types.int64, W, Out, *_TWO_SUMS_REST, vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
             ind_ty, val_ty, _, _, w_ty, out_ty = signature.args[:6]
@@ -302,7 +330,7 @@ def gather_pair_tiles(nv: int):
                     builder.load(builder.gep(val_p, [builder.add(pair, ir.Constant(ir.IntType(64), m))], inbounds=True))
                     for m in range(2)]
 
-            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[2:], entry)
+            _two_sums_codegen(nv, width, context, builder, w_ty, out_ty, args[2:], entry)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -317,9 +345,12 @@ def gather_two_rows_tiles(nv: int):
     U[v, p] * W[p, j0:j0 + ntiles*T], with U = V.T if `transposed` else V: two rows of a dense product U @ W,
     each tile of W loaded once for both (transposed: V's columns read in place, no transposed copy)."""
     @intrinsic
-    def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, transposed):
+    def _gather_two_rows(typingctx, V, va, vb, lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate, transposed,
+                         vbytes):
         _check_types(types.none, V, W, Out, out_ndim=2, values_ndim=2)
-        sig = types.void(V, types.int64, types.int64, types.int64, types.int64, W, Out, *_TWO_SUMS_REST, types.boolean)
+        sig = types.void(V, types.int64, types.int64, types.int64, types.int64, W, Out, *_TWO_SUMS_REST, types.boolean,
+                         vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
             v_ty, w_ty, out_ty = signature.args[0], signature.args[5], signature.args[6]
@@ -333,7 +364,7 @@ def gather_two_rows_tiles(nv: int):
                 at = builder.mul(p, step)
                 return p, [builder.load(builder.gep(v_p, [builder.add(first, at)], inbounds=True)) for first in firsts]
 
-            _two_sums_codegen(nv, context, builder, w_ty, out_ty, args[3:12], entry)
+            _two_sums_codegen(nv, width, context, builder, w_ty, out_ty, args[3:12], entry)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -341,10 +372,10 @@ def gather_two_rows_tiles(nv: int):
     return _gather_two_rows
 
 
-def _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, nt_v, tile_columns):
+def _scatter_codegen(nv, vbytes, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, nt_v, tile_columns):
     """The tile loop of a scatter: acc[indices[p], c_v : c_v + lanes] += values[p] * dz[c_v : c_v + lanes] for
     the nv columns c_v that tile_columns(tile index) gives (i64 values)."""
-    fty, vty = _vector_type(context, acc_ty.dtype)
+    fty, vty = _vector_type(context, acc_ty.dtype, vbytes)
     ind_p = None if ind_ty is types.none else _parts(context, builder, ind_ty, args[0])[0]
     val_p, _ = _parts(context, builder, val_ty, args[1])
     lo_v, hi_v = args[2], args[3]
@@ -366,20 +397,21 @@ def _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, 
 @functools.lru_cache(maxsize=None)
 def scatter_tiles(nv: int):
     @intrinsic
-    def _scatter(typingctx, indices, values, lo, hi, dz, acc, j0, ntiles):
+    def _scatter(typingctx, indices, values, lo, hi, dz, acc, j0, ntiles, vbytes):
         _check_types(indices, values, acc, dz)
-        sig = types.void(indices, values, types.int64, types.int64, dz, acc, types.int64, types.int64)
+        sig = types.void(indices, values, types.int64, types.int64, dz, acc, types.int64, types.int64, vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
-            ind_ty, val_ty, _, _, dz_ty, acc_ty, _, _ = signature.args
+            ind_ty, val_ty, _, _, dz_ty, acc_ty = signature.args[:6]
             i64 = ir.IntType(64)
-            count = _vector_type(context, acc_ty.dtype)[1].count
+            count = _vector_type(context, acc_ty.dtype, width)[1].count
 
             def tile_columns(t):
                 col = builder.add(args[6], builder.mul(t, ir.Constant(i64, count * nv)))
                 return [builder.add(col, ir.Constant(i64, v * count)) for v in range(nv)]
 
-            _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[7], tile_columns)
+            _scatter_codegen(nv, width, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[7], tile_columns)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -393,15 +425,16 @@ def scatter_listed_tiles(nv: int):
     the vectors starting at columns[first], columns[first + 1], ... (ntiles * nv of them, each a multiple of
     the lane count), in any order: a scatter that skips the vectors of dz that are all zero."""
     @intrinsic
-    def _scatter_listed(typingctx, indices, values, lo, hi, dz, acc, columns, first, ntiles):
+    def _scatter_listed(typingctx, indices, values, lo, hi, dz, acc, columns, first, ntiles, vbytes):
         _check_types(indices, values, acc, dz)
         if not (isinstance(columns, types.Array) and columns.dtype == types.int64 and columns.ndim == 1
                 and columns.layout == "C"):
             raise TypeError("cpu_simd: the column list must be a contiguous int64 array")
-        sig = types.void(indices, values, types.int64, types.int64, dz, acc, columns, types.int64, types.int64)
+        sig = types.void(indices, values, types.int64, types.int64, dz, acc, columns, types.int64, types.int64, vbytes)
+        width = _width_of(vbytes)
 
         def codegen(context, builder, signature, args):
-            ind_ty, val_ty, _, _, dz_ty, acc_ty, col_ty, _, _ = signature.args
+            ind_ty, val_ty, _, _, dz_ty, acc_ty, col_ty = signature.args[:7]
             i64 = ir.IntType(64)
             col_p, _ = _parts(context, builder, col_ty, args[6])
 
@@ -410,7 +443,7 @@ def scatter_listed_tiles(nv: int):
                 return [builder.load(builder.gep(col_p, [builder.add(at, ir.Constant(i64, v))], inbounds=True))
                         for v in range(nv)]
 
-            _scatter_codegen(nv, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[8], tile_columns)
+            _scatter_codegen(nv, width, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, args[8], tile_columns)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -429,11 +462,11 @@ T1, T2, T3, T4, T5, T6 = (gather_two_rows_tiles(nv) for nv in range(1, MAX_TILE 
 
 
 @njit(cache=CACHE)
-def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE):
+def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE, vbytes=VECTOR_BYTES):
     """(nv, wide, narrow): the whole vectors of columns j0:j1 as `wide` tiles of nv + 1 vectors followed by
     `narrow` tiles of nv, in the fewest passes of at most max_tile (<= MAX_TILE) vectors; (j1 - j0) % lanes
     columns remain."""
-    vectors = (j1 - j0) // (VECTOR_BYTES // itemsize)
+    vectors = (j1 - j0) // (vbytes // itemsize)
     passes = -(-vectors // max_tile)
     if passes == 0:
         return 0, 0, 0
@@ -443,128 +476,136 @@ def tile_plan(j0, j1, itemsize, max_tile=MAX_TILE):
 
 
 @njit(cache=CACHE)
-def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt):
+def gather_tile(nv, indices, values, lo, hi, M, h, j0, nt, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        G1(indices, values, lo, hi, M, h, j0, nt)
+        G1(indices, values, lo, hi, M, h, j0, nt, vbytes)
     elif nv == 2:
-        G2(indices, values, lo, hi, M, h, j0, nt)
+        G2(indices, values, lo, hi, M, h, j0, nt, vbytes)
     elif nv == 3:
-        G3(indices, values, lo, hi, M, h, j0, nt)
+        G3(indices, values, lo, hi, M, h, j0, nt, vbytes)
     elif nv == 4:
-        G4(indices, values, lo, hi, M, h, j0, nt)
+        G4(indices, values, lo, hi, M, h, j0, nt, vbytes)
     elif nv == 5:
-        G5(indices, values, lo, hi, M, h, j0, nt)
+        G5(indices, values, lo, hi, M, h, j0, nt, vbytes)
     else:
-        G6(indices, values, lo, hi, M, h, j0, nt)
+        G6(indices, values, lo, hi, M, h, j0, nt, vbytes)
 
 
 @njit(cache=CACHE)
-def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate):
+def gather_row_tile(nv, indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        R1(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R1(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
     elif nv == 2:
-        R2(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R2(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
     elif nv == 3:
-        R3(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R3(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
     elif nv == 4:
-        R4(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R4(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
     elif nv == 5:
-        R5(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R5(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
     else:
-        R6(indices, values, lo, hi, M, Out, row, j0, nt, accumulate)
+        R6(indices, values, lo, hi, M, Out, row, j0, nt, accumulate, vbytes)
 
 
 @njit(cache=CACHE)
-def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate):
+def gather_pair_tile(nv, indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        P1(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P1(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
     elif nv == 2:
-        P2(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P2(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
     elif nv == 3:
-        P3(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P3(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
     elif nv == 4:
-        P4(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P4(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
     elif nv == 5:
-        P5(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P5(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
     else:
-        P6(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate)
+        P6(indices, values, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, vbytes)
 
 
 @njit(cache=CACHE)
-def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed):
+def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        T1(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T1(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
     elif nv == 2:
-        T2(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T2(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
     elif nv == 3:
-        T3(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T3(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
     elif nv == 4:
-        T4(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T4(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
     elif nv == 5:
-        T5(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T5(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
     else:
-        T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed)
+        T6(V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, accumulate, transposed, vbytes)
 
 
 @njit(cache=CACHE)
-def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt):
+def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        S1(indices, values, lo, hi, d, G, j0, nt)
+        S1(indices, values, lo, hi, d, G, j0, nt, vbytes)
     elif nv == 2:
-        S2(indices, values, lo, hi, d, G, j0, nt)
+        S2(indices, values, lo, hi, d, G, j0, nt, vbytes)
     elif nv == 3:
-        S3(indices, values, lo, hi, d, G, j0, nt)
+        S3(indices, values, lo, hi, d, G, j0, nt, vbytes)
     elif nv == 4:
-        S4(indices, values, lo, hi, d, G, j0, nt)
+        S4(indices, values, lo, hi, d, G, j0, nt, vbytes)
     elif nv == 5:
-        S5(indices, values, lo, hi, d, G, j0, nt)
+        S5(indices, values, lo, hi, d, G, j0, nt, vbytes)
     else:
-        S6(indices, values, lo, hi, d, G, j0, nt)
+        S6(indices, values, lo, hi, d, G, j0, nt, vbytes)
 
 
 @njit(cache=CACHE)
-def scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, first, nt):
+def scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, first, nt, vbytes):
+    literally(vbytes)
     if nt == 0 or nv == 0:
         return
     if nv == 1:
-        L1(indices, values, lo, hi, d, G, columns, first, nt)
+        L1(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
     elif nv == 2:
-        L2(indices, values, lo, hi, d, G, columns, first, nt)
+        L2(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
     elif nv == 3:
-        L3(indices, values, lo, hi, d, G, columns, first, nt)
+        L3(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
     elif nv == 4:
-        L4(indices, values, lo, hi, d, G, columns, first, nt)
+        L4(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
     elif nv == 5:
-        L5(indices, values, lo, hi, d, G, columns, first, nt)
+        L5(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
     else:
-        L6(indices, values, lo, hi, d, G, columns, first, nt)
+        L6(indices, values, lo, hi, d, G, columns, first, nt, vbytes)
 
 
 @njit(cache=CACHE, fastmath={"contract"})
-def gather_columns(indices, values, lo, hi, M, h, j0, j1):
-    """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1]; j0 starts a tile."""
-    gather_planned(tile_plan(j0, j1, M.itemsize), indices, values, lo, hi, M, h, j0, j1)
+def gather_columns(indices, values, lo, hi, M, h, j0, j1, vbytes):
+    """h[j0:j1] = sum over p in [lo, hi) of values[p] * M[indices[p], j0:j1] in vectors of vbytes bytes (a
+    constant); j0 starts a tile."""
+    literally(vbytes)
+    gather_planned(tile_plan(j0, j1, M.itemsize, MAX_TILE, vbytes), indices, values, lo, hi, M, h, j0, j1, vbytes)
 
 
 @njit(cache=CACHE, fastmath={"contract"}, inline="always")
-def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
-    """gather_columns with its tile_plan(j0, j1, M.itemsize) made once by a caller that repeats it over many
-    rows (the plan's integer divisions and an extra call are a noticeable share of a short gather)."""
-    lanes = VECTOR_BYTES // M.itemsize
+def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1, vbytes):
+    """gather_columns with its tile_plan(j0, j1, M.itemsize, ..., vbytes) made once by a caller that repeats it
+    over many rows (the plan's integer divisions and an extra call are a noticeable share of a short gather)."""
+    lanes = vbytes // M.itemsize
     nv, wide, narrow = plan
-    gather_tile(nv + 1, indices, values, lo, hi, M, h, j0, wide)
+    gather_tile(nv + 1, indices, values, lo, hi, M, h, j0, wide, vbytes)
     k = j0 + wide * (nv + 1) * lanes
-    gather_tile(nv, indices, values, lo, hi, M, h, k, narrow)
+    gather_tile(nv, indices, values, lo, hi, M, h, k, narrow, vbytes)
     k1 = k + narrow * nv * lanes
     if k1 == j1:
         return
@@ -578,15 +619,15 @@ def gather_planned(plan, indices, values, lo, hi, M, h, j0, j1):
 
 
 @njit(cache=CACHE, fastmath={"contract"}, inline="always")
-def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
+def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed, vbytes):
     """Out[row, j0:j1] (+)= U[v, lo:hi] @ M[lo:hi, j0:j1] for (row, v) in ((row_a, va), (row_b, vb)), U = V.T if
     `transposed` else V, with plan = tile_plan(j0, j1, M.itemsize): two rows of a dense product at once
     (gather_two_rows_tiles), the columns after the last whole vector one element at a time."""
-    lanes = VECTOR_BYTES // M.itemsize
+    lanes = vbytes // M.itemsize
     nv, wide, narrow = plan
-    gather_two_rows_tile(nv + 1, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, wide, accumulate, transposed)
+    gather_two_rows_tile(nv + 1, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, wide, accumulate, transposed, vbytes)
     k = j0 + wide * (nv + 1) * lanes
-    gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate, transposed)
+    gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate, transposed, vbytes)
     k1 = k + narrow * nv * lanes
     for row, v in ((row_a, va), (row_b, vb)):
         for j in range(k1, j1):
@@ -609,41 +650,43 @@ def _scatter_rest(indices, values, lo, hi, d, G, k1, j1):
 
 
 @njit(cache=CACHE, fastmath={"contract"})
-def scatter_columns(indices, values, lo, hi, d, G, j0, j1):
-    """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi); j0 starts a tile."""
-    scatter_planned(tile_plan(j0, j1, G.itemsize), indices, values, lo, hi, d, G, j0, j1)
+def scatter_columns(indices, values, lo, hi, d, G, j0, j1, vbytes):
+    """G[indices[p], j0:j1] += values[p] * d[j0:j1] for p in [lo, hi), in vectors of vbytes bytes (a constant);
+    j0 starts a tile."""
+    literally(vbytes)
+    scatter_planned(tile_plan(j0, j1, G.itemsize, MAX_TILE, vbytes), indices, values, lo, hi, d, G, j0, j1, vbytes)
 
 
 @njit(cache=CACHE, fastmath={"contract"}, inline="always")
-def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1):
-    """scatter_columns with its tile_plan(j0, j1, G.itemsize) made once by the caller."""
-    lanes = VECTOR_BYTES // G.itemsize
+def scatter_planned(plan, indices, values, lo, hi, d, G, j0, j1, vbytes):
+    """scatter_columns with its tile_plan(j0, j1, G.itemsize, ..., vbytes) made once by the caller."""
+    lanes = vbytes // G.itemsize
     nv, wide, narrow = plan
-    scatter_tile(nv + 1, indices, values, lo, hi, d, G, j0, wide)
+    scatter_tile(nv + 1, indices, values, lo, hi, d, G, j0, wide, vbytes)
     k = j0 + wide * (nv + 1) * lanes
-    scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow)
+    scatter_tile(nv, indices, values, lo, hi, d, G, k, narrow, vbytes)
     k1 = k + narrow * nv * lanes
     _scatter_rest(indices, values, lo, hi, d, G, k1, j1)
 
 
 @njit(cache=CACHE)
-def listed_plans(j0, j1, itemsize):
+def listed_plans(j0, j1, itemsize, vbytes):
     """plans[m] = tile_plan for m whole vectors, m = 0 .. the whole vectors of columns j0:j1: scatter_nonzero's
     plans for every count of non-zero vectors, made once by the caller."""
-    lanes = VECTOR_BYTES // itemsize
+    lanes = vbytes // itemsize
     vectors = (j1 - j0) // lanes
     plans = np.empty((vectors + 1, 3), np.int64)
     for m in range(vectors + 1):
-        plans[m, 0], plans[m, 1], plans[m, 2] = tile_plan(0, m * lanes, itemsize)
+        plans[m, 0], plans[m, 1], plans[m, 2] = tile_plan(0, m * lanes, itemsize, MAX_TILE, vbytes)
     return plans
 
 
 @njit(cache=CACHE, fastmath={"contract"}, inline="always")
-def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
+def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1, vbytes):
     """scatter_columns that skips the whole vectors of d[j0:j1] that are all zero (which would leave G as it
     is), e.g. the step of a layer whose ReLU units are mostly off. `plans` is listed_plans(j0, j1, itemsize);
     `columns` an int64 scratch array of at least len(plans) - 1 elements. NaN counts as non-zero."""
-    lanes = VECTOR_BYTES // G.itemsize
+    lanes = vbytes // G.itemsize
     m = 0
     k1 = j0 + (plans.shape[0] - 1) * lanes
     for c in range(j0, k1, lanes):
@@ -654,6 +697,6 @@ def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
             columns[m] = c
             m += 1
     nv, wide, narrow = plans[m, 0], plans[m, 1], plans[m, 2]
-    scatter_listed_tile(nv + 1, indices, values, lo, hi, d, G, columns, 0, wide)
-    scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, wide * (nv + 1), narrow)
+    scatter_listed_tile(nv + 1, indices, values, lo, hi, d, G, columns, m - m, wide, vbytes)
+    scatter_listed_tile(nv, indices, values, lo, hi, d, G, columns, wide * (nv + 1), narrow, vbytes)
     _scatter_rest(indices, values, lo, hi, d, G, k1, j1)

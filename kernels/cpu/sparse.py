@@ -17,8 +17,9 @@ from numba import njit, prange
 
 from .activation import activate_runs, code_runs, times_derivative_runs
 from .dense import column_sums
-from .simd import (CACHE, VECTOR_BYTES, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
-                       scatter_tile, tile_plan)
+from .simd import (CACHE, MAX_TILE, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
+                   scatter_tile, tile_plan)
+from .simd import width as vector_width
 
 
 class CompressedRows(NamedTuple):
@@ -186,6 +187,8 @@ class CompressedImages:
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
+FORWARD_WIDTH = vector_width("sparse_forward")      # bytes per SIMD vector in the forward's gathers
+GRAD_WIDTH = vector_width("weight_grad")            # ... and in the weight gradient's
 FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 128-byte tiles of W read faster than 5- or
                    # 6-vector ones (bench/lab/README.md; bench/lab/sparse_forward.py times the kernel)
 
@@ -195,19 +198,19 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
     so that the tile of W they read stays in cache."""
     k = W.shape[1]
-    lanes = VECTOR_BYTES // W.itemsize
-    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE)
+    lanes = FORWARD_WIDTH // W.itemsize
+    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE, FORWARD_WIDTH)
     c = 0
     for t in range(wide + narrow):
         width = nv + 1 if t < wide else nv
         for i in range(start, stop):
             r = rows[i]
-            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False)
+            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False, FORWARD_WIDTH)
         c += width * lanes
     if c < k:
         for i in range(start, stop):
             r = rows[i]
-            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k)
+            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k, FORWARD_WIDTH)
 
 
 @njit(cache=CACHE, fastmath={"contract"})
@@ -215,19 +218,19 @@ def _scatter_block(indptr, indices, values, rows, start, dZ, acc):
     """acc[indices[p]] += values[p] * dZ[i] over the stored pixels p of rows[start + i], i < len(dZ),
     one tile of units at a time (as _gather_block)."""
     k = acc.shape[1]
-    lanes = VECTOR_BYTES // acc.itemsize
-    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    lanes = GRAD_WIDTH // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize, MAX_TILE, GRAD_WIDTH)
     c = 0
     for t in range(wide + narrow):
         width = nv + 1 if t < wide else nv
         for i in range(dZ.shape[0]):
             r = rows[start + i]
-            scatter_tile(width, indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1)
+            scatter_tile(width, indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, 1, GRAD_WIDTH)
         c += width * lanes
     if c < k:
         for i in range(dZ.shape[0]):
             r = rows[start + i]
-            scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k)
+            scatter_columns(indices, values, indptr[r], indptr[r + 1], dZ[i], acc, c, k, GRAD_WIDTH)
 
 
 @njit(cache=CACHE, fastmath={"contract"})
@@ -399,14 +402,15 @@ def _gather_block_columns(colptr, local, values, dz, acc):
     even number of rows (a last odd column's partner row gets zeros)."""
     k = acc.shape[1]
     pairs = colptr.shape[0] - 1
-    lanes = VECTOR_BYTES // acc.itemsize
-    nv, wide, narrow = tile_plan(0, k, acc.itemsize)
+    lanes = GRAD_WIDTH // acc.itemsize
+    nv, wide, narrow = tile_plan(0, k, acc.itemsize, MAX_TILE, GRAD_WIDTH)
     c = 0
     for t in range(wide + narrow):
         width = nv + 1 if t < wide else nv
         for q in range(pairs):
             if colptr[q + 1] > colptr[q]:
-                gather_pair_tile(width, local, values, colptr[q], colptr[q + 1], dz, acc, 2 * q, 2 * q + 1, c, 1, True)
+                gather_pair_tile(width, local, values, colptr[q], colptr[q + 1], dz, acc, 2 * q, 2 * q + 1, c, 1, True,
+                                 GRAD_WIDTH)
         c += width * lanes
     if c < k:                                    # the columns after the last whole vector
         for q in range(pairs):
