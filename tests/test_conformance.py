@@ -72,7 +72,7 @@ def size_class(be) -> str:
 
 
 # (rows, inputs, units): batch 1, sizes that are no multiple of a vector or a tile, more than one tile
-SHAPES = {"cpu": [(1, 1, 1), (1, 784, 40), (7, 13, 5), (33, 17, 19)],
+SHAPES = {"cpu": [(1, 1, 1), (1, 784, 40), (7, 13, 5), (33, 17, 19), (130, 61, 37)],    # the last above SMALL_WORK
           "sim": [(1, 5, 3), (7, 10, 8), (10, 15, 13)],
           "gpu": [(1, 784, 192), (1000, 784, 192), (50000, 784, 192), (50000, 192, 48), (4099, 37, 10)]}
 

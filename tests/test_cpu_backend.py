@@ -156,3 +156,32 @@ def test_grokking_3layer_reproduces_the_seed_numbers():
     assert last["iteration"] == 349
     assert printed(last, "train_acc", "test_acc") == ("0.999", "0.829")
     assert result.path == "batch-1 epoch"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(1, 784, 40), (9, 31, 17), (40, 100, 10)])
+def test_small_and_blas_dense_paths_agree_with_the_reference(monkeypatch, dtype, shape):
+    """A layer takes the fused loops (dense.forward_small / backward_small) where dense.takes_small_path says
+    so and BLAS elsewhere: the same layer down either path matches the reference."""
+    from fastmnist.kernels.cpu import dense
+
+    rows, k, n = shape
+    rng = np.random.default_rng()
+    X = rng.standard_normal((rows, k))
+    X[rng.random((rows, k)) < 0.6] = 0
+    W, b = rng.standard_normal((k, n)) / np.sqrt(k), rng.standard_normal(n)
+    seg = ((0, n // 2, "relu"), (n // 2, n, "tanh"))
+    mask = (rng.random((rows, n)) < 0.7) / 0.7
+    dA, l2 = rng.standard_normal((rows, n)), rng.random(n)
+    _, rH = ref.dense_forward(X, W, b, seg, mask)
+    want_fwd = ref.dense_forward(X, W, b, seg, mask)
+    want_bwd = ref.dense_backward(dA, X, W, rH, seg, mask, l2)
+    for small in (False, True):
+        monkeypatch.setattr(dense, "takes_small_path", lambda *shape, small=small: small)
+        c = lambda a: a.astype(dtype)       # noqa: E731
+        for got, want in zip(be.dense_forward(c(X), c(W), c(b), seg, c(mask)), want_fwd):
+            close(got, want, dtype)
+        got = be.dense_backward(c(dA), c(X), c(W), c(rH), seg, c(mask), c(l2))
+        for g, w in zip(got, want_bwd):
+            close(g, w, dtype)
+        assert be.dense_backward(c(dA), c(X), c(W), c(rH), seg, c(mask), need_dx=False)[0] is None

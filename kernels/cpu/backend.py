@@ -20,6 +20,7 @@ wrong rank or shape raise ValueError; non-float inputs raise TypeError.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 
@@ -27,7 +28,7 @@ import numba
 import numpy as np
 
 from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
-from .activation import layer_codes as _codes
+from .activation import layer_codes
 from ..reference import ReferenceBackend
 
 threads.choose_threading_layer()
@@ -37,6 +38,31 @@ PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "repeat": "r
 SPARSE_MAX_DENSITY = 0.5      # above this share of non-zero inputs, forward() uses BLAS for the first layer
 _EMPTY_MASK = {np.dtype(t): np.zeros((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY_VECTOR = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_codes(segments, units) -> np.ndarray:
+    return layer_codes(segments, units)
+
+
+def _codes(segments, units) -> np.ndarray:
+    """layer_codes, made once per (segments, units): the kernels only read them."""
+    try:
+        return _cached_codes(segments, units)
+    except TypeError:       # segments given as lists: not hashable
+        return layer_codes(segments, units)
+
+
+def _plain(*arrays):
+    """The dtype of arrays that are all numpy arrays of one float dtype (nothing to convert), else None."""
+    first = getattr(arrays[0], "dtype", None)
+    if first is not _FLOATS[0] and first is not _FLOATS[1]:
+        return None
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype is not first:
+            return None
+    return first
 
 
 def _float_dtype(*arrays) -> np.dtype:
@@ -54,6 +80,8 @@ def _matrix(a, dtype, name) -> np.ndarray:
 
 
 def _vector(a, dtype, length, name) -> np.ndarray:
+    if type(a) is np.ndarray and a.dtype is dtype and a.shape == (length,) and a.flags.c_contiguous:
+        return a
     a = np.ascontiguousarray(a, dtype=dtype)
     if a.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},), got {a.shape}")
@@ -180,34 +208,53 @@ class NumbaCpuBackend(ReferenceBackend):
 
     # -- dense layers -----------------------------------------------------------------------------
     def dense_forward(self, X, W, b, segments, mask=None):
-        dtype = _float_dtype(X, W)
-        X, W = np.asarray(X, dtype), np.asarray(W, dtype)
+        dtype = _plain(X, W)            # the common case checked first: small layers feel every conversion
+        if dtype is None:
+            dtype = _float_dtype(X, W)
+            X, W = np.asarray(X, dtype), np.asarray(W, dtype)
         if X.ndim != 2 or W.ndim != 2 or X.shape[1] != W.shape[0]:
             raise ValueError(f"dense_forward: X {X.shape} and W {W.shape} do not multiply")
         rows, units = X.shape[0], W.shape[1]
         bias = _EMPTY_VECTOR[dtype] if b is None else _vector(b, dtype, units, "b")
-        m = _mask(mask, rows, units, dtype)
-        Z = np.ascontiguousarray(X @ W)
-        A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
-        with threads.parallel_section():
-            dense.bias_activate_mask(Z, bias, _codes(segments, units), m, A)
+        m = _EMPTY_MASK[dtype] if mask is None else _mask(mask, rows, units, dtype)
+        codes = _codes(segments, units)
+        if dense.takes_small_path(rows, X.shape[1], units, dtype.itemsize):
+            Z = np.empty((rows, units), dtype)
+            A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
+            dense.forward_small(np.ascontiguousarray(X), np.ascontiguousarray(W), bias, codes, m, Z, A)
+        else:
+            Z = np.ascontiguousarray(X @ W)
+            A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
+            dense.bias_activate_mask(Z, bias, codes, m, A)
         return (A if m.shape[0] else Z), Z
 
     def dense_backward(self, dA, X, W, H, segments, mask=None, l2=None, need_dx=True):
-        dtype = _float_dtype(dA, X, W, H)
-        dA, H = _matrix(dA, dtype, "dA"), _matrix(H, dtype, "H")
-        X, W = np.asarray(X, dtype), np.asarray(W, dtype)
+        dtype = _plain(dA, X, W, H)
+        if dtype is None or not (dA.flags.c_contiguous and H.flags.c_contiguous):
+            dtype = _float_dtype(dA, X, W, H)
+            dA, H = _matrix(dA, dtype, "dA"), _matrix(H, dtype, "H")
+            X, W = np.asarray(X, dtype), np.asarray(W, dtype)
+        elif dA.ndim != 2 or H.ndim != 2:
+            raise ValueError(f"dA and H must be 2-D, got shapes {dA.shape} and {H.shape}")
         rows, units = dA.shape
         if H.shape != dA.shape or X.ndim != 2 or W.shape != (X.shape[1], units) or X.shape[0] != rows:
             raise ValueError(f"dense_backward: shapes dA {dA.shape}, X {X.shape}, W {W.shape}, H {H.shape} "
                              "do not fit one layer")
+        codes = _codes(segments, units)
+        m = _EMPTY_MASK[dtype] if mask is None else _mask(mask, rows, units, dtype)
+        factors = _EMPTY_VECTOR[dtype] if l2 is None else _vector(l2, dtype, units, "l2")
         dZ = np.empty_like(dA)
         db = np.empty(units, dtype)
-        with threads.parallel_section():
-            dense.activation_grad(dA, H, _codes(segments, units), _mask(mask, rows, units, dtype), dZ, db)
-            dW = np.ascontiguousarray(X.T @ dZ)
-            if l2 is not None:
-                dense.add_column_scaled(dW, np.ascontiguousarray(W), _vector(l2, dtype, units, "l2"))
+        if dense.takes_small_path(rows, X.shape[1], units, dtype.itemsize):
+            X, W = np.ascontiguousarray(X), np.ascontiguousarray(W)
+            dW = np.empty(W.shape, dtype)
+            dX = np.empty(X.shape, dtype) if need_dx else _EMPTY_MASK[dtype]
+            dense.backward_small(dA, X, W, H, codes, m, factors, dZ, db, dW, dX, need_dx)
+            return (dX if need_dx else None), dW, db
+        dense.activation_grad(dA, H, codes, m, dZ, db)
+        dW = np.ascontiguousarray(X.T @ dZ)
+        if l2 is not None:
+            dense.add_column_scaled(dW, np.ascontiguousarray(W), factors)
         dX = dZ @ W.T if need_dx else None
         return dX, dW, db
 

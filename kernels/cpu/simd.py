@@ -77,7 +77,8 @@ CACHE = not FORCED      # the kernels that read a width from a module constant c
 # Per kernel, the widest vectors worth using when the host has them: in the lab on a 2-core Zen 4 (AVX-512 on
 # 256-bit pipes; bench/lab/README.md has the measurements) the sparse forward and the batch-1 epoch ran
 # faster on 32-byte vectors, the weight gradient, the fused head and the minibatch epoch on 64-byte ones.
-PREFERRED = {"sparse_forward": 32, "batch1_epoch": 32, "weight_grad": 64, "head": 64, "minibatch_epoch": 64}
+PREFERRED = {"sparse_forward": 32, "batch1_epoch": 32, "weight_grad": 64, "head": 64, "minibatch_epoch": 64,
+             "dense_small": 32}
 
 
 def width(kernel: str) -> int:
