@@ -21,7 +21,8 @@ def step_work(net, X):
     the forward product and again by the backward one (except the first layer's), its gradient written, and
     the update reading weight, gradient and optimiser state and writing weight and state; under SGD only the
     first layer's rows that a nonzero pixel touched. With the notebook's repeated update (grokking-batch) the
-    backward pass counts once per sample, as the notebook computes it.
+    backward pass counts once, as the gradient does not change between the repeats (the notebook computes it
+    once per sample; numba-cpu applies the repeats in closed form), and the update's traffic once per sample.
     """
     X = np.asarray(X)
     rows, itemsize = X.shape[0], X.dtype.itemsize
@@ -30,12 +31,13 @@ def step_work(net, X):
     (k0, n0), rest = shapes[0], shapes[1:]
     forward = 2 * nonzero * n0 + sum(2 * rows * k * n for k, n in rest)
     backward = 2 * nonzero * n0 + sum(4 * rows * k * n for k, n in rest)
-    flop = forward + (rows if net.repeat_update else 1) * backward
+    flop = forward + backward
+    repeats = rows if net.repeat_update else 1
     state = 0 if net.optimizer == "sgd" else 2
     touched = np.count_nonzero(X.any(axis=0)) if state == 0 else k0
     per_weight = 1 + 3 + 2 * state                    # gradient written; update: W, gradient read, W written
-    first = (touched * n0) * (1 + per_weight)         # forward reads only the touched rows too
-    others = sum(k * n * (2 + per_weight) for k, n in rest)
+    first = (touched * n0) * (1 + repeats * per_weight)     # forward reads only the touched rows too
+    others = sum(k * n * (2 + repeats * per_weight) for k, n in rest)
     return flop, itemsize * (nonzero + first + others)
 
 
