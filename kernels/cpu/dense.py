@@ -126,17 +126,7 @@ def backward_small(dA, X, W, H, codes, mask, l2, dZ, db, dW, dX, need_dx):
     inputs and zero gradients, in SIMD tiles."""
     rows, n = dA.shape
     k = X.shape[1]
-    acc = np.zeros(n)
-    for r in range(rows):
-        mrow = 0 if mask.shape[0] == 1 else r
-        for j in range(n):
-            d = dA[r, j] * derivative(H[r, j], codes[j])
-            if mask.shape[0]:
-                d *= mask[mrow, j]
-            dZ[r, j] = d
-            acc[j] += d
-    for j in range(n):
-        db[j] = acc[j]
+    activation_grad(dA, H, codes, mask, dZ, db)
     if l2.shape[0]:
         for i in range(k):
             for j in range(n):
