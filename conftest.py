@@ -8,6 +8,14 @@ from pathlib import Path
 _default = Path(__file__).resolve().parent.parent / "shared" / "data" / "mnist"
 os.environ["FASTMNIST_DATA"] = str(Path(os.environ.get("FASTMNIST_DATA", _default)).resolve())
 
+# Ctrl-C as a terminal delivers it: a shell that starts the tests in the background (`cmd &`, nohup) hands them
+# SIGINT ignored, which Python and every subprocess would inherit, and the interrupt tests would then test
+# nothing. Python's own handler is put back (subprocesses then start with the default disposition).
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # numba-cuda kernels run in numba-cuda's CPU simulator unless a real GPU is asked for (FASTMNIST_REAL_GPU=1).
 # numba.cuda reads the variable when it is first imported, so it is set here, before anything imports it.
 if os.environ.get("FASTMNIST_REAL_GPU") != "1":
