@@ -101,44 +101,35 @@ def _nonzero(x, idx, val):
 @njit(cache=CACHE, fastmath={"contract"})
 def forward_small(X, W, b, codes, mask, Z, A):
     """Z <- act(X @ W + b); A <- Z * mask when the mask is not empty. X, W C-contiguous; each row's product
-    sums W's rows at its nonzero inputs, in SIMD tiles."""
+    sums W's rows at its nonzero inputs, in SIMD tiles; then bias_activate_mask, as after BLAS."""
     rows, k = X.shape
     n = W.shape[1]
     plan = tile_plan(0, n, W.itemsize, MAX_TILE, SMALL_WIDTH)
     idx = np.empty(k, np.intp)
     val = np.empty(k, X.dtype)
     for r in range(rows):
-        z = Z[r]
         count = _nonzero(X[r], idx, val)
-        gather_planned(plan, idx, val, 0, count, W, z, 0, n, SMALL_WIDTH)
-        mrow = 0 if mask.shape[0] == 1 else r
-        for j in range(n):
-            h = activate(z[j] + b[j] if b.shape[0] else z[j], codes[j])
-            z[j] = h
-            if mask.shape[0]:
-                A[r, j] = h * mask[mrow, j]
+        gather_planned(plan, idx, val, 0, count, W, Z[r], 0, n, SMALL_WIDTH)
+    bias_activate_mask(Z, b, codes, mask, A)
 
 
 @njit(cache=CACHE, fastmath={"contract"})
 def backward_small(dA, X, W, H, codes, mask, l2, dZ, db, dW, dX, need_dx):
     """dZ <- dA * act'(H) * mask, db its column sums (accumulated in float64), dW <- X.T @ dZ (+ W * l2 per
-    column when l2 is not empty), dX <- dZ @ W.T when need_dx. X, W C-contiguous; the products skip zero
-    inputs and zero gradients, in SIMD tiles."""
+    column when l2 is not empty), dX <- dZ @ W.T when need_dx. X, W C-contiguous; dW's product skips zero
+    inputs, in SIMD tiles."""
     rows, n = dA.shape
     k = X.shape[1]
     activation_grad(dA, H, codes, mask, dZ, db)
-    if l2.shape[0]:
-        for i in range(k):
-            for j in range(n):
-                dW[i, j] = W[i, j] * l2[j]
-    else:
-        dW[:] = 0
-    idx = np.empty(max(k, n), np.intp)
-    val = np.empty(max(k, n), X.dtype)
+    dW[:] = 0
+    idx = np.empty(k, np.intp)
+    val = np.empty(k, X.dtype)
     to_n = tile_plan(0, n, W.itemsize, MAX_TILE, SMALL_WIDTH)
     for r in range(rows):           # dW[i] += X[r, i] * dZ[r] at each nonzero input i
         count = _nonzero(X[r], idx, val)
         scatter_planned(to_n, idx, val, 0, count, dZ[r], dW, 0, n, SMALL_WIDTH)
+    if l2.shape[0]:
+        add_column_scaled(dW, W, l2)
     if need_dx:
         for r in range(rows):
             _row_dots(dZ[r], W, dX[r])
