@@ -48,10 +48,11 @@ def epoch_work(net, X, batch):
 
 
 def _run(timed, be, dtype, mnist, recipe, net, rows, group, cores=None):
-    X = be.asarray(mnist.images(rows, dtype, recipe.split), dtype)
+    images = mnist.images(rows, dtype, recipe.split)
+    X = be.asarray(images, dtype)
     y = be.asarray(mnist.labels(rows, recipe.split), np.int64)
     batch = recipe.batch_size or rows
-    flop, nbytes = epoch_work(net, mnist.images(rows, dtype, recipe.split), batch)
+    flop, nbytes = epoch_work(net, images, batch)
     total, correct = timed(group, be.train_epoch, net, X, y, recipe.batch_size, np.random.RandomState(5), None,
                            flop=flop, nbytes=nbytes, cores=cores, preset=recipe.name, rows=rows, batch=batch)
     assert np.isfinite(float(total)) and 0 <= int(correct) <= rows, f"loss {total}, correct {correct}"
