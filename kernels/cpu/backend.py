@@ -219,12 +219,12 @@ class NumbaCpuBackend(ReferenceBackend):
         m = _EMPTY_MASK[dtype] if mask is None else _mask(mask, rows, units, dtype)
         codes = _codes(segments, units)
         if dense.takes_small_path(rows, X.shape[1], units, dtype.itemsize):
-            Z = np.empty((rows, units), dtype)
-            A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
+            Z = simd.scratch((rows, units), dtype)
+            A = simd.scratch(Z.shape, Z.dtype) if m.shape[0] else _EMPTY_MASK[dtype]
             dense.forward_small(np.ascontiguousarray(X), np.ascontiguousarray(W), bias, codes, m, Z, A)
         else:
             Z = np.ascontiguousarray(X @ W)
-            A = np.empty_like(Z) if m.shape[0] else _EMPTY_MASK[dtype]
+            A = simd.scratch(Z.shape, Z.dtype) if m.shape[0] else _EMPTY_MASK[dtype]
             dense.bias_activate_mask(Z, bias, codes, m, A)
         return (A if m.shape[0] else Z), Z
 
@@ -243,12 +243,12 @@ class NumbaCpuBackend(ReferenceBackend):
         codes = _codes(segments, units)
         m = _EMPTY_MASK[dtype] if mask is None else _mask(mask, rows, units, dtype)
         factors = _EMPTY_VECTOR[dtype] if l2 is None else _vector(l2, dtype, units, "l2")
-        dZ = np.empty_like(dA)
-        db = np.empty(units, dtype)
+        dZ = simd.scratch(dA.shape, dA.dtype)
+        db = simd.scratch(units, dtype)
         if dense.takes_small_path(rows, X.shape[1], units, dtype.itemsize):
             X, W = np.ascontiguousarray(X), np.ascontiguousarray(W)
-            dW = np.empty(W.shape, dtype)
-            dX = np.empty(X.shape, dtype) if need_dx else _EMPTY_MASK[dtype]
+            dW = simd.scratch(W.shape, dtype)
+            dX = simd.scratch(X.shape, dtype) if need_dx else _EMPTY_MASK[dtype]
             dense.backward_small(dA, X, W, H, codes, m, factors, dZ, db, dW, dX, need_dx)
             return (dX if need_dx else None), dW, db
         dense.activation_grad(dA, H, codes, m, dZ, db)
@@ -265,7 +265,7 @@ class NumbaCpuBackend(ReferenceBackend):
         dtype = _float_dtype(out)
         out = _matrix(out, dtype, "out")
         labels = _labels(labels, out.shape[0], out.shape[1])
-        grad = np.empty_like(out)
+        grad = simd.scratch(out.shape, out.dtype)
         with threads.parallel_section():
             total, correct = loss.loss_and_grad(out, labels, loss.LOSS_CODES[kind], dtype.type(eps),
                                                     dtype.type(out.shape[0]), grad, need_grad)
@@ -316,7 +316,7 @@ class NumbaCpuBackend(ReferenceBackend):
         W, bias, codes, ones = np.ascontiguousarray(W), _EMPTY_VECTOR[dtype] if b is None else b, _codes(seg, units), \
             np.ones(units, dtype)
         chunk = max(1, int(chunk))
-        H, A = np.empty((min(n, chunk), units), dtype), np.empty((min(n, chunk), units), dtype)
+        H, A = simd.scratch((min(n, chunk), units), dtype), simd.scratch((min(n, chunk), units), dtype)
         outs = []
         for start in range(0, n, chunk):                # chunks of rows: the first layer's outputs stay small
             rows = np.arange(start, min(n, start + chunk))

@@ -29,7 +29,7 @@ from . import barrier
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
-from .simd import CACHE, MAX_TILE, aligned_empty, empty_rows, gather_pair_tile, gather_planned, tile_plan, width
+from .simd import CACHE, MAX_TILE, aligned_empty, gather_pair_tile, gather_planned, tile_plan, width
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
@@ -131,13 +131,14 @@ def _regroup_pairs(indptr, indices, values, rows, start, i0, i1, cp, pair_rows, 
 def _gather_pair_add(plan, rows, vals, lo, hi, M, Out, ra, rb, j0, j1, accumulate):
     """Out[ra, j0:j1] (+)= sum over e in lo:hi of vals[2e] M[rows[e], j0:j1], Out[rb] likewise with vals[2e + 1]."""
     lanes = MB_WIDTH // M.itemsize
+    zero = Out.dtype.type(0)
     nv, wide, narrow = plan
     gather_pair_tile(nv + 1, rows, vals, lo, hi, M, Out, ra, rb, j0, wide, accumulate, MB_WIDTH)
     k = j0 + wide * (nv + 1) * lanes
     gather_pair_tile(nv, rows, vals, lo, hi, M, Out, ra, rb, k, narrow, accumulate, MB_WIDTH)
     for j in range(k + narrow * nv * lanes, j1):
-        sa = Out[ra, j] if accumulate else Out[ra, j] * 0
-        sb = Out[rb, j] if accumulate else Out[rb, j] * 0
+        sa = Out[ra, j] if accumulate else zero      # not Out * 0: Out may hold NaN from before
+        sb = Out[rb, j] if accumulate else zero
         for e in range(lo, hi):
             m = M[rows[e], j]
             sa += vals[2 * e] * m
@@ -316,14 +317,15 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     pairs = (n_in + 1) // 2
     cap = (batch // T + 1) * pairs
     rows = lambda n: aligned_empty((n, k), dtype)  # noqa: E731
-    buffers = (rows(batch), rows(batch), rows(batch), np.empty((T, batch, classes), dtype),     # H1 A1 dZ1 part
-               np.empty((batch, classes), dtype), np.empty((batch, classes), dtype),            # H2 A2
-               np.empty((batch, classes), dtype), np.empty((classes, batch), dtype),            # dZ2 dZ2T
-               np.ascontiguousarray(W2.T), empty_rows(classes, k, W1), np.empty((k, classes), dtype),  # W2T G2T G2
+    small = lambda *shape: aligned_empty(shape, dtype)  # noqa: E731
+    buffers = (rows(batch), rows(batch), rows(batch), small(T, batch, classes),                # H1 A1 dZ1 part
+               small(batch, classes), small(batch, classes),                                    # H2 A2
+               small(batch, classes), small(classes, batch),                                    # dZ2 dZ2T
+               np.ascontiguousarray(W2.T), rows(classes), small(k, classes),                    # W2T G2T G2
                rows(T), rows(2 * T),                                                            # g_rows g_pairs
                np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
-               np.empty((2, T, 2 * cap), dtype),                                                # pair_values
-               np.ones(k, dtype), np.ones(classes, dtype), np.empty(classes, dtype))            # ones1 ones2 gb2
+               small(2, T, 2 * cap),                                                            # pair_values
+               np.ones(k, dtype), np.ones(classes, dtype), small(classes))                      # ones1 ones2 gb2
     G2 = buffers[10]
     flat2 = (W2.reshape(-1), G2.reshape(-1), state2[0].reshape(-1), state2[1].reshape(-1))     # views, not copies
     if any(not np.shares_memory(f, a) for f, a in zip(flat2, (W2, G2, state2[0], state2[1]))):
@@ -370,7 +372,7 @@ def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, ha
     T = max(1, min(threads, n // EVAL_ROWS + 1))
     chunk = min(EVAL_ROWS, max(1, n))
     rows3 = lambda: aligned_empty((T, chunk, k), dtype)  # noqa: E731
-    small = lambda *shape: np.empty((T,) + shape, dtype)  # noqa: E731
+    small = lambda *shape: aligned_empty((T,) + shape, dtype)  # noqa: E731
     buffers = (np.array([0, k], np.int64), rows3(), rows3(), small(1, chunk, classes), small(chunk, classes),
                small(chunk, classes), small(chunk, classes), small(classes, chunk), np.ones(k, dtype),
                np.ones(classes, dtype), False)

@@ -90,13 +90,27 @@ def width(kernel: str) -> int:
 CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines
 
 
+# FASTMNIST_POISON_SCRATCH=1 (the tests set POISON itself): aligned_empty fills float arrays with NaN, so that a
+# kernel that reads a buffer before writing it gives NaN every time rather than whatever the memory last held
+# (numpy hands small buffers back from a cache of freed ones, so that is often an earlier array's NaN or data).
+POISON = os.environ.get("FASTMNIST_POISON_SCRATCH", "").strip() == "1"
+
+
 def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a cache line."""
+    """An uninitialised C-contiguous array whose data starts on a cache line (NaN-filled when POISON)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(nbytes + CACHE_LINE, np.uint8)
     start = -buf.ctypes.data % CACHE_LINE
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
+    out = buf[start:start + nbytes].view(dtype).reshape(shape)
+    if POISON and dtype.kind == "f":
+        out.fill(np.nan)
+    return out
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """np.empty(shape, dtype) for a float buffer a kernel fills (NaN-filled when POISON)."""
+    return np.full(shape, np.nan, dtype) if POISON else np.empty(shape, dtype)
 
 
 def aligned_copy(a) -> np.ndarray:

@@ -149,8 +149,8 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
     if fused:
         (W2, codes2, scale2, b2), (W3, codes3, _, b3) = layers[1:]
         dA = _scratch(net, "dA1", A.shape, dtype)
-        dWs[1], dbs[1] = np.empty_like(W2), np.empty(W2.shape[1], dtype)
-        dWs[2], dbs[2] = np.empty_like(W3), np.empty(W3.shape[1], dtype)
+        dWs[1], dbs[1] = simd.scratch(W2.shape, W2.dtype), simd.scratch(W2.shape[1], dtype)
+        dWs[2], dbs[2] = simd.scratch(W3.shape, W3.dtype), simd.scratch(W3.shape[1], dtype)
         total, correct = head.head_step(
             A, W2, empty if b2 is None else b2, codes2, scale2, np.ascontiguousarray(W3),
             empty if b3 is None else b3, codes3, labels, loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps),
@@ -160,21 +160,21 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
         for Wc, codes, scale, b in layers[1:]:
             Z = np.ascontiguousarray(acts[-1] @ Wc)
             mask = empty_mask if scale is None else scale.reshape(1, -1)
-            A = np.empty_like(Z) if scale is not None else empty_mask
+            A = simd.scratch(Z.shape, Z.dtype) if scale is not None else empty_mask
             dense.bias_activate_mask(Z, empty if b is None else b, codes, mask, A)
             acts.append(Z if scale is None else A)
             hs.append(Z)
         total, correct, dA = backend.loss(net.loss, acts[-1], labels, net.loss_eps)
         for li in range(len(layers) - 1, 0, -1):
             Wc, codes, scale, b = layers[li]
-            dbs[li] = np.empty(Wc.shape[1], dtype)
-            dZ = np.empty_like(dA)
+            dbs[li] = simd.scratch(Wc.shape[1], dtype)
+            dZ = simd.scratch(dA.shape, dA.dtype)
             mask = empty_mask if scale is None else scale.reshape(1, -1)
             dense.activation_grad(dA, hs[li], codes, mask, dZ, dbs[li])
             dWs[li] = acts[li - 1].T @ dZ
             dA = dZ @ Wc.T
     Wc, codes, _, _ = layers[0]
-    dWs[0], dbs[0] = np.empty_like(Wc), np.empty(Wc.shape[1], dtype)
+    dWs[0], dbs[0] = simd.scratch(Wc.shape, Wc.dtype), simd.scratch(Wc.shape[1], dtype)
     if blocks is not None:
         sparse.blocked_weight_grad(blocks.colptr, blocks.rows, blocks.values, dA, H, codes, first_scale,
                                        dWs[0], dbs[0], numba.get_num_threads())

@@ -1,0 +1,14 @@
+"""Settings for the unit tests only (the benchmarks in bench/ run without them)."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def poisoned_scratch(monkeypatch):
+    """Every float work buffer the CPU kernels allocate with simd.aligned_empty starts as NaN, here and in the
+    subprocesses a test starts: a kernel that reads a buffer before writing it then fails its comparison with
+    the reference every time, instead of only when the memory it is handed happens to hold NaN."""
+    from fastmnist.kernels.cpu import simd
+
+    monkeypatch.setattr(simd, "POISON", True)
+    monkeypatch.setenv("FASTMNIST_POISON_SCRATCH", "1")
