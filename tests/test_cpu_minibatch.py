@@ -11,7 +11,9 @@ from fastmnist.kernels.interface import Net
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.reference import ReferenceBackend
 
-TOL = {np.float64: 1e-12, np.float32: 2e-5}     # float32: Adam's division by sqrt(s) amplifies rounding
+# against the reference in the same dtype, so only rounding differs (fused multiply-adds, order of sums). float32:
+# Adam's bias corrections from the betas rounded to float32 were off by 1e-5 relative and left 4e-6 here.
+TOL = {np.float64: 1e-12, np.float32: 1e-6}
 SIZES = (30, 17, 5)     # 17 units: whole vector tiles and a scalar remainder in either dtype
 
 

@@ -511,13 +511,16 @@ class NumbaCpuBackend(ReferenceBackend):
         (W1, b1, has_b1, state1), (W2, b2, has_b2, state2) = layers
         compressed = self._inputs.get(X)
         t = dtype.type
+        kind = minibatch_epoch.OPTIMIZER_CODES[net.optimizer]
         with threads.parallel_section():
             total, correct, done = minibatch_epoch.minibatch_epoch(
                 compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size,
                 W1, b1, has_b1, _codes(net.segments[0], W1.shape[1]), masks[0], l2[0],
                 W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
-                minibatch_epoch.OPTIMIZER_CODES[net.optimizer], t(net.lr), t(net.beta1), t(1 - net.beta1),
-                t(net.beta2), t(1 - net.beta2), t(net.eps), net.step, loss.LOSS_CODES[net.loss],
+                kind, t(net.lr), t(net.beta1), t(1 - net.beta1),
+                t(net.beta2), t(1 - net.beta2), t(net.eps),
+                minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype),
+                loss.LOSS_CODES[net.loss],
                 t(net.loss_eps), numba.get_num_threads())
         net.step += done
         return total, correct

@@ -236,7 +236,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
 def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
                   masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
-                  omb2, eps, step0, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
+                  omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
                   g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, flat2, need_grad, results):
     """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and batch rows t*batch//T:(t+1)*batch//T for
     the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t]."""
@@ -251,9 +251,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         parity = bi & 1
         m1 = masks1[bi] if masks1.shape[0] else ones1
         m2 = masks2[bi] if masks2.shape[0] else ones2
-        step = step0 + bi + 1
-        c1 = dtype.type(1 - beta1 ** step) if kind == ADAM else dtype.type(1)
-        c2 = dtype.type(1 - beta2 ** step) if kind == ADAM else dtype.type(1)
+        c1, c2 = corrections[bi, 0], corrections[bi, 1]
         _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
                        H1, A1, part[t])
         _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
@@ -275,6 +273,16 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                     c1, c2)
     results[t, 0] = total
     results[t, 1] = correct
+
+
+def adam_corrections(kind, beta1, beta2, step0, batches, dtype) -> np.ndarray:
+    """(batches, 2): 1 - beta1**step and 1 - beta2**step for steps step0 + 1 ... step0 + batches (ones for the
+    other optimisers), from the betas as Python floats, as the reference computes them: from the betas
+    rounded to float32, 1 - beta2**step would be off by 1e-5 relative in the first steps."""
+    steps = step0 + 1 + np.arange(batches, dtype=np.float64)
+    if kind != ADAM:
+        return np.ones((batches, 2), dtype)
+    return np.stack([1 - float(beta1) ** steps, 1 - float(beta2) ** steps], axis=1).astype(dtype)
 
 
 def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
@@ -300,12 +308,13 @@ def _run(worker, T, args):
 
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
                     W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
-                    one_minus_beta2, eps, step0, loss_kind, loss_eps, threads):
+                    one_minus_beta2, eps, corrections, loss_kind, loss_eps, threads):
     """Trains on len(order) // batch batches, rows order[b * batch:(b + 1) * batch] of the compressed input
     (indptr, indices, values), on `threads` threads; returns (summed loss, number correct, batches).
 
     b1, b2: the biases, read and updated only when has_b1, has_b2. masks1/masks2: (batches, units) per-unit
     dropout scales, or (0, units) for none. l2_1/l2_2: per-unit L2 coefficients (dW += l2 * W), or empty.
+    corrections: (batches, 2) Adam's bias corrections of each batch's step (`adam_corrections`).
     state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
     shapes for SGD, which reads none). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
     """
@@ -334,7 +343,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     relu1 = bool(np.all(codes1 == RELU))
     _run(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
                             has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1,
-                            state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step0, loss_kind,
+                            state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
                             loss_eps) + buffers + (flat2, True, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
 
