@@ -211,8 +211,9 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             W2T[c, j] = W2[j, c]
     if has_b1:
         gb1 = g_rows[t, j0:j1]
-        gb1[:] = dZ1[0, j0:j1]
-        for i in range(1, batch):
+        for j in range(gb1.shape[0]):           # loops, not slice assignment, which compiles a shape check and
+            gb1[j] = zero                       # its error message's string formatting (compile time only)
+        for i in range(batch):
             d1 = dZ1[i, j0:j1]
             for j in range(gb1.shape[0]):
                 gb1[j] += d1[j]
@@ -266,9 +267,11 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                         g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
                         flat2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
         if t == 0 and has_b2:
-            gb2[:] = dZ2[0]
+            for c in range(gb2.shape[0]):
+                gb2[c] = dZ2[0, c]
             for i in range(1, batch):
-                gb2 += dZ2[i]
+                for c in range(gb2.shape[0]):
+                    gb2[c] += dZ2[i, c]
             _update(b2, gb2, state2[2], state2[3], i0, i0 + gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps,
                     c1, c2)
     results[t, 0] = total

@@ -262,8 +262,9 @@ def _dz_rows(dA, H, runs, scale, s0, s1, dz, db):
     """dz[i - s0] = dA[i] * act'(H[i]) * scale for i in [s0, s1), each row also added to db."""
     k = dA.shape[1]
     for i in range(s0, s1):
-        d = dz[i - s0]
-        d[:] = dA[i]
+        d, a = dz[i - s0], dA[i]
+        for j in range(k):          # a loop, not d[:] = a: slice assignment compiles a shape check and its message
+            d[j] = a[j]
         times_derivative_runs(d, H[i], runs)
         for j in range(k):
             d[j] = d[j] * scale[j]
