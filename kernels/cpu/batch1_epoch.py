@@ -22,27 +22,37 @@ B1_WIDTH = width("batch1_epoch")      # bytes per SIMD vector in the batch-1 and
 @njit(cache=CACHE)
 def padded_hidden(W1, W2):
     """(W1 with its columns padded by zeros to whole vectors, W2.T padded the same way): the kernels' working
-    copies of a two-layer network's weights (W1 itself when it needs no padding)."""
+    copies of a two-layer network's weights (W1 itself when it needs no padding). Element loops here and in
+    unpad_hidden: slice assignment between arrays compiles a shape check with its error message."""
     n_in, k = W1.shape
     lanes = B1_WIDTH // W1.itemsize
     kp = -(-k // lanes) * lanes
     W2T = np.zeros((W2.shape[1], kp), W1.dtype)
-    W2T[:, :k] = W2.T
+    for c in range(W2.shape[1]):
+        for j in range(k):
+            W2T[c, j] = W2[j, c]
     if kp == k:
         return W1, W2T
     Wp = empty_rows(n_in, kp, W1)
-    Wp[:, :k] = W1
-    Wp[:, k:] = 0
+    for i in range(n_in):
+        for j in range(k):
+            Wp[i, j] = W1[i, j]
+        for j in range(k, kp):
+            Wp[i, j] = 0
     return Wp, W2T
 
 
 @njit(cache=CACHE)
 def unpad_hidden(W1, W2, Wp, W2T):
     """Writes the working copies back into the network's weights."""
-    k = W1.shape[1]
+    n_in, k = W1.shape
     if Wp.shape[1] != k:
-        W1[:, :] = Wp[:, :k]
-    W2[:, :] = W2T[:, :k].T
+        for i in range(n_in):
+            for j in range(k):
+                W1[i, j] = Wp[i, j]
+    for j in range(k):
+        for c in range(W2.shape[1]):
+            W2[j, c] = W2T[c, j]
 
 
 @njit(cache=CACHE)
@@ -102,7 +112,8 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
             for j in range(n_hidden):
                 a[j] = h[j] * fwd[t, j]
         else:
-            a[:n_hidden] = h[:n_hidden]
+            for j in range(n_hidden):
+                a[j] = h[j]
         for c in range(n_out):
             o = _dot(a, W2T[c], zero)
             out[c] = o if identity_out else activate(o, codes2[c])

@@ -122,7 +122,9 @@ def head_step(A1, W2, b2, codes2, scale2, W3, b3, codes3, labels, loss_kind, eps
     lanes = HEAD_WIDTH // W3.itemsize
     padded = -(-classes // lanes) * lanes
     W3p = np.zeros((m2, padded), dtype)
-    W3p[:, :classes] = W3
+    for u in range(m2):                 # a loop: slice assignment would compile a shape check and its message
+        for c in range(classes):
+            W3p[u, c] = W3[u, c]
     W2T = np.ascontiguousarray(W2.T)
     W3T = np.ascontiguousarray(W3.T)
     acc2 = np.empty((threads, k1, m2), dtype)

@@ -19,13 +19,12 @@ compiles the callee once more (what a new install spends its first seconds on).
 
 from __future__ import annotations
 
-import threading
 
-import numba
 import numpy as np
 from numba import njit
 
 from . import barrier
+from .threads import run_workers
 from .activation import RELU, activate, derivative
 from .loss import row_loss
 from .optim import adam_range, sgd_range
@@ -296,19 +295,6 @@ def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
     return np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)
 
 
-def _run(worker, T, args):
-    """worker(t, T, *args) on T threads: T - 1 new ones and this one (which compiles it first, if need be, so
-    that the compilation happens in, and is seen by, the caller's thread)."""
-    if T > 1:
-        worker.compile(tuple(numba.typeof(a) for a in (0, T) + args))
-    others = [threading.Thread(target=worker, args=(t, T) + args, daemon=True) for t in range(1, T)]
-    for th in others:
-        th.start()
-    worker(0, T, *args)
-    for th in others:
-        th.join()
-
-
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
                     W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
                     one_minus_beta2, eps, corrections, loss_kind, loss_eps, threads):
@@ -344,7 +330,7 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
         raise ValueError("minibatch_epoch: W2 and its optimiser state must be C-contiguous")
     results = np.zeros((T, 2))
     relu1 = bool(np.all(codes1 == RELU))
-    _run(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
+    run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
                             has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1,
                             state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
                             loss_eps) + buffers + (flat2, True, results))
@@ -389,7 +375,7 @@ def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, ha
                small(chunk, classes), small(chunk, classes), small(classes, chunk), np.ones(k, dtype),
                np.ones(classes, dtype), False)
     results = np.zeros((T, 2))
-    _run(_evaluate_worker, T, (indptr, indices, values, np.arange(n), labels, W1, b1, has_b1, codes1,
+    run_workers(_evaluate_worker, T, (indptr, indices, values, np.arange(n), labels, W1, b1, has_b1, codes1,
                                bool(np.all(codes1 == RELU)), W2, np.ascontiguousarray(W2.T), b2, has_b2, codes2,
                                loss_kind, loss_eps) + buffers + (results,))
     return float(results[:, 0].sum()), int(results[:, 1].sum())

@@ -120,3 +120,18 @@ def chunk_bounds(c, n, chunks):
     """[start, stop) of range c out of `chunks` near-equal ranges of n (c may be a prange's unsigned index)."""
     c = np.int64(c)
     return c * n // chunks, (c + 1) * n // chunks
+
+
+def run_workers(worker, T, args):
+    """worker(t, T, *args) on T threads: T - 1 new Python threads and this one. The worker is compiled with
+    nogil (and the numpy error model: an exception in one thread would leave the others' results half made).
+    This thread compiles it first, if need be, so that the compilation happens in, and is seen by, the caller's
+    thread. Unlike a parallel=True loop, nothing of the worker is compiled twice."""
+    if T > 1:
+        worker.compile(tuple(numba.typeof(a) for a in (0, T) + args))
+    others = [threading.Thread(target=worker, args=(t, T) + args, daemon=True) for t in range(1, T)]
+    for th in others:
+        th.start()
+    worker(0, T, *args)
+    for th in others:
+        th.join()
