@@ -127,6 +127,35 @@ def test_float32_tanh_is_within_five_ulps_over_the_whole_range():
     assert np.isnan(out[0])
 
 
+def test_float64_tanh_is_within_two_ulps_over_the_whole_range():
+    from numba import njit
+
+    from fastmnist.kernels.cpu.activation import tanh_float64
+
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = tanh_float64(x[i])
+
+    rng = np.random.default_rng()
+    big = np.logspace(-323, 308, 200_000)
+    x = np.concatenate([np.linspace(-25, 25, 1_000_001), rng.uniform(-1, 1, 500_000), rng.uniform(0.6, 0.65, 100_000),
+                        rng.standard_normal(500_000) * 3, big, -big,
+                        [np.inf, -np.inf, 0.0, -0.0, 5e-324, -5e-324, np.finfo(np.float64).max, 0.625, -0.625]])
+    out = np.empty_like(x)
+    apply(x, out)
+    # the exact value from the 80-bit long double where there is one (x86), else numpy's float64 tanh
+    extended = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
+    exact = np.tanh(x.astype(np.longdouble)) if extended else np.tanh(x)
+    ulp = np.spacing(np.abs(exact).astype(np.float64)).astype(np.longdouble)
+    ulps = (np.abs(out.astype(np.longdouble) - exact) / ulp).astype(np.float64)
+    assert ulps.max() <= (2 if extended else 3), f"{ulps.max()} ulps at x = {x[ulps.argmax()]!r}"
+    assert np.all(np.abs(out) <= 1) and np.array_equal(np.signbit(out), np.signbit(x))
+    nan = np.array([np.nan, -np.nan])
+    apply(nan, out[:2])
+    assert np.all(np.isnan(out[:2]))
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_parameters_are_fresh_copies_starting_on_a_cache_line(dtype):
     rng = np.random.default_rng()
