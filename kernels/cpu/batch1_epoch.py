@@ -14,9 +14,9 @@ from numba import njit
 
 from .activation import IDENTITY, RELU, activate, derivative
 from .loss import row_loss
-from .simd import CACHE, MAX_TILE, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan, width
+from .simd import CACHE, MAX_TILE, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan, width_for
 
-B1_WIDTH = width("batch1_epoch")      # bytes per SIMD vector in the batch-1 and repeated-update epochs
+B1_WIDTH = width_for("batch1_epoch")   # B1_WIDTH(W1): bytes per SIMD vector of the batch-1 and repeated-update epochs
 
 
 @njit(cache=CACHE)
@@ -25,7 +25,7 @@ def padded_hidden(W1, W2):
     copies of a two-layer network's weights (W1 itself when it needs no padding). Element loops here and in
     unpad_hidden: slice assignment between arrays compiles a shape check with its error message."""
     n_in, k = W1.shape
-    lanes = B1_WIDTH // W1.itemsize
+    lanes = B1_WIDTH(W1) // W1.itemsize
     kp = -(-k // lanes) * lanes
     W2T = np.zeros((W2.shape[1], kp), W1.dtype)
     for c in range(W2.shape[1]):
@@ -83,6 +83,7 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     dtype = W1.dtype
     W1p, W2T = padded_hidden(W1, W2)
     kp = W1p.shape[1]
+    vbytes = B1_WIDTH(W1)
     h = np.zeros(kp, dtype)
     a = np.zeros(kp, dtype)
     s = np.zeros(kp, dtype)
@@ -95,13 +96,13 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
     zero = one - one
     total = 0.0
     correct = 0
-    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, B1_WIDTH)
-    plans = listed_plans(0, kp, W1.itemsize, B1_WIDTH)
+    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, vbytes)
+    plans = listed_plans(0, kp, W1.itemsize, vbytes)
     live = np.empty(plans.shape[0], np.int64)
     for t in range(rows.shape[0]):
         r = rows[t]
         lo, hi = indptr[r], indptr[r + 1]
-        gather_planned(plan, indices, values, lo, hi, W1p, h, 0, kp, B1_WIDTH)
+        gather_planned(plan, indices, values, lo, hi, W1p, h, 0, kp, vbytes)
         if relu:
             for j in range(n_hidden):
                 h[j] = zero if h[j] < zero else h[j]          # NaN stays NaN
@@ -143,6 +144,6 @@ def sgd_epoch_batch1(indptr, indices, values, rows, labels, W1, W2, codes1, code
                 W2T[c, j] -= lr * (a[j] * gc)
         for j in range(n_hidden):
             step[j] = -lr * s[j]
-        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1p, 0, kp, B1_WIDTH)
+        scatter_nonzero(plans, live, indices, values, lo, hi, step, W1p, 0, kp, vbytes)
     unpad_hidden(W1, W2, W1p, W2T)
     return total, correct

@@ -31,6 +31,7 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
     dtype = W1.dtype
     W1p, W2T = padded_hidden(W1, W2)                  # hidden units padded to whole vectors (batch1_epoch)
     kp = W1p.shape[1]
+    vbytes = B1_WIDTH(W1)
     nd = dtype.type(batch)
     zero = dtype.type(0)
     R = dtype.type(repeats)
@@ -42,8 +43,8 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
     out = np.empty(n_out, dtype)
     dW2T = np.empty((n_out, kp), dtype)
     step = np.zeros(kp, dtype)
-    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, B1_WIDTH)
-    plans = listed_plans(0, kp, W1.itemsize, B1_WIDTH)
+    plan = tile_plan(0, kp, W1.itemsize, MAX_TILE, vbytes)
+    plans = listed_plans(0, kp, W1.itemsize, vbytes)
     live = np.empty(plans.shape[0], np.int64)
     total = 0.0
     correct = 0
@@ -52,7 +53,7 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
         for i in range(batch):
             r = order[base + i]
             h = H1[i]
-            gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1p, h, 0, kp, B1_WIDTH)
+            gather_planned(plan, indices, values, indptr[r], indptr[r + 1], W1p, h, 0, kp, vbytes)
             for j in range(n_hidden):
                 h[j] = activate(h[j], codes1[j])
                 A1[i, j] = h[j] * fwd[base + i, j] if fwd.shape[0] else h[j]
@@ -82,7 +83,7 @@ def repeated_sgd_epoch(indptr, indices, values, order, labels, batch, repeats, W
                     q += dZ2[i, c] * dW2T[c, j]
                 d = (first * p - second * q) * derivative(H1[i, j], codes1[j])
                 step[j] = -(d * bwd[base + i, j] if bwd.shape[0] else d)
-            scatter_nonzero(plans, live, indices, values, indptr[r], indptr[r + 1], step, W1p, 0, kp, B1_WIDTH)
+            scatter_nonzero(plans, live, indices, values, indptr[r], indptr[r + 1], step, W1p, 0, kp, vbytes)
         for c in range(n_out):
             for j in range(n_hidden):
                 W2T[c, j] -= first * dW2T[c, j]

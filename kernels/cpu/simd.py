@@ -74,17 +74,37 @@ VECTOR_BYTES = _chosen_vector_bytes()
 FORCED = bool(os.environ.get("FASTMNIST_VECTOR_BYTES", "").strip())
 CACHE = not FORCED      # the kernels that read a width from a module constant cache only the host's policy
 
-# Per kernel, the widest vectors worth using when the host has them: in the lab on a 2-core Zen 4 (AVX-512 on
-# 256-bit pipes; bench/lab/README.md has the measurements) the sparse forward and the batch-1 epoch ran
-# faster on 32-byte vectors, the weight gradient, the fused head and the minibatch epoch on 64-byte ones.
-PREFERRED = {"sparse_forward": 32, "batch1_epoch": 32, "weight_grad": 64, "head": 64, "minibatch_epoch": 64,
-             "dense_small": 32}
+# Per kernel, the widest vectors worth using when the host has them, for float32 and for float64: in the lab on
+# a 2-core Zen 4 (AVX-512 on 256-bit pipes; bench/lab/README.md has the measurements) the sparse forward and
+# the batch-1 epoch ran faster on 32-byte vectors in float32 and on 64-byte ones in float64; the weight
+# gradient, the fused head and the minibatch epoch on 64-byte ones in both.
+PREFERRED = {"sparse_forward": (32, 64), "batch1_epoch": (32, 64), "weight_grad": (64, 64), "head": (64, 64),
+             "minibatch_epoch": (64, 64), "dense_small": (32, 32)}
 
 
-def width(kernel: str) -> int:
-    """The vector width in bytes that `kernel` (a key of PREFERRED) compiles for: the host's, capped at the
-    kernel's preference, unless FASTMNIST_VECTOR_BYTES forces one for every kernel."""
-    return VECTOR_BYTES if FORCED else min(VECTOR_BYTES, PREFERRED[kernel])
+def width(kernel: str, dtype=np.float32) -> int:
+    """The vector width in bytes that `kernel` (a key of PREFERRED) compiles for in `dtype`: the host's,
+    capped at the kernel's preference, unless FASTMNIST_VECTOR_BYTES forces one for every kernel."""
+    float32, float64 = PREFERRED[kernel]
+    return VECTOR_BYTES if FORCED else min(VECTOR_BYTES, float64 if np.dtype(dtype).itemsize == 8 else float32)
+
+
+@functools.lru_cache(maxsize=None)
+def width_for(kernel: str):
+    """An intrinsic width_for(kernel)(a) for compiled code: width(kernel, a.dtype) as a compile-time constant
+    (a literal, as the SIMD loops' vbytes argument needs), for kernels whose best width differs by dtype."""
+    @intrinsic
+    def _width(typingctx, like):
+        if not isinstance(like, types.Array):
+            return None
+        w = width(kernel, numba.np.numpy_support.as_dtype(like.dtype))
+
+        def codegen(context, builder, signature, args):
+            return context.get_constant(types.int64, w)
+
+        return types.literal(w)(like), codegen
+
+    return _width
 
 
 CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines

@@ -18,7 +18,7 @@ from numba import njit, prange
 from .activation import activate_runs, code_runs, times_derivative_runs
 from .dense import column_sums
 from .simd import (CACHE, MAX_TILE, empty_rows, gather_columns, gather_pair_tile, gather_row_tile, scatter_columns,
-                   scatter_tile, tile_plan)
+                   scatter_tile, tile_plan, width_for)
 from .simd import width as vector_width
 
 
@@ -187,9 +187,9 @@ class CompressedImages:
 
 
 BLOCK = 64     # rows per block: their stored pixels and one tile of the weights stay in the L2 cache
-FORWARD_WIDTH = vector_width("sparse_forward")      # bytes per SIMD vector in the forward's gathers
-GRAD_WIDTH = vector_width("weight_grad")            # ... and in the weight gradient's
-FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 128-byte tiles of W read faster than 5- or
+FORWARD_WIDTH = width_for("sparse_forward")     # FORWARD_WIDTH(W): bytes per SIMD vector of the forward's gathers
+GRAD_WIDTH = vector_width("weight_grad")            # bytes per SIMD vector in the weight gradient's scatters
+FORWARD_TILE = 4   # vectors per tile of the forward's gathers: 4-vector tiles of W read faster than 5- or
                    # 6-vector ones (bench/lab/README.md; bench/lab/sparse_forward.py times the kernel)
 
 
@@ -198,19 +198,20 @@ def _gather_block(indptr, indices, values, rows, start, stop, W, H):
     """H[i] = X[rows[i]] @ W for i in [start, stop), one tile of units at a time for all the block's rows,
     so that the tile of W they read stays in cache."""
     k = W.shape[1]
-    lanes = FORWARD_WIDTH // W.itemsize
-    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE, FORWARD_WIDTH)
+    vbytes = FORWARD_WIDTH(W)
+    lanes = vbytes // W.itemsize
+    nv, wide, narrow = tile_plan(0, k, W.itemsize, FORWARD_TILE, vbytes)
     c = 0
     for t in range(wide + narrow):
         width = nv + 1 if t < wide else nv
         for i in range(start, stop):
             r = rows[i]
-            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False, FORWARD_WIDTH)
+            gather_row_tile(width, indices, values, indptr[r], indptr[r + 1], W, H, i, c, 1, False, vbytes)
         c += width * lanes
     if c < k:
         for i in range(start, stop):
             r = rows[i]
-            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k, FORWARD_WIDTH)
+            gather_columns(indices, values, indptr[r], indptr[r + 1], W, H[i], c, k, vbytes)
 
 
 @njit(cache=CACHE, fastmath={"contract"})
