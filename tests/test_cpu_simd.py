@@ -38,6 +38,18 @@ def test_the_widths_include_32_and_this_hosts():
     assert all(simd.width(k) in simd.WIDTHS and simd.width(k) <= simd.VECTOR_BYTES for k in simd.PREFERRED)
 
 
+@pytest.mark.parametrize("kernel", sorted(simd.PREFERRED))
+def test_width_for_gives_compiled_code_the_kernels_width_for_each_dtype(kernel):
+    of = simd.width_for(kernel)
+
+    @njit
+    def both(a, b):
+        return of(a), of(b)
+
+    assert both(np.zeros(1, np.float32), np.zeros((2, 2))) == (simd.width(kernel, np.float32),
+                                                                simd.width(kernel, np.float64))
+
+
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
