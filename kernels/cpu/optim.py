@@ -26,9 +26,10 @@ def sgd_range(p, g, lr, start, stop):
 @njit(cache=True, error_model="numpy")
 def adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
     # (lr / c1) v / (sqrt(s) / sqrt(c2) + eps): one division and one square root per element, not three
-    # divisions (the divider bounds this loop); exactly the reference's arithmetic when c1 = c2 = 1 (adam_like)
+    # divisions (the divider bounds this loop); exactly the reference's arithmetic when c1 = c2 = 1 (adam_like).
+    # Everything in p's dtype: a Python 1 here would make 1 / sqrt(c2) a float64 and the float32 loop mixed.
     step = lr / c1
-    inv_root_c2 = 1 / np.sqrt(c2)
+    inv_root_c2 = p.dtype.type(1) / np.sqrt(c2)
     pv, gv, vv, sv = p[start:stop], g[start:stop], v[start:stop], s[start:stop]
     for i in range(pv.shape[0]):
         gi = gv[i]
