@@ -27,7 +27,7 @@ from . import barrier
 from .threads import run_workers
 from .activation import RELU, activate, derivative
 from .loss import row_loss
-from .optim import adam_range, sgd_range
+from .optim import adam_range, adam_row, sgd_range, sgd_row
 from .simd import CACHE, MAX_TILE, aligned_empty, gather_pair_tile, gather_planned, tile_plan, width
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
@@ -43,6 +43,16 @@ def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_min
         sgd_range(p, g, lr, j0, j1)
     else:
         adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
+
+
+@njit(cache=CACHE, fastmath={"contract"})
+def _update_row(P, row, G, grow, V, S, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
+    """As _update, for P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim.adam_row)."""
+    if kind == SGD:
+        sgd_row(P, row, G, grow, lr, j0, j1)
+    else:
+        adam_row(P, row, G, grow, V, S, lr / c1, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                 P.dtype.type(1) / np.sqrt(c2), j0, j1)
 
 
 @njit(cache=CACHE, fastmath={"contract", "reassoc"})
@@ -225,12 +235,11 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             row = 2 * q + m
             if row >= n_in:
                 break
-            g = g_pairs[2 * t + m]
             if l2_1.shape[0]:
-                gs, w, ls = g[j0:j1], W1[row, j0:j1], l2_1[j0:j1]
+                gs, w, ls = g_pairs[2 * t + m, j0:j1], W1[row, j0:j1], l2_1[j0:j1]
                 for j in range(gs.shape[0]):
                     gs[j] += w[j] * ls[j]
-            _update(W1[row], g, vW1[row], sW1[row], j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+            _update_row(W1, row, g_pairs, 2 * t + m, vW1, sW1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")

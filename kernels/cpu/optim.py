@@ -40,6 +40,28 @@ def adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, e
         pv[i] -= step * vi / (np.sqrt(si) * inv_root_c2 + eps)
 
 
+# Row forms for kernels that update one row's columns start:stop of a 2-D parameter from row `grow` of a 2-D
+# gradient: no views are made (each view of a shared array costs an atomic reference-count update, which two
+# threads updating the same arrays would contend for), and the unsigned column index needs no wraparound
+# check, so the loops still vectorise. step = lr / c1 and inv_root_c2 = 1 / sqrt(c2) come from the caller.
+@njit(cache=True, error_model="numpy")
+def sgd_row(P, row, G, grow, lr, start, stop):
+    for j in range(np.uint64(start), np.uint64(stop)):
+        P[row, j] -= lr * G[grow, j]
+
+
+@njit(cache=True, error_model="numpy")
+def adam_row(P, row, G, grow, V, S, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_root_c2, start,
+             stop):
+    for j in range(np.uint64(start), np.uint64(stop)):
+        gi = G[grow, j]
+        vi = V[row, j] * beta1 + one_minus_beta1 * gi
+        si = S[row, j] * beta2 + one_minus_beta2 * (gi * gi)
+        V[row, j] = vi
+        S[row, j] = si
+        P[row, j] -= step * vi / (np.sqrt(si) * inv_root_c2 + eps)
+
+
 @njit(cache=True, parallel=True)
 def _sgd_all(params, grads, lr, chunks):
     for t in range(len(params)):
