@@ -187,7 +187,9 @@ def assert_same_training(dtype, epochs, make, batch_size, shuffle, data_rows=200
             order = r.permutation(data_rows) if shuffle else None
             results.append(backend.train_epoch(net, X, y, batch_size, r, order))
         (t_ref, c_ref), (t, c) = results
-        assert c == c_ref and abs(t - t_ref) <= 100 * TOL[dtype] * abs(t_ref)
+        # one sample whose two largest outputs tie within rounding may be counted either way (in float32 about
+        # one run in 200-400 here, before and after the kernels' changes); the loss and parameters stay tight
+        assert abs(c - c_ref) <= (1 if dtype == np.float32 else 0) and abs(t - t_ref) <= 100 * TOL[dtype] * abs(t_ref)
     for p, q in zip(nets[1].params(), nets[0].params()):
         assert rel_err(p, q) < 100 * TOL[dtype]
     assert nets[0].step == nets[1].step
