@@ -51,8 +51,7 @@ def _update_row(P, row, G, grow, V, S, j0, j1, kind, lr, beta1, one_minus_beta1,
     if kind == SGD:
         sgd_row(P, row, G, grow, lr, j0, j1)
     else:
-        adam_row(P, row, G, grow, V, S, lr / c1, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                 P.dtype.type(1) / np.sqrt(c2), j0, j1)
+        adam_row(P, row, G, grow, V, S, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
 
 
 @njit(cache=CACHE, fastmath={"contract", "reassoc"})

@@ -23,27 +23,37 @@ def sgd_range(p, g, lr, start, stop):
         pv[i] -= lr * gv[i]
 
 
+@njit(inline="always")
+def _adam_factors(p, lr, c1, c2):
+    """(lr / c1, 1 / sqrt(c2)), so that the update is (lr / c1) v / (sqrt(s) / sqrt(c2) + eps): one division and
+    one square root per element, not three divisions (the divider bounds these loops); exactly the reference's
+    arithmetic when c1 = c2 = 1 (adam_like). In p's dtype: a Python 1 would make 1 / sqrt(c2) a float64 and a
+    float32 loop mixed-precision."""
+    return lr / c1, p.dtype.type(1) / np.sqrt(c2)
+
+
+@njit(inline="always")
+def _adam_element(g, v, s, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_root_c2):
+    """(new v, new s, the amount to subtract from p) for one element."""
+    v = v * beta1 + one_minus_beta1 * g
+    s = s * beta2 + one_minus_beta2 * (g * g)
+    return v, s, step * v / (np.sqrt(s) * inv_root_c2 + eps)
+
+
 @njit(cache=True, error_model="numpy")
 def adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
-    # (lr / c1) v / (sqrt(s) / sqrt(c2) + eps): one division and one square root per element, not three
-    # divisions (the divider bounds this loop); exactly the reference's arithmetic when c1 = c2 = 1 (adam_like).
-    # Everything in p's dtype: a Python 1 here would make 1 / sqrt(c2) a float64 and the float32 loop mixed.
-    step = lr / c1
-    inv_root_c2 = p.dtype.type(1) / np.sqrt(c2)
+    step, inv_root_c2 = _adam_factors(p, lr, c1, c2)
     pv, gv, vv, sv = p[start:stop], g[start:stop], v[start:stop], s[start:stop]
     for i in range(pv.shape[0]):
-        gi = gv[i]
-        vi = vv[i] * beta1 + one_minus_beta1 * gi
-        si = sv[i] * beta2 + one_minus_beta2 * (gi * gi)
-        vv[i] = vi
-        sv[i] = si
-        pv[i] -= step * vi / (np.sqrt(si) * inv_root_c2 + eps)
+        vv[i], sv[i], d = _adam_element(gv[i], vv[i], sv[i], step, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                                        eps, inv_root_c2)
+        pv[i] -= d
 
 
 # Row forms for kernels that update one row's columns start:stop of a 2-D parameter from row `grow` of a 2-D
 # gradient: no views are made (each view of a shared array costs an atomic reference-count update, which two
 # threads updating the same arrays would contend for), and the unsigned column index needs no wraparound
-# check, so the loops still vectorise. step = lr / c1 and inv_root_c2 = 1 / sqrt(c2) come from the caller.
+# check, so the loops still vectorise.
 @njit(cache=True, error_model="numpy")
 def sgd_row(P, row, G, grow, lr, start, stop):
     for j in range(np.uint64(start), np.uint64(stop)):
@@ -51,15 +61,12 @@ def sgd_row(P, row, G, grow, lr, start, stop):
 
 
 @njit(cache=True, error_model="numpy")
-def adam_row(P, row, G, grow, V, S, step, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, inv_root_c2, start,
-             stop):
+def adam_row(P, row, G, grow, V, S, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, start, stop):
+    step, inv_root_c2 = _adam_factors(P, lr, c1, c2)
     for j in range(np.uint64(start), np.uint64(stop)):
-        gi = G[grow, j]
-        vi = V[row, j] * beta1 + one_minus_beta1 * gi
-        si = S[row, j] * beta2 + one_minus_beta2 * (gi * gi)
-        V[row, j] = vi
-        S[row, j] = si
-        P[row, j] -= step * vi / (np.sqrt(si) * inv_root_c2 + eps)
+        V[row, j], S[row, j], d = _adam_element(G[grow, j], V[row, j], S[row, j], step, beta1, one_minus_beta1, beta2,
+                                                one_minus_beta2, eps, inv_root_c2)
+        P[row, j] -= d
 
 
 @njit(cache=True, parallel=True)
