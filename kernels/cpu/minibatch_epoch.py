@@ -27,7 +27,7 @@ from . import barrier
 from .threads import run_workers
 from .activation import RELU, activate, derivative
 from .loss import row_loss
-from .optim import adam_range, adam_row, sgd_range, sgd_row
+from .optim import adam_row, sgd_row
 from .simd import CACHE, MAX_TILE, aligned_empty, gather_pair_tile, gather_planned, tile_plan, width
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
@@ -37,17 +37,10 @@ MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's
 
 
 @njit(cache=CACHE, fastmath={"contract"})
-def _update(p, g, v, s, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """The optimiser step of p[j0:j1] from g[j0:j1] (1-D arrays), with optim's loops."""
-    if kind == SGD:
-        sgd_range(p, g, lr, j0, j1)
-    else:
-        adam_range(p, g, v, s, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
-
-
-@njit(cache=CACHE, fastmath={"contract"})
 def _update_row(P, row, G, grow, V, S, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """As _update, for P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim.adam_row)."""
+    """The optimiser step of P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim's row forms).
+    Every update of the epoch goes through this one form (W2 and the biases as 2-D views of one row), so that
+    no other form of the optimiser is compiled into the epoch."""
     if kind == SGD:
         sgd_row(P, row, G, grow, lr, j0, j1)
     else:
@@ -182,15 +175,17 @@ def _output_rows(part, rows, start, labels, i0, i1, b2, has_b2, codes2, m2, loss
 
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
 def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2, g_rows,
-                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, flat2, kind, lr, beta1, omb1, beta2,
+                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, kind, lr, beta1, omb1, beta2,
                     omb2, eps, c1, c2):
     """Thread t's units j0:j1: dZ1, the gradient and the optimiser step of W2's rows and W1's columns j0:j1
-    (and of b1's). W2's rows are updated after dZ1 has read them. flat2: flat views of (W2, G2, v_W2, s_W2)."""
+    (and of b1's). W2's rows are updated after dZ1 has read them. state1: (v_W1, s_W1); bias1: (b1, v_b1, s_b1)
+    and rows2: (W2, G2, v_W2, s_W2), each viewed as one row."""
     batch, classes = dZ2.shape
     n_in = W1.shape[0]
     T = colptr.shape[0]
     zero = W1.dtype.type(0)
-    vW1, sW1, vb1, sb1 = state1
+    vW1, sW1 = state1
+    B1, VB1, SB1 = bias1
     plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     cs, ms = codes1[j0:j1], m1[j0:j1]
     for i in range(batch):
@@ -212,8 +207,9 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
     for j in range(j0, j1):                         # ... laid out as W2's rows, one flat range of W2
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
-    _update(flat2[0], flat2[1], flat2[2], flat2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1, beta2, omb2, eps,
-            c1, c2)
+    r0 = t - t                                      # row 0, not a literal (see the module's docstring)
+    _update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1, beta2,
+                omb2, eps, c1, c2)
     for j in range(j0, j1):
         for c in range(classes):
             W2T[c, j] = W2[j, c]
@@ -225,7 +221,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             d1 = dZ1[i, j0:j1]
             for j in range(gb1.shape[0]):
                 gb1[j] += d1[j]
-        _update(b1, g_rows[t], vb1, sb1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        _update_row(B1, r0, g_rows, t, VB1, SB1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
     for q in range(colptr.shape[1] - 1):            # W1's columns j0:j1, two of its rows (pixels) at a time
         for u in range(T):
             _gather_pair_add(plan, pair_rows[u], pair_values[u], colptr[u, q], colptr[u, q + 1], dZ1, g_pairs, 2 * t,
@@ -243,9 +239,9 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
 def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
-                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, omb1, beta2,
+                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, bias1, bias2, kind, lr, beta1, omb1, beta2,
                   omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
-                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, flat2, need_grad, results):
+                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, rows2, need_grad, results):
     """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and batch rows t*batch//T:(t+1)*batch//T for
     the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t]."""
     dtype = W1.dtype
@@ -272,15 +268,17 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         barrier.wait(state, T)
         _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
                         g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
-                        flat2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+                        bias1, rows2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
         if t == 0 and has_b2:
-            for c in range(gb2.shape[0]):
-                gb2[c] = dZ2[0, c]
+            classes = gb2.shape[1]
+            for c in range(classes):
+                gb2[0, c] = dZ2[0, c]
             for i in range(1, batch):
-                for c in range(gb2.shape[0]):
-                    gb2[c] += dZ2[i, c]
-            _update(b2, gb2, state2[2], state2[3], i0, i0 + gb2.shape[0], kind, lr, beta1, omb1, beta2, omb2, eps,
-                    c1, c2)
+                for c in range(classes):
+                    gb2[0, c] += dZ2[i, c]
+            r0 = t - t                              # not a literal 0 (see the module's docstring)
+            _update_row(bias2[0], r0, gb2, r0, bias2[1], bias2[2], r0, classes, kind, lr, beta1, omb1, beta2, omb2,
+                        eps, c1, c2)
     results[t, 0] = total
     results[t, 1] = correct
 
@@ -301,6 +299,13 @@ def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
     vectors = k // lanes
     T = max(1, min(threads, vectors, rows))
     return np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)
+
+
+def _one_row(*arrays):
+    """Each array viewed as one row (1, size) of a 2-D array, for the optimiser's row form; never a copy."""
+    if not all(a.flags.c_contiguous for a in arrays):
+        raise ValueError("minibatch_epoch: the parameters and their optimiser state must be C-contiguous")
+    return tuple(a.reshape(1, -1) for a in arrays)
 
 
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
@@ -331,17 +336,15 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
                rows(T), rows(2 * T),                                                            # g_rows g_pairs
                np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
                small(2, T, 2 * cap),                                                            # pair_values
-               np.ones(k, dtype), np.ones(classes, dtype), small(classes))                      # ones1 ones2 gb2
-    G2 = buffers[10]
-    flat2 = (W2.reshape(-1), G2.reshape(-1), state2[0].reshape(-1), state2[1].reshape(-1))     # views, not copies
-    if any(not np.shares_memory(f, a) for f, a in zip(flat2, (W2, G2, state2[0], state2[1]))):
-        raise ValueError("minibatch_epoch: W2 and its optimiser state must be C-contiguous")
+               np.ones(k, dtype), np.ones(classes, dtype), small(1, classes))                   # ones1 ones2 gb2
+    rows2 = _one_row(W2, buffers[10], state2[0], state2[1])
+    bias1, bias2 = _one_row(b1, state1[2], state1[3]), _one_row(b2, state2[2], state2[3])
     results = np.zeros((T, 2))
     relu1 = bool(np.all(codes1 == RELU))
     run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
-                            has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1,
-                            state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
-                            loss_eps) + buffers + (flat2, True, results))
+                            has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1[:2],
+                            bias1, bias2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
+                            loss_eps) + buffers + (rows2, True, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
 
 
