@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fastmnist.kernels.interface import Net
+from fastmnist.kernels.cpu import minibatch_epoch
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.reference import ReferenceBackend
 
@@ -95,3 +96,25 @@ def test_one_hidden_layer_evaluation_matches_reference(dtype, rows, case):
     t2, c2 = be.evaluate(net, Xc, y)
     t3, c3 = ref.evaluate(net0, ref.to_float(images, dtype), y)
     assert int(c2) == int(c3) and abs(float(t2) - float(t3)) <= 10 * TOL[dtype] * abs(float(t3))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_evaluation_runs_the_training_epochs_compiled_worker(dtype, optimizer, bias):
+    """evaluate() calls the epoch's worker with the argument types a training epoch gives it, so a first run
+    compiles that worker once, not once per use; and an evaluation leaves the parameters and moments alone."""
+    be = NumbaCpuBackend()
+    net = make_net(be, dtype, optimizer, **dict(CASES[0], bias=bias))
+    rng = np.random.RandomState(5)
+    X = rng.random_sample((57, SIZES[0]))
+    X[X < 0.6] = 0
+    X = X.astype(dtype)
+    y = rng.randint(0, SIZES[-1], 57)
+    be.train_epoch(net, X, y, 10, np.random.RandomState(0), np.arange(57))
+    compiled = set(minibatch_epoch._epoch_worker.signatures)
+    before = [a.copy() for a in net.params()] + [a.copy() for pair in net.state for a in pair if a is not None]
+    be.evaluate(net, X, y)
+    assert set(minibatch_epoch._epoch_worker.signatures) == compiled
+    after = list(net.params()) + [a for pair in net.state for a in pair if a is not None]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))

@@ -9,6 +9,8 @@ slice of dZ1, of W2's rows and of W1's columns (the weight gradient gathered pix
 rows of it per read of a dZ1 row) and applies the optimiser to them. No element is written by two threads;
 the regrouped rows alternate between two buffers so that one thread may regroup batch b + 1 while another
 still reads batch b's. Two meeting points per batch replace the fork and join of a parallel loop per phase.
+An evaluation runs the same worker without its training steps: one compiled function serves both, since
+compiling is most of a new install's first run.
 
 Per-unit dropout masks are drawn by the caller, batch by batch in the reference's order. Results equal the
 reference's within rounding. The compiled helpers loop over views indexed from 0: an index from a run-time
@@ -32,7 +34,7 @@ from .simd import CACHE, MAX_TILE, aligned_empty, gather_pair_tile, gather_plann
 
 SGD, ADAM_LIKE, ADAM = 0, 1, 2
 OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
-EVAL_ROWS = 256         # rows per chunk of an evaluation
+EVAL_ROWS = 256         # rows per batch of an evaluation
 MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's gathers
 
 
@@ -242,20 +244,41 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                   masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, bias1, bias2, kind, lr, beta1, omb1, beta2,
                   omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
                   g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, rows2, need_grad, results):
-    """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and batch rows t*batch//T:(t+1)*batch//T for
-    the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t]."""
+    """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and the batch's rows t*batch//T:(t+1)*batch//T
+    for the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t].
+
+    Without need_grad (an evaluation) thread t instead takes whole batches t, t + T, ... (the last may be
+    short) through every unit, in its own rows of H1, A1, part, H2, A2 and dZ2 (T times a batch's, for the
+    loss's scratch), with no meeting points; the parameters are not touched and the training-only arguments
+    are not read."""
     dtype = W1.dtype
-    batches = order.shape[0] // batch
+    n = order.shape[0]
+    total, correct = 0.0, 0
+    if not need_grad:
+        k0, k1 = bounds[0], bounds[T]
+        r0, r1 = t * batch, (t + 1) * batch
+        for bi in range(t, (n + batch - 1) // batch, T):
+            start = bi * batch
+            count = min(batch, n - start)
+            _forward_slice(indptr, indices, values, order, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, k0,
+                           k1, H1[r0:r1], A1[r0:r1], part[t])
+            loss_sum, ok = _output_rows(part[t:t + 1], order, start, labels, count - count, count, b2, has_b2, codes2,
+                                        ones2, loss_kind, loss_eps, dtype.type(1), H2[r0:r1], A2[r0:r1], dZ2[r0:r1],
+                                        dZ2T, need_grad)
+            total += loss_sum
+            correct += ok
+        results[t, 0] = total
+        results[t, 1] = correct
+        return
+    batches = n // batch
     nd = dtype.type(batch)
     j0, j1 = bounds[t], bounds[t + 1]
     i0, i1 = t * batch // T, (t + 1) * batch // T
-    total, correct = 0.0, 0
     for bi in range(batches):
         start = bi * batch
         parity = bi & 1
         m1 = masks1[bi] if masks1.shape[0] else ones1
         m2 = masks2[bi] if masks2.shape[0] else ones2
-        c1, c2 = corrections[bi, 0], corrections[bi, 1]
         _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
                        H1, A1, part[t])
         _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
@@ -266,6 +289,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         total += loss_sum
         correct += ok
         barrier.wait(state, T)
+        c1, c2 = corrections[bi, 0], corrections[bi, 1]
         _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
                         g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
                         bias1, rows2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
@@ -320,18 +344,51 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
     shapes for SGD, which reads none). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
     """
+    total, correct = _run_workers(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
+                                  W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1,
+                                  one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind, loss_eps,
+                                  threads, True)
+    return total, correct, order.shape[0] // batch
+
+
+def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, has_b2, codes2, loss_kind, loss_eps,
+             threads):
+    """(summed loss, number correct) of a one-hidden-layer network on every row of a compressed input, without
+    dropout: the epoch's own worker without its training steps (one compiled function for both), EVAL_ROWS
+    rows at a time, each thread taking whole batches."""
+    n = indptr.shape[0] - 1
+    k, classes = W2.shape
+    dtype = W1.dtype
+    batch = min(EVAL_ROWS, max(1, n))
+    zero = dtype.type(0)
+    none = np.zeros(0, dtype)
+    return _run_workers(indptr, indices, values, np.arange(n), labels, batch, W1, b1, has_b1, codes1,
+                        np.empty((0, k), dtype), none, W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none,
+                        (W1, W1, b1, b1), (W2, W2, b2, b2), SGD, zero, zero, zero, zero, zero, zero,
+                        np.ones(((n + batch - 1) // batch, 2), dtype), loss_kind, loss_eps, threads, False)
+
+
+def _run_workers(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1, W2, b2, has_b2,
+                 codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
+                 corrections, loss_kind, loss_eps, threads, need_grad):
+    """_epoch_worker on T threads with its buffers; (summed loss, number correct)."""
     dtype = W1.dtype
     n_in, k = W1.shape
     classes = W2.shape[1]
-    bounds = _unit_slices(k, W1.itemsize, threads, batch)
-    T = bounds.shape[0] - 1
-    pairs = (n_in + 1) // 2
-    cap = (batch // T + 1) * pairs
+    if need_grad:
+        bounds = _unit_slices(k, W1.itemsize, threads, batch)
+        T = bounds.shape[0] - 1
+        m, pairs = batch, (n_in + 1) // 2               # rows of the per-row buffers; pixel pairs
+        cap = (batch // T + 1) * pairs                  # regrouped entries per thread
+    else:                                               # an evaluation: whole batches per thread, all units
+        T = max(1, min(threads, -(-order.shape[0] // batch)))
+        bounds = np.array([0] * T + [k], np.int64)
+        m, pairs, cap = T * batch, 1, 1
     rows = lambda n: aligned_empty((n, k), dtype)  # noqa: E731
     small = lambda *shape: aligned_empty(shape, dtype)  # noqa: E731
-    buffers = (rows(batch), rows(batch), rows(batch), small(T, batch, classes),                # H1 A1 dZ1 part
-               small(batch, classes), small(batch, classes),                                    # H2 A2
-               small(batch, classes), small(classes, batch),                                    # dZ2 dZ2T
+    buffers = (rows(m), rows(m), rows(batch if need_grad else 1), small(T, batch, classes),    # H1 A1 dZ1 part
+               small(m, classes), small(m, classes),                                            # H2 A2
+               small(m, classes), small(classes, batch),                                        # dZ2 dZ2T
                np.ascontiguousarray(W2.T), rows(classes), small(k, classes),                    # W2T G2T G2
                rows(T), rows(2 * T),                                                            # g_rows g_pairs
                np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
@@ -344,49 +401,5 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
                             has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1[:2],
                             bias1, bias2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
-                            loss_eps) + buffers + (rows2, True, results))
-    return float(results[:, 0].sum()), int(results[:, 1].sum()), order.shape[0] // batch
-
-
-@njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _evaluate_worker(t, T, indptr, indices, values, rows, labels, W1, b1, has_b1, codes1, relu1, W2, W2T, b2, has_b2,
-                     codes2, loss_kind, loss_eps, bounds, H1, A1, part, H2, A2, grad, gradT, ones1, ones2, need_grad,
-                     results):
-    """Thread t of T: rows t*n//T:(t+1)*n//T, chunk by chunk (H1's rows) through both layers and the loss, in
-    thread t's buffers (H1[t], ...); bounds is (0, units)."""
-    n = rows.shape[0]
-    chunk = H1.shape[1]
-    one = W1.dtype.type(1)
-    total, correct = 0.0, 0
-    i0, i1 = t * n // T, (t + 1) * n // T
-    for start in range(i0, i1, chunk):
-        count = min(chunk, i1 - start)
-        _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, bounds[0],
-                       bounds[1], H1[t], A1[t], part[t, 0])
-        loss_sum, ok = _output_rows(part[t], rows, start, labels, start - start, count, b2, has_b2, codes2, ones2,
-                                    loss_kind, loss_eps, one, H2[t], A2[t], grad[t], gradT[t], need_grad)
-        total += loss_sum
-        correct += ok
-    results[t, 0] = total
-    results[t, 1] = correct
-
-
-def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, has_b2, codes2, loss_kind, loss_eps,
-             threads):
-    """(summed loss, number correct) of a one-hidden-layer network on every row of a compressed input, without
-    dropout, its rows split between `threads` threads."""
-    n = indptr.shape[0] - 1
-    k, classes = W2.shape
-    dtype = W1.dtype
-    T = max(1, min(threads, n // EVAL_ROWS + 1))
-    chunk = min(EVAL_ROWS, max(1, n))
-    rows3 = lambda: aligned_empty((T, chunk, k), dtype)  # noqa: E731
-    small = lambda *shape: aligned_empty((T,) + shape, dtype)  # noqa: E731
-    buffers = (np.array([0, k], np.int64), rows3(), rows3(), small(1, chunk, classes), small(chunk, classes),
-               small(chunk, classes), small(chunk, classes), small(classes, chunk), np.ones(k, dtype),
-               np.ones(classes, dtype), False)
-    results = np.zeros((T, 2))
-    run_workers(_evaluate_worker, T, (indptr, indices, values, np.arange(n), labels, W1, b1, has_b1, codes1,
-                               bool(np.all(codes1 == RELU)), W2, np.ascontiguousarray(W2.T), b2, has_b2, codes2,
-                               loss_kind, loss_eps) + buffers + (results,))
+                            loss_eps) + buffers + (rows2, need_grad, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum())
