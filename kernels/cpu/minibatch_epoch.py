@@ -175,10 +175,12 @@ def _output_rows(part, rows, start, labels, i0, i1, b2, has_b2, codes2, m2, loss
     return total, correct
 
 
-@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+# Inlined into the worker by Numba (its only caller): compiled once there, not also as a function of its own
+# that LLVM would optimise and emit a second time. The optimiser's settings come as one tuple, `opt`: a call
+# of more than 30 arguments reaches Numba as *args, which its inliner does not take.
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2, g_rows,
-                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, kind, lr, beta1, omb1, beta2,
-                    omb2, eps, c1, c2):
+                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, opt):
     """Thread t's units j0:j1: dZ1, the gradient and the optimiser step of W2's rows and W1's columns j0:j1
     (and of b1's). W2's rows are updated after dZ1 has read them. state1: (v_W1, s_W1); bias1: (b1, v_b1, s_b1)
     and rows2: (W2, G2, v_W2, s_W2), each viewed as one row."""
@@ -187,6 +189,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
     T = colptr.shape[0]
     zero = W1.dtype.type(0)
     vW1, sW1 = state1
+    kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2 = opt
     B1, VB1, SB1 = bias1
     plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     cs, ms = codes1[j0:j1], m1[j0:j1]
@@ -292,7 +295,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         c1, c2 = corrections[bi, 0], corrections[bi, 1]
         _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
                         g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
-                        bias1, rows2, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+                        bias1, rows2, (kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2))
         if t == 0 and has_b2:
             classes = gb2.shape[1]
             for c in range(classes):
