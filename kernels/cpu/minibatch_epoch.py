@@ -365,6 +365,7 @@ def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, ha
     batch = min(EVAL_ROWS, max(1, n))
     zero = dtype.type(0)
     none = np.zeros(0, dtype)
+    b1, b2 = np.ascontiguousarray(b1), np.ascontiguousarray(b2)        # viewed as rows below; no copy if they are
     return _run_workers(indptr, indices, values, np.arange(n), labels, batch, W1, b1, has_b1, codes1,
                         np.empty((0, k), dtype), none, W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none,
                         (W1, W1, b1, b1), (W2, W2, b2, b2), SGD, zero, zero, zero, zero, zero, zero,
