@@ -213,8 +213,8 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
     r0 = t - t                                      # row 0, not a literal (see the module's docstring)
-    _update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1, beta2,
-                omb2, eps, c1, c2)
+    _update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1,
+                beta2, omb2, eps, c1, c2)
     for j in range(j0, j1):
         for c in range(classes):
             W2T[c, j] = W2[j, c]
@@ -244,9 +244,9 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
 def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
-                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, bias1, bias2, kind, lr, beta1, omb1, beta2,
-                  omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T, G2, g_rows,
-                  g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, rows2, need_grad, results):
+                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, bias1, bias2, kind, lr, beta1, omb1,
+                  beta2, omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T,
+                  G2, g_rows, g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, rows2, need_grad, results):
     """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and the batch's rows t*batch//T:(t+1)*batch//T
     for the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t].
 
@@ -347,10 +347,10 @@ def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b
     state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
     shapes for SGD, which reads none). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
     """
-    total, correct = _run_workers(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
-                                  W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1,
-                                  one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind, loss_eps,
-                                  threads, True)
+    total, correct = _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1,
+                                       masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr,
+                                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
+                                       loss_eps, threads, True)
     return total, correct, order.shape[0] // batch
 
 
@@ -366,15 +366,15 @@ def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, ha
     zero = dtype.type(0)
     none = np.zeros(0, dtype)
     b1, b2 = np.ascontiguousarray(b1), np.ascontiguousarray(b2)        # viewed as rows below; no copy if they are
-    return _run_workers(indptr, indices, values, np.arange(n), labels, batch, W1, b1, has_b1, codes1,
-                        np.empty((0, k), dtype), none, W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none,
-                        (W1, W1, b1, b1), (W2, W2, b2, b2), SGD, zero, zero, zero, zero, zero, zero,
-                        np.ones(((n + batch - 1) // batch, 2), dtype), loss_kind, loss_eps, threads, False)
+    return _run_epoch_worker(indptr, indices, values, np.arange(n), labels, batch, W1, b1, has_b1, codes1,
+                             np.empty((0, k), dtype), none, W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none,
+                             (W1, W1, b1, b1), (W2, W2, b2, b2), SGD, zero, zero, zero, zero, zero, zero,
+                             np.ones(((n + batch - 1) // batch, 2), dtype), loss_kind, loss_eps, threads, False)
 
 
-def _run_workers(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1, W2, b2, has_b2,
-                 codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps,
-                 corrections, loss_kind, loss_eps, threads, need_grad):
+def _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1, W2, b2,
+                      has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
+                      one_minus_beta2, eps, corrections, loss_kind, loss_eps, threads, need_grad):
     """_epoch_worker on T threads with its buffers; (summed loss, number correct)."""
     dtype = W1.dtype
     n_in, k = W1.shape
@@ -404,6 +404,6 @@ def _run_workers(indptr, indices, values, order, labels, batch, W1, b1, has_b1, 
     relu1 = bool(np.all(codes1 == RELU))
     run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
                             has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1[:2],
-                            bias1, bias2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
-                            loss_eps) + buffers + (rows2, need_grad, results))
+                            bias1, bias2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections,
+                            loss_kind, loss_eps) + buffers + (rows2, need_grad, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum())
