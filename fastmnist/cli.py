@@ -12,9 +12,10 @@ from pathlib import Path
 from . import data, dispatch
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
+from .formatting import count
 from .model import load, model_path
 from .recipes import NOTEBOOK_NAMES, PRESETS
-from .training import DTYPES, count, make_recipe, train
+from .training import DTYPES, make_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from . import dispatch
 from .errors import BackendUnavailable, FastMnistError, TrainingDiverged
-from .training import check_dtype, count, duration, make_recipe, planned_path, train
+from .formatting import count, duration
+from .training import check_dtype, make_recipe, planned_path, train
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 DEFAULT_SEEDS = (1, 2, 3)
