@@ -6,6 +6,7 @@ A recipe is plain data: it can be written to JSON, stored inside a saved model a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,16 @@ class Recipe:
 
     def uses_l2(self) -> bool:
         return any(b.l2 != 0 for layer in self.layers for b in layer.branches)
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of `iteration` (counted from 0; iteration 0 takes the optimiser's lr): the lr
+        multiplied by lr_decay once per iteration before it. The product is formed one multiplication at a
+        time, as the loop used to apply the decay, because lr * lr_decay ** iteration differs from it in the
+        last bits for most decays (and a run's numbers with it)."""
+        lr = self.optimizer.lr
+        if self.lr_decay == 1.0:
+            return lr
+        return math.prod(itertools.repeat(self.lr_decay, iteration), start=lr)
 
     def l2_multiplier(self, iteration: int) -> float:
         """Factor applied to every L2 factor after the update of `iteration` (seed 004's schedule)."""

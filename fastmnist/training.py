@@ -182,10 +182,10 @@ def _train(recipe, be, dtype, progress, callback, data_path, dataset, status, wa
                 report = it % recipe.eval_every == 0 or it == recipe.iterations - 1
                 penalty = _penalty(be, net) if report and recipe.uses_l2() else 0.0
                 order = rng.permutation(X.shape[0]) if recipe.shuffle else None
+                net.lr = recipe.lr_at(it)
                 total, correct = be.train_epoch(net, X, y, recipe.batch_size, rng, order)
                 pending.append(total)
                 _advance_l2(net, recipe.l2_multiplier(it))
-                net.lr *= recipe.lr_decay
                 if it == 0:
                     be.synchronize()
                     first_s = time.perf_counter() - t_loop

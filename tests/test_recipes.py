@@ -27,6 +27,21 @@ def test_l2_schedule_starts_at_iteration_0():
     assert n.l2_multiplier(3000) == pytest.approx(5 ** 0.5 / 2)
 
 
+def test_lr_at_is_the_decayed_rate_of_each_iteration_and_a_pure_function():
+    fast = get_preset("fast")
+    assert fast.lr_decay < 1 and fast.lr_at(0) == fast.optimizer.lr
+    lr = fast.optimizer.lr
+    for iteration in range(1, 40):
+        lr *= fast.lr_decay                     # as the loop applied the decay before lr_at: bit for bit
+        assert fast.lr_at(iteration) == lr
+        assert fast.lr_at(iteration) == pytest.approx(fast.optimizer.lr * fast.lr_decay ** iteration, rel=1e-13)
+    assert fast.lr_at(5) == fast.lr_at(5) and fast == get_preset("fast")     # no state kept or changed
+    other = fast.with_overrides(lr=0.01, lr_decay=0.5)
+    assert [other.lr_at(i) for i in range(4)] == [0.01, 0.005, 0.0025, 0.00125]
+    flat = get_preset("branchnet")
+    assert flat.lr_decay == 1.0 and {flat.lr_at(i) for i in (0, 1, 9999)} == {flat.optimizer.lr}
+
+
 def test_recipe_round_trips_through_json():
     for recipe in PRESETS.values():
         assert Recipe.from_json(recipe.to_json()) == recipe
