@@ -31,7 +31,7 @@ def _cupy():
         raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any driver failure is the reason the backend cannot run)
         raise RuntimeError(f"no usable CUDA device: {exc}") from None
     if count == 0:
         raise RuntimeError("no CUDA device")
@@ -55,7 +55,7 @@ def _cuda_kernels(module: str, cls: str):
         from numba import cuda
     except ImportError as exc:
         raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (a broken install is a reason too, not a crash)
         raise RuntimeError(f"numba-cuda failed to import: {type(exc).__name__}: {exc}") from None
     from .kernels.cuda.backend import simulator_enabled
 
@@ -67,7 +67,7 @@ def _cuda_kernels(module: str, cls: str):
     else:
         try:
             cuda.current_context()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any driver failure is the reason the backend cannot run)
             detail = " ".join(line.strip(" :") for line in str(exc).splitlines() if line.strip(" :"))
             raise RuntimeError(f"no usable CUDA device: {detail or type(exc).__name__}") from None
     return getattr(importlib.import_module(f".kernels.cuda.{module}", __package__), cls)()

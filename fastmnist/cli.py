@@ -330,8 +330,8 @@ def _cmd_bench_report(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
-            "sweep": _cmd_sweep}
+COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends,
+            "bench-report": _cmd_bench_report, "sweep": _cmd_sweep}
 
 
 def main(argv=None) -> int:

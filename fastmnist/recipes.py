@@ -146,7 +146,8 @@ class Recipe:
         return recipe.validate()
 
     def override_names(self) -> list[str]:
-        names = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "description", "layers", "optimizer")]
+        names = [f.name for f in dataclasses.fields(self)
+                 if f.name not in ("name", "description", "layers", "optimizer")]
         names += ["lr", "learning_rate", "beta1", "beta2", "eps", "optimizer_kind", "keep_prob", "hidden"]
         for layer in self.layers:
             for b in layer.branches:
@@ -156,14 +157,16 @@ class Recipe:
 
     def _override(self, key: str, value) -> "Recipe":
         key = NOTEBOOK_NAMES.get(self.name, {}).get(key, key)
-        opt_keys = {"lr": "lr", "learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "optimizer_kind": "kind"}
+        opt_keys = {"lr": "lr", "learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps",
+                    "optimizer_kind": "kind"}
         if key in opt_keys:
             return replace(self, optimizer=replace(self.optimizer, **{opt_keys[key]: value}))
         if key == "keep_prob":
             return self._map_branches(lambda li, b: replace(b, keep_prob=value) if li < len(self.layers) - 1 else b)
         if key == "hidden":
             if len(self.layers) != 2 or len(self.layers[0].branches) != 1:
-                raise RecipeError(f"recipe {self.name!r}: 'hidden' applies only to single-hidden-layer recipes; use units_<branch>")
+                raise RecipeError(f"recipe {self.name!r}: 'hidden' applies only to single-hidden-layer recipes; "
+                                  "use units_<branch>")
             return self._map_branches(lambda li, b: replace(b, units=value) if li == 0 else b)
         for prefix, attr in (("keep_prob_", "keep_prob"), ("reg_fact_", "l2"), ("units_", "units")):
             if key.startswith(prefix):
@@ -173,7 +176,8 @@ class Recipe:
                 return self._map_branches(lambda li, b: replace(b, **{attr: value}) if b.name == name else b)
         if key in {f.name for f in dataclasses.fields(self)} and key not in ("layers", "optimizer"):
             return replace(self, **{key: value})
-        raise RecipeError(f"unknown setting {key!r} for recipe {self.name!r}; valid: {', '.join(self.override_names())}")
+        raise RecipeError(f"unknown setting {key!r} for recipe {self.name!r}; "
+                          f"valid: {', '.join(self.override_names())}")
 
     def _map_branches(self, fn) -> "Recipe":
         layers = tuple(replace(layer, branches=tuple(fn(li, b) for b in layer.branches))

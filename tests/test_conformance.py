@@ -377,7 +377,8 @@ def test_forward_and_evaluate_in_chunks(be, dtype):
     X0 = X.astype(dtype)
     out = be.forward(net, on(be, X0), chunk=5 if size_class(be) == "sim" else 100)
     close(be, out, ref.forward(net0, X0.astype(np.float64)), dtype)
-    total, correct = be.evaluate(net, on(be, X0), on(be, y, dtype=np.int64), chunk=5 if size_class(be) == "sim" else 100)
+    chunk = 5 if size_class(be) == "sim" else 100
+    total, correct = be.evaluate(net, on(be, X0), on(be, y, dtype=np.int64), chunk=chunk)
     t0, c0 = ref.evaluate(net0, X0.astype(np.float64), y)
     assert int(correct) == int(c0) and abs(float(total) - t0) <= 10 * TOL[dtype] * abs(t0)
 

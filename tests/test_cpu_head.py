@@ -21,7 +21,9 @@ def rel_err(a, b):
 
 def composed(A1, W2, b2, scale2, W3, b3, labels, loss):
     """The reference backend's operations, float64: dense forward twice, loss, dense backward twice."""
-    f = lambda a: None if a is None else a.astype(np.float64)
+    def f(a):
+        return None if a is None else a.astype(np.float64)
+
     mask = scale2.astype(np.float64).reshape(1, -1)
     A2, H2 = ref.dense_forward(f(A1), f(W2), f(b2), HIDDEN, mask)
     out, _ = ref.dense_forward(A2, f(W3), f(b3), ((0, W3.shape[1], "identity"),))

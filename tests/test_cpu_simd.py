@@ -152,8 +152,8 @@ def test_scatter_nonzero_counts_nan_as_non_zero(vbytes):
     d[cols - 3] = np.nan
     G = np.ones((3, cols), np.float32)
     plans = simd.listed_plans(0, cols, 4, vbytes)
-    at_width(simd.scatter_nonzero, vbytes)(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
-                         d, G, 0, cols)
+    at_width(simd.scatter_nonzero, vbytes)(plans, np.empty(3, np.int64), np.array([1], np.int32),
+                                           np.ones(1, np.float32), 0, 1, d, G, 0, cols)
     assert np.isnan(G[1, cols - 3]) and np.isfinite(np.delete(G.ravel(), 2 * cols - 3)).all()
 
 

@@ -96,7 +96,8 @@ def test_fast_preset_trains_shuffled_minibatches_with_adam():
 def test_seed_000_presets_take_the_notebooks_names(preset):
     r = get_preset(preset).with_overrides(alpha=0.01, hidden_size=64, iterations=20)
     assert (r.optimizer.lr, r.layers[0].units, r.iterations) == (0.01, 64, 20)
-    assert get_preset(preset).with_overrides(lr=0.01, hidden=64) == r.with_overrides(iterations=get_preset(preset).iterations)
+    preset_iterations = get_preset(preset).iterations
+    assert get_preset(preset).with_overrides(lr=0.01, hidden=64) == r.with_overrides(iterations=preset_iterations)
 
 
 def test_branchnet_takes_seed_004s_names():
@@ -111,9 +112,11 @@ def test_branchnet_takes_seed_004s_names():
 
 
 def test_an_unknown_name_lists_the_valid_ones_with_the_notebooks():
-    with pytest.raises(RecipeError, match="unknown setting 'alfa' for recipe 'grokking-3layer'; valid: .*lr.*alpha, hidden_size"):
+    with pytest.raises(RecipeError,
+                       match="unknown setting 'alfa' for recipe 'grokking-3layer'; valid: .*lr.*alpha, hidden_size"):
         get_preset("grokking-3layer").with_overrides(alfa=0.1)
-    with pytest.raises(RecipeError, match="unknown setting 'learning' for recipe 'branchnet'; valid: .*learn_rate, iter, epsilon"):
+    with pytest.raises(RecipeError,
+                       match="unknown setting 'learning' for recipe 'branchnet'; valid: .*learn_rate, iter, epsilon"):
         get_preset("branchnet").with_overrides(learning=0.1)
     with pytest.raises(RecipeError, match="unknown setting 'alpha' for recipe 'fast'"):   # not a notebook's preset
         get_preset("fast").with_overrides(alpha=0.1)

@@ -379,7 +379,8 @@ class NumbaCpuBackend(ReferenceBackend):
         labels = np.asarray(labels)
         total, correct = 0.0, 0
         for start in range(0, n - batch_size + 1, batch_size):
-            rows = np.arange(start, start + batch_size) if order is None else np.asarray(order[start:start + batch_size])
+            stop = start + batch_size
+            rows = np.arange(start, stop) if order is None else np.asarray(order[start:stop])
             t, c = self._sparse_step(net, compressed, rows, labels[rows], rng, blocks)
             total, correct = total + t, correct + c
         return total, correct

@@ -84,7 +84,8 @@ class Workspace:
         key = (X.shape[1], X.dtype.str, labels.dtype.str)
         if bufs.batch_key != key:
             xp = self.be.xp
-            bufs.batch_key, bufs.Xb, bufs.yb = key, xp.empty((batch, X.shape[1]), X.dtype), xp.empty(batch, labels.dtype)
+            bufs.batch_key = key
+            bufs.Xb, bufs.yb = xp.empty((batch, X.shape[1]), X.dtype), xp.empty(batch, labels.dtype)
         if isinstance(rows, slice):
             bufs.Xb[...] = X[rows]
             bufs.yb[...] = labels[rows]
