@@ -79,6 +79,8 @@ def _contract():
 
 
 def names() -> list[str]:
+    """The registered backends' names in registration order, without loading any (bench/conftest.py takes
+    them before tests register backends of their own)."""
     return list(_REGISTRY)
 
 

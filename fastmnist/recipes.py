@@ -93,10 +93,6 @@ class Recipe:
     classes: int = 10
 
     @property
-    def hidden_layers(self) -> tuple[Layer, ...]:
-        return self.layers[:-1]
-
-    @property
     def unit(self) -> str:
         """What one of `iterations` is: "epoch" (a pass over the training images in batches) or, for a
         full-batch recipe, "iteration" (one step)."""

@@ -15,7 +15,7 @@ def test_presets_carry_the_seeds_settings():
     n = get_preset("branchnet")
     assert [br.units for layer in n.layers for br in layer.branches] == [128, 64, 48, 10]
     assert [br.activation for br in n.layers[0].branches] == ["relu", "tanh"]
-    assert all(br.keep_prob == 0.8 for layer in n.hidden_layers for br in layer.branches)
+    assert all(br.keep_prob == 0.8 for layer in n.layers[:-1] for br in layer.branches)
     assert [br.l2 for layer in n.layers for br in layer.branches] == [1.19, 1.05, 1.07, 2.22]
     assert (n.optimizer.kind, n.optimizer.eps, n.iterations, n.batch_size) == ("adam_like", 1e-7, 10000, None)
 
@@ -52,7 +52,7 @@ def test_overrides_by_seed_names():
     assert n.layers[0].branches[1].keep_prob == 0.85 and n.layers[0].branches[0].keep_prob == 0.8
     assert n.layers[2].branches[0].l2 == 1.5 and n.optimizer.lr == 0.01
     k = get_preset("branchnet").with_overrides(keep_prob=0.9)
-    assert all(b.keep_prob == 0.9 for layer in k.hidden_layers for b in layer.branches)
+    assert all(b.keep_prob == 0.9 for layer in k.layers[:-1] for b in layer.branches)
     assert get_preset("grokking-3layer").with_overrides(hidden=64).layers[0].units == 64
 
 
@@ -106,7 +106,7 @@ def test_branchnet_takes_seed_004s_names():
         reg_fact_12=1.0, reg_fact_2=1.2, reg_fact_3=1.5, beta1=0.8, beta2=0.99, epsilon=1e-6)
     assert (r.optimizer.lr, r.iterations, r.optimizer.beta1, r.optimizer.beta2, r.optimizer.eps) == (
         0.002, 500, 0.8, 0.99, 1e-6)
-    assert [b.keep_prob for layer in r.hidden_layers for b in layer.branches] == [0.9, 0.85, 0.95]
+    assert [b.keep_prob for layer in r.layers[:-1] for b in layer.branches] == [0.9, 0.85, 0.95]
     assert [b.l2 for layer in r.layers for b in layer.branches] == [1.1, 1.0, 1.2, 1.5]
     assert r.loss_eps == get_preset("branchnet").loss_eps     # the notebook's epsilon is the optimiser's
 

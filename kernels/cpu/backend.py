@@ -166,10 +166,6 @@ class _CompressedInputs:
                 self._entries.popitem(last=False)
         return entry
 
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-
 
 class NumbaCpuBackend(ReferenceBackend):
     name = "numba-cpu"
@@ -201,10 +197,6 @@ class NumbaCpuBackend(ReferenceBackend):
 
     def to_numpy(self, a):
         return np.asarray(a)
-
-    def forget_inputs(self):
-        """Drop the cached compressed copies of training inputs (needed if one was modified in place)."""
-        self._inputs.clear()
 
     # -- dense layers -----------------------------------------------------------------------------
     def dense_forward(self, X, W, b, segments, mask=None):
