@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fastmnist.kernels.cpu import head, loss
+from fastmnist.kernels import codes
+from fastmnist.kernels.cpu import head
 from fastmnist.kernels.cpu.activation import layer_codes
 from fastmnist.kernels.reference import ReferenceBackend
 
@@ -54,7 +55,7 @@ def test_head_step_matches_the_composed_operations(dtype, rows, loss_kind, bias)
     dW3, db3 = np.empty_like(W3), np.empty(classes, dtype)
     total, correct = head.head_step(
         A1, W2, empty if b2 is None else b2, layer_codes(HIDDEN, m2), scale2, W3, empty if b3 is None else b3,
-        layer_codes(((0, classes, "identity"),), classes), labels, loss.LOSS_CODES[loss_kind], dtype(1e-7), 2,
+        layer_codes(((0, classes, "identity"),), classes), labels, codes.LOSS_CODES[loss_kind], dtype(1e-7), 2,
         dA1, dW2, db2, dW3, db3)
     assert correct == want[1]
     assert abs(total - want[0]) <= TOL[dtype] * abs(want[0]) * 10
@@ -69,5 +70,5 @@ def test_head_step_lets_nan_through():
     out = [np.empty_like(A1), np.empty_like(W2), np.empty(8), np.empty_like(W3), np.empty(10)]
     total, _ = head.head_step(A1, W2, np.zeros(0), layer_codes(((0, 8, "relu"),), 8), np.ones(8), W3,
                                   np.zeros(0), layer_codes(((0, 10, "identity"),), 10), np.zeros(4, np.int64),
-                                  loss.SOFTMAX_CE, 1e-7, 2, *out)
+                                  codes.SOFTMAX_CE, 1e-7, 2, *out)
     assert np.isnan(total) and np.isnan(out[1]).any()

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from fastmnist.kernels.cuda import backward, dense, dropout
-from fastmnist.kernels.cuda.tiles import GPU_TILING, SIM_TILING, activation_codes
+from fastmnist.kernels.codes import activation_codes
+from fastmnist.kernels.cuda.tiles import GPU_TILING, SIM_TILING
 from fastmnist.kernels.cuda.hybrid import CudaHybridBackend
 from fastmnist.kernels.interface import Net
 from fastmnist.kernels.cuda.backend import NumbaCudaBackend, simulator_enabled

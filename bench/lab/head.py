@@ -64,7 +64,7 @@ def v1(d, k):
 
     def run():
         total, _ = head.head_step(A1, W2, d["b2"], codes2, d["scale2"], W3, d["b3"], codes3, d["labels"],
-                                  k.cpu.loss.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
+                                  k.codes.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
         return (np.array([total]), *out)
     return run
 

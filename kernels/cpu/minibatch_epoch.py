@@ -27,13 +27,12 @@ from numba import njit
 
 from . import barrier, simd
 from .threads import run_workers
-from .activation import RELU, activate, derivative
+from .activation import activate, derivative
 from .loss import row_loss
 from .optim import adam_row, sgd_row
 from .simd import CACHE, MAX_TILE, gather_pair_tile, gather_planned, tile_plan, width
+from ..codes import ADAM, RELU, SGD
 
-SGD, ADAM_LIKE, ADAM = 0, 1, 2
-OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
 EVAL_ROWS = 256         # rows per batch of an evaluation
 MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's gathers
 

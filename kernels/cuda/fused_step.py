@@ -17,6 +17,7 @@ import numpy
 from . import dropout, loss, optim
 from .pack import pack
 from .replay import StepValues
+from ..codes import LOSS_CODES, OPTIMIZER_CODES
 
 
 class Workspace:
@@ -133,7 +134,7 @@ class Workspace:
 
     def _stage(self, step, l2):
         net = self.net()
-        code = optim.OPTIMIZER_CODES[net.optimizer]
+        code = OPTIMIZER_CODES[net.optimizer]
         hyper = optim.hyper_values(code, lr=net.lr, beta1=net.beta1, beta2=net.beta2, eps=net.eps, step=step)
         return self.values.write(self.host_keys, hyper, l2)
 
@@ -151,10 +152,10 @@ class Workspace:
                                  be.threads, be.stream)
             be._forward(acts[-1], self.W[li], self.b[li], self.codes[li], fwd, bufs.H[li], bufs.A[li])
             acts.append(bufs.A[li])
-        loss.loss(loss.LOSS_CODES[net.loss], acts[-1].v, be._dev(labels), net.loss_eps, bufs.grad.v,
+        loss.loss(LOSS_CODES[net.loss], acts[-1].v, be._dev(labels), net.loss_eps, bufs.grad.v,
                        1.0 / rows, bufs.part_loss, bufs.part_correct, *self.acc_views, be.threads,
                        accumulate=True, stream=be.stream)
-        code = optim.OPTIMIZER_CODES[net.optimizer]
+        code = OPTIMIZER_CODES[net.optimizer]
         for r in range(repeats):
             if r > 0:
                 values.upload(self._stage(net.step + 1 + r, l2), be.cupy_stream)
