@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin_backends import BASELINES
 from .errors import FastMnistError, OutputError
 from .files import check_writable, os_reason
 
-BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 # The groups whose speed-ups the default chart shows: what a training run spends its time in.
 HEADLINE_GROUPS = ("steps/train_step", "steps/epoch", "time_to_98")
 # extra_info keys shown as columns when a group has them.

@@ -45,6 +45,9 @@ register("numba-cpu", _numba_cpu, "compiled Numba CPU kernels: fused layers, a s
 register("cupy", _cupy, "reference array code on CuPy (the GPU baseline, as seed 004 ran)", device="gpu",
          priority=30)
 
+# The backend every other one on its device is measured against (compare's and bench-report's speed-ups).
+BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+
 
 def _cuda_kernels(module: str, cls: str):
     """A backend built on numba-cuda kernels, or the reason it cannot run here."""
