@@ -11,7 +11,7 @@ os.environ["FASTMNIST_DATA"] = str(Path(os.environ.get("FASTMNIST_DATA", _defaul
 # Ctrl-C as a terminal delivers it: a shell that starts the tests in the background (`cmd &`, nohup) hands them
 # SIGINT ignored, which Python and every subprocess would inherit, and the interrupt tests would then test
 # nothing. Python's own handler is put back (subprocesses then start with the default disposition).
-import signal  # noqa: E402
+import signal
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -15,7 +15,8 @@ FASTMNIST_PEERS_THREADS=N gives every implementation N threads (peers.limit_thre
 extra_info: the implementation (`backend`, so reports group it as one), peer and version, threads, the
 epoch's mean loss and running accuracy; the dense matrix products' GFMA/s and share of the machine's FMA
 peak on the threads used (peaks.record; the same work counted for every implementation, though fastmnist's
-sparse first layer skips the zero pixels' share of it); for time to target, each seed's time, epoch reaching the target and test accuracy.
+sparse first layer skips the zero pixels' share of it); for time to target, each seed's time, epoch reaching
+the target and test accuracy.
 `python bench/peers.py` times the same workloads with the implementations alternating round by round.
 """
 

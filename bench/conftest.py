@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 
 from fastmnist import data
+from fastmnist.builtin_backends import BASELINES
 from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.recipes import PRESETS
 from fastmnist.training import DTYPES, build_net, init_params, make_recipe
 
-BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 DEFAULT_MAX_TIME = 0.3
 # The batch each preset trains with (its full training set when it trains full-batch).
 TRAINING_BATCH = {name: r.batch_size or data.TRAIN_ROWS[r.split] for name, r in PRESETS.items()}

@@ -336,10 +336,11 @@ def achieved(seconds, *, flop=0.0, nbytes=0.0, cores=1, dtype="float32", peaks=N
 
     flop counts a multiply-add as 2 operations (as the benchmarks' `flop` does), so GFMA/s = flop / 2 / s;
     nbytes is the data it moved. Benchmarks count the dense products' work, so a kernel that skips work
-    (the sparse first layer's zero pixels) can show a share above what its FMA units did. `cores` is how many cores ran it: the FMA share is against `cores` times the
-    per-core peak (or the all-core peak when cores is every core), the L2 share against `cores` times the
-    per-core L1 or L2 bandwidth, the memory share against one core's or all cores' memory bandwidth. Returns
-    gfmas, fma_share, gbps, l1_share, l2_share and memory_share (shares as fractions; keys only for what was given).
+    (the sparse first layer's zero pixels) can show a share above what its FMA units did. `cores` is how
+    many cores ran it: the FMA share is against `cores` times the per-core peak (or the all-core peak when
+    cores is every core), the L2 share against `cores` times the per-core L1 or L2 bandwidth, the memory
+    share against one core's or all cores' memory bandwidth. Returns gfmas, fma_share, gbps, l1_share,
+    l2_share and memory_share (shares as fractions; keys only for what was given).
     """
     peaks = session_peaks() if peaks is None else peaks
     dtype = np.dtype(dtype).name

@@ -265,7 +265,7 @@ class TorchRunner:
             self.l2 = [None if c is None else c * multiplier for c in self.l2]
         if decay and self.recipe.lr_decay != 1.0:
             for group in self.opt.param_groups:
-                group["lr"] *= self.recipe.lr_decay
+                group["lr"] = self.recipe.lr_at(self.iteration + 1)
         self.iteration += 1
 
     def evaluate(self, X, y) -> float:
@@ -472,7 +472,7 @@ class JaxRunner:
         if multiplier != 1.0:
             self.l2 = [None if c is None else (c * multiplier).astype(np.float32) for c in self.l2]
         if decay:
-            self.lr *= self.recipe.lr_decay
+            self.lr = self.recipe.lr_at(self.iteration + 1)
         self.iteration += 1
         return float(total), int(correct)
 
@@ -504,7 +504,7 @@ class FastmnistRunner:
         self.be.synchronize()
         _advance_l2(self.net, self.recipe.l2_multiplier(self.iteration))
         if decay:
-            self.net.lr *= self.recipe.lr_decay
+            self.net.lr = self.recipe.lr_at(self.iteration + 1)
         self.iteration += 1
         return float(total), int(correct)
 

@@ -39,7 +39,8 @@ def main(argv):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for colour, (backend, runs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], sorted(curves(argv[2:]).items())):
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for colour, (backend, runs) in zip(colours, sorted(curves(argv[2:]).items())):
         for n, run in enumerate(runs):
             t, acc = zip(*run)
             ax.plot(t, acc, marker="o", color=colour, alpha=0.85, label=backend if n == 0 else None)

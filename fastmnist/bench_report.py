@@ -13,14 +13,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .builtin_backends import BASELINES
 from .errors import FastMnistError, OutputError
 from .files import check_writable, os_reason
 
-BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 # The groups whose speed-ups the default chart shows: what a training run spends its time in.
 HEADLINE_GROUPS = ("steps/train_step", "steps/epoch", "time_to_98")
 # extra_info keys shown as columns when a group has them.
-# fma_share, l1_share and l2_share: the achieved rates as shares of this machine's peaks (bench/peaks.py) on the cores used.
+# fma_share, l1_share and l2_share: the achieved rates as shares of this machine's peaks (bench/peaks.py) on the
+# cores used.
 EXTRA_COLUMNS = (("gflops", "GFLOP/s", "{:.3g}"), ("fma_share", "of FMA peak", "{:.1%}"), ("gbps", "GB/s", "{:.3g}"),
                  ("l1_share", "of L1 peak", "{:.1%}"),
                  ("l2_share", "of L2 peak", "{:.1%}"), ("compile_s", "compile s", "{:.3g}"))

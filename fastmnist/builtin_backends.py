@@ -31,7 +31,7 @@ def _cupy():
         raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any driver failure is the reason the backend cannot run)
         raise RuntimeError(f"no usable CUDA device: {exc}") from None
     if count == 0:
         raise RuntimeError("no CUDA device")
@@ -45,6 +45,9 @@ register("numba-cpu", _numba_cpu, "compiled Numba CPU kernels: fused layers, a s
 register("cupy", _cupy, "reference array code on CuPy (the GPU baseline, as seed 004 ran)", device="gpu",
          priority=30)
 
+# The backend every other one on its device is measured against (compare's and bench-report's speed-ups).
+BASELINES = {"cpu": "numpy", "gpu": "cupy"}
+
 
 def _cuda_kernels(module: str, cls: str):
     """A backend built on numba-cuda kernels, or the reason it cannot run here."""
@@ -55,7 +58,7 @@ def _cuda_kernels(module: str, cls: str):
         from numba import cuda
     except ImportError as exc:
         raise RuntimeError(f"not installed (pip install 'fastmnist[cuda]'): {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (a broken install is a reason too, not a crash)
         raise RuntimeError(f"numba-cuda failed to import: {type(exc).__name__}: {exc}") from None
     from .kernels.cuda.backend import simulator_enabled
 
@@ -67,7 +70,7 @@ def _cuda_kernels(module: str, cls: str):
     else:
         try:
             cuda.current_context()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (any driver failure is the reason the backend cannot run)
             detail = " ".join(line.strip(" :") for line in str(exc).splitlines() if line.strip(" :"))
             raise RuntimeError(f"no usable CUDA device: {detail or type(exc).__name__}") from None
     return getattr(importlib.import_module(f".kernels.cuda.{module}", __package__), cls)()

@@ -12,9 +12,10 @@ from pathlib import Path
 from . import data, dispatch
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
+from .formatting import count
 from .model import load, model_path
 from .recipes import NOTEBOOK_NAMES, PRESETS
-from .training import DTYPES, count, make_recipe, train
+from .training import DTYPES, make_recipe, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,8 +330,8 @@ def _cmd_bench_report(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends, "bench-report": _cmd_bench_report,
-            "sweep": _cmd_sweep}
+COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "backends": _cmd_backends,
+            "bench-report": _cmd_bench_report, "sweep": _cmd_sweep}
 
 
 def main(argv=None) -> int:

@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import dispatch
+from .builtin_backends import BASELINES
 from .errors import BackendUnavailable, FastMnistError, TrainingDiverged
-from .training import check_dtype, count, duration, make_recipe, planned_path, train
+from .formatting import count, duration
+from .training import check_dtype, make_recipe, planned_path, train
 
-BASELINES = {"cpu": "numpy", "gpu": "cupy"}
 DEFAULT_SEEDS = (1, 2, 3)
 
 # (backend, path, dtype) of every run made by compare() in this process: a later run of the same finds its

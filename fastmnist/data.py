@@ -182,7 +182,7 @@ def _download(dataset: str, name: str, cache: Path) -> Path:
             return Path(pooch.retrieve(url, known_hash=f"md5:{GZ_MD5[dataset][name]}", path=cache,
                                        fname=f"{name}.gz", progressbar=False,
                                        downloader=pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (each mirror's failure is reported; the next one is tried)
             failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
     raise DataError("; ".join(failures))
 
@@ -221,8 +221,9 @@ def _parse(path: Path, kind: str, stamp: tuple) -> tuple[numpy.ndarray, str]:
 
 
 # Decompressing and hashing the training images takes a noticeable part of a short run (docs/performance.md).
-# A file whose content has a known MD5 is therefore also kept decoded, as cache/decoded/<md5>.npy, with an index entry per version of the source
-# file giving its MD5 and the CRC-32 of the array; a copy whose CRC-32 does not match is decoded again.
+# A file whose content has a known MD5 is therefore also kept decoded, as cache/decoded/<md5>.npy, with an index
+# entry per version of the source file giving its MD5 and the CRC-32 of the array; a copy whose CRC-32 does not
+# match is decoded again.
 _KNOWN_MD5 = frozenset(md5 for sums in CONTENT_MD5.values() for md5 in sums.values())
 
 

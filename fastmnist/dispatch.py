@@ -64,7 +64,7 @@ def _load(name: str):
     entry = _REGISTRY[name]
     try:
         backend = entry.factory()
-    except Exception as exc:  # any import or driver failure becomes the reason shown to the user
+    except Exception as exc:  # noqa: BLE001  (any import or driver failure becomes the reason shown to the user)
         text = str(exc).strip().splitlines()
         return None, (text[0] if text else type(exc).__name__)
     missing = [m for m in _contract() if not hasattr(backend, m)]
@@ -79,6 +79,8 @@ def _contract():
 
 
 def names() -> list[str]:
+    """The registered backends' names in registration order, without loading any (bench/conftest.py takes
+    them before tests register backends of their own)."""
     return list(_REGISTRY)
 
 

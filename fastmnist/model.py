@@ -45,7 +45,8 @@ class Model:
     def _check_shapes(self):
         layers = self.recipe.layers
         if len(self.weights) != len(layers) or len(self.biases) != len(layers):
-            raise ModelFileError(f"model has {len(self.weights)} weight arrays but recipe {self.recipe.name!r} has {len(layers)} layers")
+            raise ModelFileError(f"model has {len(self.weights)} weight arrays but recipe {self.recipe.name!r} "
+                                 f"has {len(layers)} layers")
         for li, (n_in, layer) in enumerate(zip(self.recipe.layer_inputs(), layers)):
             W, b = self.weights[li], self.biases[li]
             if W.shape != (n_in, layer.units):
@@ -214,5 +215,6 @@ def as_inputs(images, dtype=np.float32) -> np.ndarray:
     if a.size and not np.all(np.isfinite(a)):
         raise FastMnistError("images contain NaN or infinite values")
     if a.size and (a.min() < 0 or a.max() > 1):
-        raise FastMnistError(f"float images must lie in [0, 1], got values in [{a.min():g}, {a.max():g}] (pass uint8 for 0..255)")
+        raise FastMnistError(f"float images must lie in [0, 1], got values in [{a.min():g}, {a.max():g}] "
+                             "(pass uint8 for 0..255)")
     return np.ascontiguousarray(a, dtype=dtype)

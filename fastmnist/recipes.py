@@ -6,6 +6,7 @@ A recipe is plain data: it can be written to JSON, stored inside a saved model a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -92,10 +93,6 @@ class Recipe:
     classes: int = 10
 
     @property
-    def hidden_layers(self) -> tuple[Layer, ...]:
-        return self.layers[:-1]
-
-    @property
     def unit(self) -> str:
         """What one of `iterations` is: "epoch" (a pass over the training images in batches) or, for a
         full-batch recipe, "iteration" (one step)."""
@@ -109,6 +106,16 @@ class Recipe:
 
     def uses_l2(self) -> bool:
         return any(b.l2 != 0 for layer in self.layers for b in layer.branches)
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate of `iteration` (counted from 0; iteration 0 takes the optimiser's lr): the lr
+        multiplied by lr_decay once per iteration before it. The product is formed one multiplication at a
+        time, as the loop used to apply the decay, because lr * lr_decay ** iteration differs from it in the
+        last bits for most decays (and a run's numbers with it)."""
+        lr = self.optimizer.lr
+        if self.lr_decay == 1.0:
+            return lr
+        return math.prod(itertools.repeat(self.lr_decay, iteration), start=lr)
 
     def l2_multiplier(self, iteration: int) -> float:
         """Factor applied to every L2 factor after the update of `iteration` (seed 004's schedule)."""
@@ -135,7 +142,8 @@ class Recipe:
         return recipe.validate()
 
     def override_names(self) -> list[str]:
-        names = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "description", "layers", "optimizer")]
+        names = [f.name for f in dataclasses.fields(self)
+                 if f.name not in ("name", "description", "layers", "optimizer")]
         names += ["lr", "learning_rate", "beta1", "beta2", "eps", "optimizer_kind", "keep_prob", "hidden"]
         for layer in self.layers:
             for b in layer.branches:
@@ -145,14 +153,16 @@ class Recipe:
 
     def _override(self, key: str, value) -> "Recipe":
         key = NOTEBOOK_NAMES.get(self.name, {}).get(key, key)
-        opt_keys = {"lr": "lr", "learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps", "optimizer_kind": "kind"}
+        opt_keys = {"lr": "lr", "learning_rate": "lr", "beta1": "beta1", "beta2": "beta2", "eps": "eps",
+                    "optimizer_kind": "kind"}
         if key in opt_keys:
             return replace(self, optimizer=replace(self.optimizer, **{opt_keys[key]: value}))
         if key == "keep_prob":
             return self._map_branches(lambda li, b: replace(b, keep_prob=value) if li < len(self.layers) - 1 else b)
         if key == "hidden":
             if len(self.layers) != 2 or len(self.layers[0].branches) != 1:
-                raise RecipeError(f"recipe {self.name!r}: 'hidden' applies only to single-hidden-layer recipes; use units_<branch>")
+                raise RecipeError(f"recipe {self.name!r}: 'hidden' applies only to single-hidden-layer recipes; "
+                                  "use units_<branch>")
             return self._map_branches(lambda li, b: replace(b, units=value) if li == 0 else b)
         for prefix, attr in (("keep_prob_", "keep_prob"), ("reg_fact_", "l2"), ("units_", "units")):
             if key.startswith(prefix):
@@ -162,7 +172,8 @@ class Recipe:
                 return self._map_branches(lambda li, b: replace(b, **{attr: value}) if b.name == name else b)
         if key in {f.name for f in dataclasses.fields(self)} and key not in ("layers", "optimizer"):
             return replace(self, **{key: value})
-        raise RecipeError(f"unknown setting {key!r} for recipe {self.name!r}; valid: {', '.join(self.override_names())}")
+        raise RecipeError(f"unknown setting {key!r} for recipe {self.name!r}; "
+                          f"valid: {', '.join(self.override_names())}")
 
     def _map_branches(self, fn) -> "Recipe":
         layers = tuple(replace(layer, branches=tuple(fn(li, b) for b in layer.branches))

@@ -101,7 +101,7 @@ def run_one(header: dict, recipe: Recipe, backend: str, dtype: str, dataset: str
         result = train(recipe, backend=backend, dtype=dtype, progress=False, dataset=dataset)
         record.update(status="ok", metrics=result.final, history=result.history, backend=result.backend,
                       timings=result.timings)
-    except Exception as exc:  # recorded, so that one bad configuration does not stop the sweep
+    except Exception as exc:  # noqa: BLE001  (recorded, so that one bad configuration does not stop the sweep)
         record.update(status="error", error=f"{type(exc).__name__}: {exc}", backend=backend)
     record["time_s"] = time.perf_counter() - start
     return record

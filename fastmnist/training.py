@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -14,7 +13,9 @@ from tqdm.auto import tqdm
 from . import data
 from .dispatch import get_backend
 from .errors import RecipeError, TrainingDiverged, TrainingInterrupted
+from .formatting import count, duration
 from .interrupts import ctrl_c_stops_after_the_iteration
+from .kernels.compile_watch import CompileWatch
 from .kernels.interface import Net
 from .model import Model
 from .recipes import Recipe, get_preset
@@ -57,72 +58,6 @@ class TrainResult:
         parts.append(f"{t['train_s']:.2f} s training{steps}, {t['total_s']:.2f} s in all"
                      + (f", {duration(t['compile_s'])} of it compiling kernels" if t.get("compile_s") else ""))
         return "; ".join(parts)
-
-
-def count(n: int, unit: str) -> str:
-    """'1 epoch', '3 epochs', '10000 iterations'."""
-    return f"{n} {unit}" + ("" if n == 1 else "s")
-
-
-def duration(seconds: float) -> str:
-    """'612 ms', '1.25 s', '95.3 s'."""
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
-
-
-class CompileWatch:
-    """Measures the time Numba spends compiling in this thread while a training runs, and calls `on_start`
-    when the first compilation begins, so that a user is told why nothing happens for a while.
-
-    Numba announces a compilation only on a cache miss ("numba:compile" events): loading a kernel from its
-    on-disk cache is not counted. Nested compilations (a kernel compiling the functions it calls) count
-    once. Nothing is watched when Numba has not been imported (the reference backends never import it)."""
-
-    def __init__(self, on_start=None):
-        self.on_start, self.seconds, self.started = on_start, 0.0, False
-        self._depth, self._t0, self._thread, self._listener = 0, 0.0, threading.get_ident(), None
-
-    def __enter__(self):
-        if "numba" in sys.modules:
-            from numba.core import event
-
-            watch = self
-
-            class Listener(event.Listener):
-                def on_start(self, ev):
-                    watch._begin()
-
-                def on_end(self, ev):
-                    watch._end()
-
-            self._listener = Listener()
-            event.register("numba:compile", self._listener)
-        return self
-
-    def __exit__(self, *exc):
-        if self._listener is not None:
-            from numba.core import event
-            event.unregister("numba:compile", self._listener)
-            self._listener = None
-
-    def _begin(self):
-        if threading.get_ident() != self._thread:
-            return
-        if self._depth == 0:
-            self._t0 = time.perf_counter()
-            if not self.started:
-                self.started = True
-                if self.on_start is not None:
-                    self.on_start()
-        self._depth += 1
-
-    def _end(self):
-        if threading.get_ident() != self._thread or self._depth == 0:
-            return
-        self._depth -= 1
-        if self._depth == 0:
-            self.seconds += time.perf_counter() - self._t0
 
 
 def make_recipe(preset, /, iterations=None, seed=None, **overrides) -> Recipe:
@@ -247,10 +182,10 @@ def _train(recipe, be, dtype, progress, callback, data_path, dataset, status, wa
                 report = it % recipe.eval_every == 0 or it == recipe.iterations - 1
                 penalty = _penalty(be, net) if report and recipe.uses_l2() else 0.0
                 order = rng.permutation(X.shape[0]) if recipe.shuffle else None
+                net.lr = recipe.lr_at(it)
                 total, correct = be.train_epoch(net, X, y, recipe.batch_size, rng, order)
                 pending.append(total)
                 _advance_l2(net, recipe.l2_multiplier(it))
-                net.lr *= recipe.lr_decay
                 if it == 0:
                     be.synchronize()
                     first_s = time.perf_counter() - t_loop
@@ -339,4 +274,4 @@ def _check_finite(losses, first_iteration, history):
                                    f"{first_iteration + offset}", history)
 
 
-__all__ = ["train", "TrainResult", "make_recipe", "init_params", "build_net", "planned_path", "CompileWatch"]
+__all__ = ["train", "TrainResult", "make_recipe", "init_params", "build_net", "planned_path"]

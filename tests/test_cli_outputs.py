@@ -67,7 +67,8 @@ def fake_fashion(directory, n_train=30, n_test=7):
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, n, dtype=np.uint8)
-        for name, a, magic in ((f"{prefix}-images-idx3-ubyte", images, 2051), (f"{prefix}-labels-idx1-ubyte", labels, 2049)):
+        for name, a, magic in ((f"{prefix}-images-idx3-ubyte", images, 2051),
+                               (f"{prefix}-labels-idx1-ubyte", labels, 2049)):
             header = struct.pack(f">{1 + a.ndim}i", magic, *a.shape)
             (directory / f"{name}.gz").write_bytes(gzip.compress(header + a.tobytes()))
     return directory

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fastmnist.kernels.cpu import head, loss
+from fastmnist.kernels import codes
+from fastmnist.kernels.cpu import head
 from fastmnist.kernels.cpu.activation import layer_codes
 from fastmnist.kernels.reference import ReferenceBackend
 
@@ -21,7 +22,9 @@ def rel_err(a, b):
 
 def composed(A1, W2, b2, scale2, W3, b3, labels, loss):
     """The reference backend's operations, float64: dense forward twice, loss, dense backward twice."""
-    f = lambda a: None if a is None else a.astype(np.float64)
+    def f(a):
+        return None if a is None else a.astype(np.float64)
+
     mask = scale2.astype(np.float64).reshape(1, -1)
     A2, H2 = ref.dense_forward(f(A1), f(W2), f(b2), HIDDEN, mask)
     out, _ = ref.dense_forward(A2, f(W3), f(b3), ((0, W3.shape[1], "identity"),))
@@ -52,7 +55,7 @@ def test_head_step_matches_the_composed_operations(dtype, rows, loss_kind, bias)
     dW3, db3 = np.empty_like(W3), np.empty(classes, dtype)
     total, correct = head.head_step(
         A1, W2, empty if b2 is None else b2, layer_codes(HIDDEN, m2), scale2, W3, empty if b3 is None else b3,
-        layer_codes(((0, classes, "identity"),), classes), labels, loss.LOSS_CODES[loss_kind], dtype(1e-7), 2,
+        layer_codes(((0, classes, "identity"),), classes), labels, codes.LOSS_CODES[loss_kind], dtype(1e-7), 2,
         dA1, dW2, db2, dW3, db3)
     assert correct == want[1]
     assert abs(total - want[0]) <= TOL[dtype] * abs(want[0]) * 10
@@ -67,5 +70,5 @@ def test_head_step_lets_nan_through():
     out = [np.empty_like(A1), np.empty_like(W2), np.empty(8), np.empty_like(W3), np.empty(10)]
     total, _ = head.head_step(A1, W2, np.zeros(0), layer_codes(((0, 8, "relu"),), 8), np.ones(8), W3,
                                   np.zeros(0), layer_codes(((0, 10, "identity"),), 10), np.zeros(4, np.int64),
-                                  loss.SOFTMAX_CE, 1e-7, 2, *out)
+                                  codes.SOFTMAX_CE, 1e-7, 2, *out)
     assert np.isnan(total) and np.isnan(out[1]).any()

@@ -152,8 +152,8 @@ def test_scatter_nonzero_counts_nan_as_non_zero(vbytes):
     d[cols - 3] = np.nan
     G = np.ones((3, cols), np.float32)
     plans = simd.listed_plans(0, cols, 4, vbytes)
-    at_width(simd.scatter_nonzero, vbytes)(plans, np.empty(3, np.int64), np.array([1], np.int32), np.ones(1, np.float32), 0, 1,
-                         d, G, 0, cols)
+    at_width(simd.scatter_nonzero, vbytes)(plans, np.empty(3, np.int64), np.array([1], np.int32),
+                                           np.ones(1, np.float32), 0, 1, d, G, 0, cols)
     assert np.isnan(G[1, cols - 3]) and np.isfinite(np.delete(G.ravel(), 2 * cols - 3)).all()
 
 
@@ -313,3 +313,17 @@ def test_gather_two_rows_propagates_nan_to_its_own_row_only(vbytes):
     plan = simd.tile_plan(0, cols, 4, simd.MAX_TILE, vbytes)
     at_width(simd.gather_two_rows_planned, vbytes)(plan, V, 0, 1, 0, 3, M, Out, 0, 1, 0, cols, False, False)
     assert np.array_equal(Out[0], np.full(cols, 3, np.float32)) and np.isnan(Out[1]).all()
+
+
+def test_work_buffers_start_as_nan_under_the_test_hook_and_start_on_a_cache_line():
+    """The conftest's poisoned allocators are in place: float buffers start as NaN, int buffers as they come."""
+    assert simd.aligned_empty is simd.poisoned_aligned_empty and simd.scratch is simd.poisoned_scratch
+    for dtype in (np.float32, np.float64):
+        a = simd.aligned_empty((5, 3), dtype)
+        assert a.dtype == dtype and a.shape == (5, 3) and a.flags.c_contiguous
+        assert a.ctypes.data % simd.CACHE_LINE == 0 and np.isnan(a).all()
+        assert np.isnan(simd.scratch((7,), dtype)).all()
+        a = simd.aligned_copy(np.arange(12, dtype=dtype).reshape(3, 4)[:, 1:])
+        assert a.ctypes.data % simd.CACHE_LINE == 0 and (a == np.arange(12).reshape(3, 4)[:, 1:]).all()
+    ints = simd.aligned_empty(9, np.int64)
+    assert ints.shape == (9,) and ints.ctypes.data % simd.CACHE_LINE == 0

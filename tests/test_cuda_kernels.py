@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from fastmnist.kernels.cuda import backward, dense, dropout
-from fastmnist.kernels.cuda.tiles import GPU_TILING, SIM_TILING, activation_codes
+from fastmnist.kernels.codes import activation_codes
+from fastmnist.kernels.cuda.tiles import GPU_TILING, SIM_TILING
 from fastmnist.kernels.cuda.hybrid import CudaHybridBackend
 from fastmnist.kernels.interface import Net
 from fastmnist.kernels.cuda.backend import NumbaCudaBackend, simulator_enabled
@@ -344,8 +345,8 @@ print(json.dumps([cuda.is_available(), [[infos[n].available, infos[n].reason] fo
 
 
 def test_backends_report_the_cuda_backends_as_the_machine_allows():
-    """Without the simulator, numba-cuda and cuda-hybrid are available exactly when numba-cuda sees a GPU, and says why not;
-    the other backends still work."""
+    """Without the simulator, numba-cuda and cuda-hybrid are available exactly when numba-cuda sees a GPU, and
+    says why not; the other backends still work."""
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "FASTMNIST_ALLOW_CUDASIM")}
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

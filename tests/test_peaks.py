@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import peaks  # noqa: E402
+import peaks
 
 
 @pytest.fixture(scope="module")

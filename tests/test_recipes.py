@@ -15,7 +15,7 @@ def test_presets_carry_the_seeds_settings():
     n = get_preset("branchnet")
     assert [br.units for layer in n.layers for br in layer.branches] == [128, 64, 48, 10]
     assert [br.activation for br in n.layers[0].branches] == ["relu", "tanh"]
-    assert all(br.keep_prob == 0.8 for layer in n.hidden_layers for br in layer.branches)
+    assert all(br.keep_prob == 0.8 for layer in n.layers[:-1] for br in layer.branches)
     assert [br.l2 for layer in n.layers for br in layer.branches] == [1.19, 1.05, 1.07, 2.22]
     assert (n.optimizer.kind, n.optimizer.eps, n.iterations, n.batch_size) == ("adam_like", 1e-7, 10000, None)
 
@@ -25,6 +25,21 @@ def test_l2_schedule_starts_at_iteration_0():
     assert n.l2_multiplier(0) == pytest.approx(2 ** 0.5 / 2)
     assert n.l2_multiplier(1) == 1.0
     assert n.l2_multiplier(3000) == pytest.approx(5 ** 0.5 / 2)
+
+
+def test_lr_at_is_the_decayed_rate_of_each_iteration_and_a_pure_function():
+    fast = get_preset("fast")
+    assert fast.lr_decay < 1 and fast.lr_at(0) == fast.optimizer.lr
+    lr = fast.optimizer.lr
+    for iteration in range(1, 40):
+        lr *= fast.lr_decay                     # as the loop applied the decay before lr_at: bit for bit
+        assert fast.lr_at(iteration) == lr
+        assert fast.lr_at(iteration) == pytest.approx(fast.optimizer.lr * fast.lr_decay ** iteration, rel=1e-13)
+    assert fast.lr_at(5) == fast.lr_at(5) and fast == get_preset("fast")     # no state kept or changed
+    other = fast.with_overrides(lr=0.01, lr_decay=0.5)
+    assert [other.lr_at(i) for i in range(4)] == [0.01, 0.005, 0.0025, 0.00125]
+    flat = get_preset("branchnet")
+    assert flat.lr_decay == 1.0 and {flat.lr_at(i) for i in (0, 1, 9999)} == {flat.optimizer.lr}
 
 
 def test_recipe_round_trips_through_json():
@@ -37,7 +52,7 @@ def test_overrides_by_seed_names():
     assert n.layers[0].branches[1].keep_prob == 0.85 and n.layers[0].branches[0].keep_prob == 0.8
     assert n.layers[2].branches[0].l2 == 1.5 and n.optimizer.lr == 0.01
     k = get_preset("branchnet").with_overrides(keep_prob=0.9)
-    assert all(b.keep_prob == 0.9 for layer in k.hidden_layers for b in layer.branches)
+    assert all(b.keep_prob == 0.9 for layer in k.layers[:-1] for b in layer.branches)
     assert get_preset("grokking-3layer").with_overrides(hidden=64).layers[0].units == 64
 
 
@@ -81,7 +96,8 @@ def test_fast_preset_trains_shuffled_minibatches_with_adam():
 def test_seed_000_presets_take_the_notebooks_names(preset):
     r = get_preset(preset).with_overrides(alpha=0.01, hidden_size=64, iterations=20)
     assert (r.optimizer.lr, r.layers[0].units, r.iterations) == (0.01, 64, 20)
-    assert get_preset(preset).with_overrides(lr=0.01, hidden=64) == r.with_overrides(iterations=get_preset(preset).iterations)
+    preset_iterations = get_preset(preset).iterations
+    assert get_preset(preset).with_overrides(lr=0.01, hidden=64) == r.with_overrides(iterations=preset_iterations)
 
 
 def test_branchnet_takes_seed_004s_names():
@@ -90,15 +106,17 @@ def test_branchnet_takes_seed_004s_names():
         reg_fact_12=1.0, reg_fact_2=1.2, reg_fact_3=1.5, beta1=0.8, beta2=0.99, epsilon=1e-6)
     assert (r.optimizer.lr, r.iterations, r.optimizer.beta1, r.optimizer.beta2, r.optimizer.eps) == (
         0.002, 500, 0.8, 0.99, 1e-6)
-    assert [b.keep_prob for layer in r.hidden_layers for b in layer.branches] == [0.9, 0.85, 0.95]
+    assert [b.keep_prob for layer in r.layers[:-1] for b in layer.branches] == [0.9, 0.85, 0.95]
     assert [b.l2 for layer in r.layers for b in layer.branches] == [1.1, 1.0, 1.2, 1.5]
     assert r.loss_eps == get_preset("branchnet").loss_eps     # the notebook's epsilon is the optimiser's
 
 
 def test_an_unknown_name_lists_the_valid_ones_with_the_notebooks():
-    with pytest.raises(RecipeError, match="unknown setting 'alfa' for recipe 'grokking-3layer'; valid: .*lr.*alpha, hidden_size"):
+    with pytest.raises(RecipeError,
+                       match="unknown setting 'alfa' for recipe 'grokking-3layer'; valid: .*lr.*alpha, hidden_size"):
         get_preset("grokking-3layer").with_overrides(alfa=0.1)
-    with pytest.raises(RecipeError, match="unknown setting 'learning' for recipe 'branchnet'; valid: .*learn_rate, iter, epsilon"):
+    with pytest.raises(RecipeError,
+                       match="unknown setting 'learning' for recipe 'branchnet'; valid: .*learn_rate, iter, epsilon"):
         get_preset("branchnet").with_overrides(learning=0.1)
     with pytest.raises(RecipeError, match="unknown setting 'alpha' for recipe 'fast'"):   # not a notebook's preset
         get_preset("fast").with_overrides(alpha=0.1)

@@ -11,7 +11,7 @@ import fastmnist
 from fastmnist.errors import FastMnistError, RecipeError
 from fastmnist.sweeps import expand_grid, read_results, sweep
 
-from dask.distributed import Client, LocalCluster  # noqa: E402
+from dask.distributed import Client, LocalCluster
 
 SMALL = {"preset": "grokking-dropout", "backend": "numpy", "iterations": 1}
 GRID = {"hidden": [16, 24], "lr": [0.005, 0.01]}

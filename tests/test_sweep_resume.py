@@ -16,7 +16,7 @@ import pytest
 from fastmnist.errors import FastMnistError, RecipeError
 from fastmnist.sweeps import read_results, sweep
 
-from dask.distributed import Client, LocalCluster  # noqa: E402
+from dask.distributed import Client, LocalCluster
 
 SMALL = {"preset": "grokking-dropout", "backend": "numpy", "iterations": 1}
 

@@ -77,7 +77,7 @@ def test_numpy_scalars_are_taken_as_the_python_numbers_they_are():
     assert (recipe.optimizer.lr, recipe.optimizer.beta1, recipe.layers[0].branches[0].units) == (0.25, 0.5, 20)
     assert (recipe.seed, recipe.eval_every, recipe.batch_size, recipe.shuffle) == (7, 3, 100, True)
     assert recipe.iterations == 2 and recipe.target_accuracy == 0.5
-    assert all(b.keep_prob == 0.5 for layer in recipe.hidden_layers for b in layer.branches)
+    assert all(b.keep_prob == 0.5 for layer in recipe.layers[:-1] for b in layer.branches)
     for value in (recipe.optimizer.lr, recipe.seed, recipe.batch_size, recipe.shuffle, recipe.iterations,
                   recipe.layers[0].branches[0].units, recipe.layers[0].branches[0].keep_prob):
         assert type(value) in (int, float, bool), type(value)

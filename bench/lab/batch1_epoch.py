@@ -14,10 +14,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import mnist_images, preset_net, run_main, sparse_images  # noqa: E402
+from harness import mnist_images, preset_net, run_main, sparse_images
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+from fastmnist.kernels.reference import ReferenceBackend
 
 # (rows, inputs, hidden, dropout): one sample, widths that are no whole vector, the seed's shape with dropout
 CASES = {"1x13x5": (1, 13, 5, False), "9x31x17": (9, 31, 17, False), "40x784x40": (40, 784, 40, False),

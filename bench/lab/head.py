@@ -14,11 +14,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import run_main  # noqa: E402
+from harness import run_main
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-import numba  # noqa: E402
-from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+import numba
+from fastmnist.kernels.reference import ReferenceBackend
 
 # (rows, k1, m2, classes): batch 1, widths that are no whole vector, more rows than a block
 CASES = {"1x21x13x10": (1, 21, 13, 10), "3x16x8x10": (3, 16, 8, 10), "130x21x13x10": (130, 21, 13, 10)}
@@ -64,7 +64,7 @@ def v1(d, k):
 
     def run():
         total, _ = head.head_step(A1, W2, d["b2"], codes2, d["scale2"], W3, d["b3"], codes3, d["labels"],
-                                  k.cpu.loss.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
+                                  k.codes.SOFTMAX_CE, dtype.type(EPS), numba.get_num_threads(), *out)
         return (np.array([total]), *out)
     return run
 

@@ -14,10 +14,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import mnist_images, preset_net, run_main, sparse_images  # noqa: E402
+from harness import mnist_images, preset_net, run_main, sparse_images
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+from fastmnist.kernels.reference import ReferenceBackend
 
 # (rows, inputs, hidden, batch): a remainder batch, widths that are no whole vector
 CASES = {"10x13x5b3": (10, 13, 5, 3), "103x30x17b10": (103, 30, 17, 10), "300x784x40b128": (300, 784, 40, 128)}

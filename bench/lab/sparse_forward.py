@@ -13,10 +13,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import mnist_images, run_main, sparse_images  # noqa: E402
+from harness import mnist_images, run_main, sparse_images
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+from fastmnist.kernels.reference import ReferenceBackend
 
 # (rows, inputs, units): batch 1, units that are no whole vector, more rows than a block of 64
 CASES = {"1x5x3": (1, 5, 3), "7x13x5": (7, 13, 5), "33x17x19": (33, 17, 19), "70x31x40": (70, 31, 40)}

@@ -16,11 +16,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import mnist_images, run_main, sparse_images  # noqa: E402
+from harness import mnist_images, run_main, sparse_images
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-import numba  # noqa: E402
-from fastmnist.kernels.reference import ReferenceBackend  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+import numba
+from fastmnist.kernels.reference import ReferenceBackend
 
 # (rows, inputs, units): batch 1, odd columns and units, more rows than a column block
 CASES = {"1x5x3": (1, 5, 3), "7x13x5": (7, 13, 5), "131x31x17": (131, 31, 17), "300x30x90": (300, 30, 90)}

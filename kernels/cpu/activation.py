@@ -6,38 +6,19 @@ the same NaN behaviour: relu(NaN) is NaN, relu'(from NaN) is 0.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-IDENTITY, RELU, TANH = 0, 1, 2
-_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH}
-
-
-@functools.lru_cache(maxsize=256)
-def unit_codes(segments) -> np.ndarray:
-    """An int8 code per unit for `segments` ((start, stop, activation), ...), read-only."""
-    stop = max((s for _, s, _ in segments), default=0)
-    codes = np.zeros(stop, dtype=np.int8)
-    for start, end, act in segments:
-        if act not in _CODES:
-            raise ValueError(f"unknown activation {act!r}")
-        codes[start:end] = _CODES[act]
-    codes.flags.writeable = False
-    return codes
+from ..codes import RELU, TANH, activation_codes
 
 
 def layer_codes(segments, units) -> np.ndarray:
-    """A writable copy of unit_codes for a layer of `units` units; units outside every segment stay linear."""
-    codes = unit_codes(tuple(tuple(s) for s in segments))
-    if codes.shape[0] > units:
-        raise ValueError(f"segments cover {codes.shape[0]} units, the layer has {units}")
-    if codes.shape[0] < units:
-        return np.concatenate([codes, np.zeros(units - codes.shape[0], np.int8)])
-    return codes.copy()
+    """The activation codes of a layer of `units` units as numba-cpu's kernels read them: int8, one per unit
+    (codes.activation_codes; units outside every segment are linear)."""
+    return activation_codes(segments, units, np.int8)
 
 
 # numpy's error model: Python's zero-division check on the division below (q >= 0.0048 anyway) keeps every

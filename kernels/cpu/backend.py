@@ -29,6 +29,7 @@ import numpy as np
 
 from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
 from .activation import layer_codes
+from ..codes import LOSS_CODES, OPTIMIZER_CODES
 from ..reference import ReferenceBackend
 
 threads.choose_threading_layer()
@@ -166,10 +167,6 @@ class _CompressedInputs:
                 self._entries.popitem(last=False)
         return entry
 
-    def clear(self):
-        with self._lock:
-            self._entries.clear()
-
 
 class NumbaCpuBackend(ReferenceBackend):
     name = "numba-cpu"
@@ -201,10 +198,6 @@ class NumbaCpuBackend(ReferenceBackend):
 
     def to_numpy(self, a):
         return np.asarray(a)
-
-    def forget_inputs(self):
-        """Drop the cached compressed copies of training inputs (needed if one was modified in place)."""
-        self._inputs.clear()
 
     # -- dense layers -----------------------------------------------------------------------------
     def dense_forward(self, X, W, b, segments, mask=None):
@@ -260,14 +253,14 @@ class NumbaCpuBackend(ReferenceBackend):
 
     # -- losses -----------------------------------------------------------------------------------
     def loss(self, kind, out, labels, eps=0.0, need_grad=True):
-        if kind not in loss.LOSS_CODES:
+        if kind not in LOSS_CODES:
             raise ValueError(f"unknown loss {kind!r}")
         dtype = _float_dtype(out)
         out = _matrix(out, dtype, "out")
         labels = _labels(labels, out.shape[0], out.shape[1])
         grad = simd.scratch(out.shape, out.dtype)
         with threads.parallel_section():
-            total, correct = loss.loss_and_grad(out, labels, loss.LOSS_CODES[kind], dtype.type(eps),
+            total, correct = loss.loss_and_grad(out, labels, LOSS_CODES[kind], dtype.type(eps),
                                                     dtype.type(out.shape[0]), grad, need_grad)
         return total, correct, (grad if need_grad else None)
 
@@ -331,7 +324,7 @@ class NumbaCpuBackend(ReferenceBackend):
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def evaluate(self, net, X, labels, chunk=8192):
-        if len(net.weights) == 2 and _inputs_fit(net, X) and net.loss in loss.LOSS_CODES:
+        if len(net.weights) == 2 and _inputs_fit(net, X) and net.loss in LOSS_CODES:
             # a one-hidden-layer network: the minibatch epoch's own compiled layers, on every thread
             compressed = self._inputs.get(X)
             if compressed.shape[1] != net.weights[0].shape[0]:
@@ -344,7 +337,7 @@ class NumbaCpuBackend(ReferenceBackend):
                 np.ascontiguousarray(W1), _EMPTY_VECTOR[dtype] if b1 is None else b1, b1 is not None,
                 _codes(net.segments[0], W1.shape[1]), np.ascontiguousarray(W2),
                 _EMPTY_VECTOR[dtype] if b2 is None else b2, b2 is not None, _codes(net.segments[1], W2.shape[1]),
-                loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps), numba.get_num_threads())
+                LOSS_CODES[net.loss], dtype.type(net.loss_eps), numba.get_num_threads())
         with threads.serial_blas():
             out = self.forward(net, X, chunk)
         total, correct, _ = self.loss(net.loss, out, labels, net.loss_eps, need_grad=False)
@@ -379,7 +372,8 @@ class NumbaCpuBackend(ReferenceBackend):
         labels = np.asarray(labels)
         total, correct = 0.0, 0
         for start in range(0, n - batch_size + 1, batch_size):
-            rows = np.arange(start, start + batch_size) if order is None else np.asarray(order[start:start + batch_size])
+            stop = start + batch_size
+            rows = np.arange(start, stop) if order is None else np.asarray(order[start:stop])
             t, c = self._sparse_step(net, compressed, rows, labels[rows], rng, blocks)
             total, correct = total + t, correct + c
         return total, correct
@@ -400,7 +394,7 @@ class NumbaCpuBackend(ReferenceBackend):
     @staticmethod
     def _batch1_epoch_fits(net) -> bool:
         return (len(net.weights) == 2 and all(b is None for b in net.biases) and net.optimizer == "sgd"
-                and net.loss in loss.LOSS_CODES and not any(f is not None and np.any(f) for f in net.l2)
+                and net.loss in LOSS_CODES and not any(f is not None and np.any(f) for f in net.l2)
                 and not (net.keep and net.keep[1] is not None))
 
     def _batch1_epoch(self, net, X, labels, rng, order):
@@ -423,7 +417,7 @@ class NumbaCpuBackend(ReferenceBackend):
         total, correct = batch1_epoch.sgd_epoch_batch1(
             compressed.indptr, compressed.indices, compressed.values, rows, labels, W1, W2,
             _codes(net.segments[0], W1.shape[1]), _codes(net.segments[1], W2.shape[1]), fwd, bwd,
-            dtype.type(net.lr), loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps))
+            dtype.type(net.lr), LOSS_CODES[net.loss], dtype.type(net.loss_eps))
         net.step += n
         return total, correct
 
@@ -470,7 +464,7 @@ class NumbaCpuBackend(ReferenceBackend):
         total, correct = repeat_epoch.repeated_sgd_epoch(
             compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size, batch_size, W1, W2,
             _codes(net.segments[0], W1.shape[1]), _codes(net.segments[1], W2.shape[1]), fwd, bwd,
-            dtype.type(net.lr), loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps))
+            dtype.type(net.lr), LOSS_CODES[net.loss], dtype.type(net.loss_eps))
         net.step += batches * batch_size
         return total, correct
 
@@ -478,8 +472,8 @@ class NumbaCpuBackend(ReferenceBackend):
     @staticmethod
     def _minibatch_fits(net, rows, batch_size) -> bool:
         return (len(net.weights) == 2 and 1 < batch_size < rows and not net.repeat_update
-                and (net.dropout == "unit" or not net.has_dropout()) and net.loss in loss.LOSS_CODES
-                and net.optimizer in minibatch_epoch.OPTIMIZER_CODES)
+                and (net.dropout == "unit" or not net.has_dropout()) and net.loss in LOSS_CODES
+                and net.optimizer in OPTIMIZER_CODES)
 
     def _minibatch_epoch(self, net, X, labels, batch_size, rng, order):
         n = X.shape[0]
@@ -511,7 +505,7 @@ class NumbaCpuBackend(ReferenceBackend):
         (W1, b1, has_b1, state1), (W2, b2, has_b2, state2) = layers
         compressed = self._inputs.get(X)
         t = dtype.type
-        kind = minibatch_epoch.OPTIMIZER_CODES[net.optimizer]
+        kind = OPTIMIZER_CODES[net.optimizer]
         with threads.parallel_section():
             total, correct, done = minibatch_epoch.minibatch_epoch(
                 compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size,
@@ -520,7 +514,7 @@ class NumbaCpuBackend(ReferenceBackend):
                 kind, t(net.lr), t(net.beta1), t(1 - net.beta1),
                 t(net.beta2), t(1 - net.beta2), t(net.eps),
                 minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype),
-                loss.LOSS_CODES[net.loss],
+                LOSS_CODES[net.loss],
                 t(net.loss_eps), numba.get_num_threads())
         net.step += done
         return total, correct

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .activation import IDENTITY, RELU, activate, derivative
+from .activation import activate, derivative
 from .loss import row_loss
 from .simd import CACHE, MAX_TILE, empty_rows, gather_planned, listed_plans, scatter_nonzero, tile_plan, width_for
+from ..codes import IDENTITY, RELU
 
 B1_WIDTH = width_for("batch1_epoch")   # B1_WIDTH(W1): bytes per SIMD vector of the batch-1 and repeated-update epochs
 

@@ -11,9 +11,8 @@ import numpy as np
 from numba import njit, prange
 
 from .threads import chunk_bounds, chunks_for
+from ..codes import MSE
 
-MSE, SOFTMAX_CE = 0, 1
-LOSS_CODES = {"mse": MSE, "softmax_ce": SOFTMAX_CE}
 
 
 @njit(cache=True)

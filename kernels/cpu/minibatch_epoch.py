@@ -25,15 +25,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import barrier
+from . import barrier, simd
 from .threads import run_workers
-from .activation import RELU, activate, derivative
+from .activation import activate, derivative
 from .loss import row_loss
 from .optim import adam_row, sgd_row
-from .simd import CACHE, MAX_TILE, aligned_empty, gather_pair_tile, gather_planned, tile_plan, width
+from .simd import CACHE, MAX_TILE, gather_pair_tile, gather_planned, tile_plan, width
+from ..codes import ADAM, RELU, SGD
 
-SGD, ADAM_LIKE, ADAM = 0, 1, 2
-OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
 EVAL_ROWS = 256         # rows per batch of an evaluation
 MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's gathers
 
@@ -388,8 +387,8 @@ def _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has
         T = max(1, min(threads, -(-order.shape[0] // batch)))
         bounds = np.array([0] * T + [k], np.int64)
         m, pairs, cap = T * batch, 1, 1
-    rows = lambda n: aligned_empty((n, k), dtype)  # noqa: E731
-    small = lambda *shape: aligned_empty(shape, dtype)  # noqa: E731
+    rows = lambda n: simd.aligned_empty((n, k), dtype)  # noqa: E731
+    small = lambda *shape: simd.aligned_empty(shape, dtype)  # noqa: E731
     buffers = (rows(m), rows(m), rows(batch if need_grad else 1), small(T, batch, classes),    # H1 A1 dZ1 part
                small(m, classes), small(m, classes),                                            # H2 A2
                small(m, classes), small(classes, batch),                                        # dZ2 dZ2T

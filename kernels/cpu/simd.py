@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import numba
 import numpy as np
@@ -110,27 +111,51 @@ def width_for(kernel: str):
 CACHE_LINE = 64   # the kernels' matrices start on a cache line: a vector load then never straddles two lines
 
 
-# FASTMNIST_POISON_SCRATCH=1 (the tests set POISON itself): aligned_empty fills float arrays with NaN, so that a
-# kernel that reads a buffer before writing it gives NaN every time rather than whatever the memory last held
-# (numpy hands small buffers back from a cache of freed ones, so that is often an earlier array's NaN or data).
-POISON = os.environ.get("FASTMNIST_POISON_SCRATCH", "").strip() == "1"
-
-
 def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a cache line (NaN-filled when POISON)."""
+    """An uninitialised C-contiguous array whose data starts on a cache line."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(nbytes + CACHE_LINE, np.uint8)
     start = -buf.ctypes.data % CACHE_LINE
-    out = buf[start:start + nbytes].view(dtype).reshape(shape)
-    if POISON and dtype.kind == "f":
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """np.empty(shape, dtype) for a float buffer a kernel fills."""
+    return np.empty(shape, dtype)
+
+
+# -- test hook: poisoned work buffers ------------------------------------------------------------------------
+# The unit tests (tests/conftest.py), and FASTMNIST_POISON_SCRATCH=1 at import (the subprocesses they start),
+# put these in place of aligned_empty and scratch: float buffers then start as NaN, so that a kernel that reads
+# one before writing it gives NaN every time rather than whatever the memory last held (numpy hands small
+# buffers back from a cache of freed ones, so that is often an earlier array's NaN or data). Callers reach the
+# allocators through this module (simd.aligned_empty), so the swap reaches them; the production allocators
+# test nothing.
+
+def poisoned_aligned_empty(shape, dtype, _allocate=aligned_empty) -> np.ndarray:
+    """Test hook: aligned_empty with float arrays filled with NaN (_allocate: the unpoisoned allocator)."""
+    out = _allocate(shape, dtype)
+    if out.dtype.kind == "f":
         out.fill(np.nan)
     return out
 
 
-def scratch(shape, dtype) -> np.ndarray:
-    """np.empty(shape, dtype) for a float buffer a kernel fills (NaN-filled when POISON)."""
-    return np.full(shape, np.nan, dtype) if POISON else np.empty(shape, dtype)
+def poisoned_scratch(shape, dtype) -> np.ndarray:
+    """Test hook: scratch filled with NaN."""
+    return np.full(shape, np.nan, dtype)
+
+
+def poison_work_buffers(set_attribute=setattr) -> None:
+    """Test hook: the poisoned allocators in place of aligned_empty and scratch, for everything that allocates
+    through this module. `set_attribute`: a pytest monkeypatch's setattr puts the originals back after a test."""
+    module = sys.modules[__name__]
+    set_attribute(module, "aligned_empty", poisoned_aligned_empty)
+    set_attribute(module, "scratch", poisoned_scratch)
+
+
+if os.environ.get("FASTMNIST_POISON_SCRATCH", "").strip() == "1":
+    poison_work_buffers()
 
 
 def aligned_copy(a) -> np.ndarray:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import dense, head, loss, simd, sparse
+from . import dense, head, simd, sparse
 from .activation import layer_codes
+from ..codes import LOSS_CODES
 
 
 def _kept_units(backend, net, rng, rows):
@@ -153,7 +154,7 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
         dWs[2], dbs[2] = simd.scratch(W3.shape, W3.dtype), simd.scratch(W3.shape[1], dtype)
         total, correct = head.head_step(
             A, W2, empty if b2 is None else b2, codes2, scale2, np.ascontiguousarray(W3),
-            empty if b3 is None else b3, codes3, labels, loss.LOSS_CODES[net.loss], dtype.type(net.loss_eps),
+            empty if b3 is None else b3, codes3, labels, LOSS_CODES[net.loss], dtype.type(net.loss_eps),
             numba.get_num_threads(), dA, dWs[1], dbs[1], dWs[2], dbs[2])
     else:
         acts, hs = [A], [H]

@@ -33,7 +33,7 @@ def _importable(layer: str) -> bool:
     try:
         importlib.import_module(f"numba.np.ufunc.{layer}pool")
         return True
-    except Exception:  # ImportError, or a library that fails to load
+    except Exception:  # noqa: BLE001  (ImportError, or a library that fails to load)
         return False
 
 
@@ -69,7 +69,7 @@ def _blas_pools():
     try:
         from threadpoolctl import ThreadpoolController
         pools = ThreadpoolController().select(user_api="blas")
-    except Exception:  # threadpoolctl missing or unable to inspect the loaded libraries
+    except Exception:  # noqa: BLE001  (threadpoolctl missing or unable to inspect the loaded libraries)
         return None
     return pools if pools.lib_controllers else None
 

@@ -22,7 +22,8 @@ import numpy
 from . import backward, dense, dropout, loss, optim
 from .fused_step import Workspace
 from .replay import Replayer
-from .tiles import GPU_TILING, SIM_TILING, activation_codes
+from .tiles import GPU_TILING, SIM_TILING
+from ..codes import LOSS_CODES, OPTIMIZER_CODES, activation_codes
 from ..reference import ReferenceBackend
 
 
@@ -175,11 +176,11 @@ class NumbaCudaBackend(ReferenceBackend):
         return dX, dW, db
 
     def loss(self, kind, out, labels, eps=0.0, need_grad=True):
-        if kind not in loss.LOSS_CODES:
+        if kind not in LOSS_CODES:
             raise ValueError(f"unknown loss {kind!r}")
         grad = self.xp.empty(out.shape, out.dtype) if need_grad else None
         totals, counts = self._accumulators()
-        loss.loss(loss.LOSS_CODES[kind], self._dev(out), self._dev(self._device_array(labels, numpy.int64)),
+        loss.loss(LOSS_CODES[kind], self._dev(out), self._dev(self._device_array(labels, numpy.int64)),
                        eps, self._dev(grad), 1.0 / out.shape[0], *self._loss_partials(out.shape[0]),
                        self._dev(totals), self._dev(counts), self.threads, stream=self.stream)
         return totals[0], counts[0], grad
@@ -207,9 +208,9 @@ class NumbaCudaBackend(ReferenceBackend):
 
     def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
         """One launch when `params` and `grads` are a packed network's views; one per parameter else."""
-        if kind not in optim.OPTIMIZER_CODES:
+        if kind not in OPTIMIZER_CODES:
             raise ValueError(f"unknown optimizer {kind!r}")
-        code = optim.OPTIMIZER_CODES[kind]
+        code = OPTIMIZER_CODES[kind]
         hyper = self._constant(optim.hyper_values(code, lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step),
                                numpy.float64)
         ws = self._workspace_holding(params, grads)

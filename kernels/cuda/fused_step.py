@@ -17,6 +17,7 @@ import numpy
 from . import dropout, loss, optim
 from .pack import pack
 from .replay import StepValues
+from ..codes import LOSS_CODES, OPTIMIZER_CODES
 
 
 class Workspace:
@@ -84,7 +85,8 @@ class Workspace:
         key = (X.shape[1], X.dtype.str, labels.dtype.str)
         if bufs.batch_key != key:
             xp = self.be.xp
-            bufs.batch_key, bufs.Xb, bufs.yb = key, xp.empty((batch, X.shape[1]), X.dtype), xp.empty(batch, labels.dtype)
+            bufs.batch_key = key
+            bufs.Xb, bufs.yb = xp.empty((batch, X.shape[1]), X.dtype), xp.empty(batch, labels.dtype)
         if isinstance(rows, slice):
             bufs.Xb[...] = X[rows]
             bufs.yb[...] = labels[rows]
@@ -132,7 +134,7 @@ class Workspace:
 
     def _stage(self, step, l2):
         net = self.net()
-        code = optim.OPTIMIZER_CODES[net.optimizer]
+        code = OPTIMIZER_CODES[net.optimizer]
         hyper = optim.hyper_values(code, lr=net.lr, beta1=net.beta1, beta2=net.beta2, eps=net.eps, step=step)
         return self.values.write(self.host_keys, hyper, l2)
 
@@ -150,10 +152,10 @@ class Workspace:
                                  be.threads, be.stream)
             be._forward(acts[-1], self.W[li], self.b[li], self.codes[li], fwd, bufs.H[li], bufs.A[li])
             acts.append(bufs.A[li])
-        loss.loss(loss.LOSS_CODES[net.loss], acts[-1].v, be._dev(labels), net.loss_eps, bufs.grad.v,
+        loss.loss(LOSS_CODES[net.loss], acts[-1].v, be._dev(labels), net.loss_eps, bufs.grad.v,
                        1.0 / rows, bufs.part_loss, bufs.part_correct, *self.acc_views, be.threads,
                        accumulate=True, stream=be.stream)
-        code = optim.OPTIMIZER_CODES[net.optimizer]
+        code = OPTIMIZER_CODES[net.optimizer]
         for r in range(repeats):
             if r > 0:
                 values.upload(self._stage(net.step + 1 + r, l2), be.cupy_stream)

@@ -14,9 +14,8 @@ import numba
 from numba import cuda
 
 from .tiles import elementwise
+from ..codes import MSE
 
-MSE, SOFTMAX_CE = 0, 1
-LOSS_CODES = {"mse": MSE, "softmax_ce": SOFTMAX_CE}
 
 
 def _block_sum(threads: int):

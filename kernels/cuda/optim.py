@@ -11,8 +11,7 @@ import numba
 import numpy
 from numba import cuda
 
-SGD, ADAM_LIKE, ADAM = 0, 1, 2
-OPTIMIZER_CODES = {"sgd": SGD, "adam_like": ADAM_LIKE, "adam": ADAM}
+from ..codes import ADAM, SGD
 
 
 @functools.lru_cache(maxsize=None)

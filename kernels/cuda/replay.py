@@ -121,7 +121,7 @@ class Replayer:
                 finally:
                     self.capturing = False
                     graph = stream.end_capture()
-        except Exception as exc:        # capture is an optimisation: never let it stop training
+        except Exception as exc:  # noqa: BLE001  (capture is an optimisation: never let it stop training)
             self.enabled, self.failure = False, f"{type(exc).__name__}: {exc}"
             return None
         finally:

@@ -1,5 +1,5 @@
-"""What the tiled matrix-product kernels share: the tile shape, the activation codes and their device
-functions, and the register-blocked product of two shared-memory tiles.
+"""What the tiled matrix-product kernels share: the tile shape, the device functions of the activations
+(whose codes are in kernels/codes.py), and the register-blocked product of two shared-memory tiles.
 
 A block of threads_y x threads_x threads computes a tile_m x tile_n tile of the output; thread (ty, tx)
 holds rows ty + r * threads_y (r < rows) and columns tx + c * threads_x (c < cols) in registers, so
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numba
-import numpy
 from numba import cuda
 
-IDENTITY, RELU, TANH = 0, 1, 2
-ACTIVATION_CODES = {"identity": IDENTITY, "relu": RELU, "tanh": TANH}
+from ..codes import RELU, TANH
+
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ GPU_TILING = Tiling(threads_y=16, threads_x=16, rows=4, cols=4, depth=16)
 # The simulator runs every thread in Python: small, non-square tiles keep it fast and make every
 # boundary case (partial tiles in all three dimensions) appear on tiny matrices.
 SIM_TILING = Tiling(threads_y=2, threads_x=3, rows=2, cols=2, depth=4)
-
-
-def activation_codes(segments, units: int) -> numpy.ndarray:
-    """One activation code per unit, from ((start, stop, activation), ...)."""
-    codes = numpy.zeros(units, dtype=numpy.int32)
-    for start, stop, act in segments:
-        codes[start:stop] = ACTIVATION_CODES[act]
-    return codes
 
 
 @functools.lru_cache(maxsize=None)
