@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import data, dispatch
+from . import data, dispatch, interrupts, stdio
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .model import load, model_path
@@ -213,14 +213,19 @@ def _cmd_train(args) -> int:
         result, interrupted = train(recipe, backend=args.backend, dtype=args.dtype,
                                     progress=not args.quiet and sys.stderr.isatty(), callback=show,
                                     data_path=args.data, dataset=args.dataset, status=status), None
-    except TrainingInterrupted as stop:     # Ctrl-C: the model trained so far is kept like a finished one
+    except TrainingInterrupted as stop:     # Ctrl-C, SIGTERM, ...: the model trained so far is kept
         result, interrupted = stop.result, stop
+    saved = None
+    if out is not None:     # saved before anything more is printed: an output gone cannot cost the model
+        with interrupts.signals_held():
+            saved = keep_model(result.model, out)
     print(result.summary())
-    if out is not None:
-        print(f"saved {keep_model(result.model, out)}")
+    if saved is not None:
+        print(f"saved {saved}")
     if interrupted is not None:
-        print(f"fastmnist: {interrupted}", file=sys.stderr)
-        return 130
+        print(f"fastmnist: {interrupted}" + (f"; the model trained so far is saved in {saved}" if saved else ""),
+              file=sys.stderr)
+        return interrupts.exit_status(interrupted)
     return 0
 
 
@@ -291,11 +296,11 @@ def _cmd_sweep(args) -> int:
         records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
                         client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
                         progress=sys.stderr.isatty(), dataset=args.dataset)
-    except KeyboardInterrupt:       # every finished run is already on disk
+    except KeyboardInterrupt as exc:        # Ctrl-C, SIGTERM, ...: every finished run is already on disk
         kept = len(read_results(args.out))
-        print(f"fastmnist: interrupted; the {kept} finished runs are kept in {args.out}: run the same command "
-              f"with --resume to run the rest", file=sys.stderr)
-        return 130
+        print(f"fastmnist: {interrupts.cause(interrupts.signal_number(exc))}; the {kept} finished runs are kept "
+              f"in {args.out}: run the same command with --resume to run the rest", file=sys.stderr)
+        return interrupts.exit_status(exc)
     print(table(read_results(args.out)))
     failed = sum(r["status"] != "ok" for r in records)
     print(f"{len(records)} runs this time, {failed} failed; all results in {args.out}")
@@ -334,8 +339,13 @@ COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "ba
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    with stdio.guarded_streams() as streams, interrupts.termination_signals_raise():
+        return streams.final_status(_run(argv))
+
+
+def _run(argv) -> int:
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except TrainingDiverged as exc:
         print(f"fastmnist: {exc}", file=sys.stderr)
@@ -343,9 +353,7 @@ def main(argv=None) -> int:
     except FastMnistError as exc:
         print(f"fastmnist: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fastmnist: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error of ours
-        sys.stdout = open(os.devnull, "w")
-        return 0
+    except KeyboardInterrupt as exc:    # Ctrl-C, SIGTERM, ... (a reader gone away ends quietly, as SIGPIPE does)
+        if interrupts.signal_number(exc) != interrupts.SIGPIPE:
+            print(f"fastmnist: {interrupts.cause(interrupts.signal_number(exc))}", file=sys.stderr)
+        return interrupts.exit_status(exc)
