@@ -232,16 +232,22 @@ def _cmd_train(args) -> int:
 def keep_model(model, out: Path) -> Path:
     """Saves `model` to `out`; should that fail, to a new file in the temporary directory, then raises an
     OutputError that says where the model is."""
+    return keep_output(model.save, out, f"fastmnist-{model.recipe.name}-", ".npz", "the model")
+
+
+def keep_output(write, out: Path, prefix: str, suffix: str, what: str = "it") -> Path:
+    """write(out), the path written; should it fail, write(a new file in the temporary directory), then an
+    OutputError that says where the output is: the work that made it is never thrown away."""
     try:
-        return model.save(out)
+        return write(out)
     except OutputError as exc:
-        fd, rescue = tempfile.mkstemp(prefix=f"fastmnist-{model.recipe.name}-", suffix=".npz")
+        fd, rescue = tempfile.mkstemp(prefix=prefix, suffix=suffix)
         os.close(fd)
         try:
-            model.save(rescue)
+            rescue = write(rescue)
         except OutputError as again:
-            raise OutputError(f"{exc}; nor could the model be saved to {rescue}: {again}") from None
-        raise OutputError(f"{exc}; the model was saved to {rescue} instead") from None
+            raise OutputError(f"{exc}; nor could {what} be saved to {rescue}: {again}") from None
+        raise OutputError(f"{exc}; {what} {'were' if what.endswith('s') else 'was'} saved to {rescue} instead") from None
 
 
 def _cmd_eval(args) -> int:
@@ -308,10 +314,19 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from .charts import check_chart
     from .comparison import check_plotting, compare
 
+    # every output is checked before minutes of training, not after
+    json_out = Path(args.json) if args.json else None
+    if json_out is not None:
+        if json_out.is_dir():
+            raise OutputError(f"cannot write {json_out}: it is a directory")
+        check_writable(json_out)
+    png_out = None
     if args.png:
-        check_plotting()            # before minutes of training, not after
+        check_plotting()
+        png_out = check_chart(args.png)
 
     def status(text):
         if not args.quiet:
@@ -320,12 +335,23 @@ def _cmd_compare(args) -> int:
     overrides = recipe_settings(args)
     rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
                    status=status, **overrides)
+    # the files first: an output gone away while the table is printed cannot cost them
+    written, failed = [], []
+    with interrupts.signals_held():
+        for what, out, write, suffix in (("rows", json_out, rows.write_json, ".json"),
+                                         ("chart", png_out, rows.write_png, ".png")):
+            if out is not None:
+                try:
+                    written.append(f"{what} written to "
+                                   f"{keep_output(write, out, 'fastmnist-compare-', suffix, f'the {what}')}")
+                except OutputError as exc:
+                    failed.append(exc)
     print(rows.table(), end="")
-    if args.json:
-        print(f"rows written to {rows.write_json(args.json)}")
-    if args.png:
-        print(f"chart written to {rows.write_png(args.png)}")
-    return 0
+    for line in written:
+        print(line)
+    for exc in failed:
+        print(f"fastmnist: error: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cmd_bench_report(args) -> int:
