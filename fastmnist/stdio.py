@@ -22,12 +22,21 @@ from . import interrupts
 
 
 def run_as_command() -> bool:
-    """True in `python -m fastmnist ...` and the `fastmnist` script, where the process is the command's."""
-    argv = getattr(sys, "orig_argv", [])
-    if "-m" in argv:        # the interpreter's own -m comes before any argument of the module it runs
-        at = argv.index("-m")
-        return argv[at + 1:at + 2] == ["fastmnist"]
-    return "-mfastmnist" in argv or Path(sys.argv[0] if sys.argv else "").name == "fastmnist"
+    """True in `python -m fastmnist ...` and the `fastmnist` script, where the process is the command's;
+    False in any other program, and in the processes a sweep's local cluster spawns (`python -c ...`), which
+    inherit the script's sys.argv but not its command line."""
+    argv = list(getattr(sys, "orig_argv", []))
+    at = 1
+    while at < len(argv):       # the interpreter's options, then what it runs
+        arg = argv[at]
+        if arg == "-m" or arg.startswith("-m"):
+            return (argv[at + 1:at + 2] if arg == "-m" else [arg[2:]]) == ["fastmnist"]
+        if arg in ("-c", "-") or arg.startswith("-c"):
+            return False
+        if not arg.startswith("-"):
+            return Path(arg).name == "fastmnist"
+        at += 2 if arg in ("-X", "-W", "--check-hash-based-pycs") else 1
+    return False
 
 
 def reopen_closed_descriptors() -> None:

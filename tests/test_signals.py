@@ -234,3 +234,19 @@ def test_a_signal_during_the_imports_ends_the_command_with_one_line(name):
         p.kill()
     assert p.returncode == 128 + getattr(signal, name), stderr
     assert stderr == f"fastmnist: {'interrupted' if name == 'SIGINT' else 'terminated by ' + name}\n"
+
+
+@pytest.mark.parametrize("orig_argv, expected", [
+    (["python", "-m", "fastmnist", "train"], True),
+    (["python", "-X", "dev", "-mfastmnist"], True),
+    (["/venv/bin/python", "/venv/bin/fastmnist", "sweep"], True),
+    (["python", "-m", "pytest", "-m", "fastmnist"], False),
+    (["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()", "--multiprocessing-fork"], False),
+    (["python", "script.py", "fastmnist"], False),
+])
+def test_only_the_command_itself_counts_as_the_command(monkeypatch, orig_argv, expected):
+    """A sweep's workers inherit the `fastmnist` script's sys.argv: they must not take its signal handling."""
+    from fastmnist import stdio
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fastmnist", "sweep"])
+    assert stdio.run_as_command() is expected
