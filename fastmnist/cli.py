@@ -217,8 +217,13 @@ def _cmd_train(args) -> int:
         result, interrupted = stop.result, stop
     saved = None
     if out is not None:     # saved before anything more is printed: an output gone cannot cost the model
-        with interrupts.signals_held():
-            saved = keep_model(result.model, out)
+        try:
+            with interrupts.signals_held():
+                saved = keep_model(result.model, out)
+        except KeyboardInterrupt as again:      # it waited until the model was saved
+            print(f"fastmnist: {interrupts.cause(interrupts.signal_number(again))}; the model is saved in {saved}",
+                  file=sys.stderr)
+            return interrupts.exit_status(again)
     print(result.summary())
     if saved is not None:
         print(f"saved {saved}")

@@ -250,3 +250,16 @@ def test_only_the_command_itself_counts_as_the_command(monkeypatch, orig_argv, e
     monkeypatch.setattr(sys, "orig_argv", orig_argv)
     monkeypatch.setattr(sys, "argv", ["/venv/bin/fastmnist", "sweep"])
     assert stdio.run_as_command() is expected
+
+
+def test_a_signal_while_the_cli_saves_the_model_ends_the_command_once_it_is_saved(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m.npz"
+    real_save = fastmnist.Model.save
+
+    def save(self, path):
+        signal.raise_signal(signal.SIGTERM)         # arrives in the middle of writing the file
+        return real_save(self, path)
+    monkeypatch.setattr(fastmnist.Model, "save", save)
+    assert cli.main([*TRAIN, "--iterations", "1", "--quiet", "--out", str(out)]) == 143
+    assert capsys.readouterr().err == f"fastmnist: terminated by SIGTERM; the model is saved in {out}\n"
+    assert fastmnist.load(out).meta["iterations_done"] == 1
