@@ -50,8 +50,7 @@ def render(json_paths, png_path=None, detail=False) -> str:
     several = len(sources) > 1
     lines, results = [], []
     for source in sources:
-        label, _, json_path = str(source).rpartition("@")
-        label = label or Path(json_path).resolve().parent.name
+        label, json_path = _label_and_path(str(source))
         doc = _read(Path(json_path))
         found = [_result(b, json_path) for b in doc["benchmarks"]]
         if several:
@@ -74,6 +73,15 @@ def render(json_paths, png_path=None, detail=False) -> str:
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
+def _label_and_path(source: str) -> tuple[str, str]:
+    """'epyc@runs/a.json' -> ('epyc', 'runs/a.json'); a path that is a file as it is, '@' and all, and one
+    without a label, are labelled by the folder holding them."""
+    label, at, json_path = source.partition("@")
+    if not at or Path(source).is_file():
+        label, json_path = "", source
+    return label or Path(json_path).resolve().parent.name, json_path
+
 
 def _read(path: Path) -> dict:
     if not path.is_file():

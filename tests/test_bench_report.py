@@ -267,3 +267,13 @@ def test_a_chart_path_that_cannot_be_written_is_refused_before_reading(tmp_path,
     (tmp_path / "adir").mkdir()
     with pytest.raises(FastMnistError, match=words):
         render(tmp_path / "missing.json", tmp_path / given)
+
+
+def test_a_path_with_an_at_sign_is_a_path_and_a_label_is_cut_at_the_first(tmp_path):
+    folder = tmp_path / "user@host"
+    folder.mkdir()
+    path = folder / "r@1.json"
+    path.write_text(json.dumps(RESULTS))
+    assert "### steps/train_step/cpu" in render(path)
+    text = render([path, f"epyc@{path}"])
+    assert "### user@host: steps/train_step/cpu" in text and "### epyc: steps/train_step/cpu" in text
