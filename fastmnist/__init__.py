@@ -4,6 +4,15 @@ import os
 import sys
 from pathlib import Path
 
+from . import interrupts as _interrupts, stdio as _stdio   # the standard library only: quick to import
+
+# Run as a command (`python -m fastmnist`, the `fastmnist` script), the process is made safe before the slow
+# imports below: closed standard streams point at /dev/null, and Ctrl-C or a termination signal ends it with
+# one line instead of a traceback from the module being imported (fastmnist.cli takes over once it runs).
+if _stdio.run_as_command():
+    _stdio.reopen_closed_descriptors()
+    _interrupts.exit_quietly_until_ready()
+
 # OpenBLAS's idle workers spin for about 2**28 cycles after each product, taking a core from the compiled
 # kernel that runs next (docs/backends.md). OpenBLAS reads this when numpy loads it, so it only takes
 # effect when fastmnist is imported first; a value already set is kept.

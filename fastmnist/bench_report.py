@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .builtin_backends import BASELINES
-from .errors import FastMnistError, OutputError
-from .files import check_writable, os_reason
+from .charts import check_chart, save_figure
+from .errors import FastMnistError
 
 # The groups whose speed-ups the default chart shows: what a training run spends its time in.
 HEADLINE_GROUPS = ("steps/train_step", "steps/epoch", "time_to_98")
@@ -46,13 +46,12 @@ def render(json_paths, png_path=None, detail=False) -> str:
     or with `detail` every group's median times. A path may be written LABEL@PATH; with several files each
     one's bars carry its label (by default the name of the folder holding it, e.g. the machine's)."""
     if png_path is not None:
-        check_writable(Path(png_path))
+        png_path = check_chart(png_path)
     sources = [json_paths] if isinstance(json_paths, (str, Path)) else list(json_paths)
     several = len(sources) > 1
     lines, results = [], []
     for source in sources:
-        label, _, json_path = str(source).rpartition("@")
-        label = label or Path(json_path).resolve().parent.name
+        label, json_path = _label_and_path(str(source))
         doc = _read(Path(json_path))
         found = [_result(b, json_path) for b in doc["benchmarks"]]
         if several:
@@ -70,11 +69,20 @@ def render(json_paths, png_path=None, detail=False) -> str:
         for group, rows in _by_group(found).items():
             lines += ["", f"### {group}", "", *_table(rows)]
     if png_path is not None:
-        lines += ["", (_chart if detail else _headline_chart)(results, Path(png_path))]
+        lines += ["", (_chart if detail else _headline_chart)(results, png_path)]
     return "\n".join(lines) + "\n"
 
 
 # -- reading ---------------------------------------------------------------------------------------
+
+def _label_and_path(source: str) -> tuple[str, str]:
+    """'epyc@runs/a.json' -> ('epyc', 'runs/a.json'); a path that is a file as it is, '@' and all, and one
+    without a label, are labelled by the folder holding them."""
+    label, at, json_path = source.partition("@")
+    if not at or Path(source).is_file():
+        label, json_path = "", source
+    return label or Path(json_path).resolve().parent.name, json_path
+
 
 def _read(path: Path) -> dict:
     if not path.is_file():
@@ -83,19 +91,39 @@ def _read(path: Path) -> dict:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise FastMnistError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise FastMnistError(f"{path}: not a pytest-benchmark results file (its JSON is nested too deeply)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise FastMnistError(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
+    machine = _field(doc, "machine_info", dict, "a JSON object", path) or {}
+    for key in ("datetime", "version"):
+        _field(doc, key, str, "text", path)
+    for key in ("node", "python_version"):
+        _field(machine, key, str, "text", path, "machine_info.")
+    cpu = _field(machine, "cpu", dict, "a JSON object", path, "machine_info.") or {}
+    _field(cpu, "brand_raw", str, "text", path, "machine_info.cpu.")
     return doc
+
+
+def _field(doc: dict, key: str, kind, what: str, path, where: str = ""):
+    """doc[key] when it is present and of `kind`, None when absent; anything else is a FastMnistError."""
+    value = doc.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise FastMnistError(f"{path}: its {where}{key} is not {what}")
+    return value
 
 
 def _result(bench, path) -> Result:
     try:
         stats, name = bench["stats"], bench["name"]
-        mean, median = float(stats["mean"]), float(stats["median"])
+        mean, median = _seconds(stats["mean"]), _seconds(stats["median"])
         if not isinstance(name, str):
             raise TypeError(name)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         raise FastMnistError(f"{path}: a benchmark entry lacks its name or its mean/median times") from None
+    for what, value in (("mean", mean), ("median", median)):
+        if not (math.isfinite(value) and value >= 0):
+            raise FastMnistError(f"{path}: benchmark {name}: its {what} time is {value:g} s, not a time")
     for key, kind, what in (("extra_info", dict, "a JSON object"), ("params", dict, "a JSON object"),
                             ("group", str, "text"), ("param", str, "text")):
         if bench.get(key) is not None and not isinstance(bench[key], kind):
@@ -105,8 +133,17 @@ def _result(bench, path) -> Result:
     backend = extra.get("backend") or params.get("backend_name") or params.get("jit_backend") or "?"
     group = bench.get("group") or name.split("[")[0]
     device = extra.get("device") or ("gpu" if group.rstrip("/").endswith("gpu") else "cpu")
+    if not isinstance(backend, str) or not isinstance(device, str):
+        raise FastMnistError(f"{path}: benchmark {name}: its backend and device are not text")
     return Result(group, name.split("[")[0], _without_backend(bench.get("param") or "", backend), backend, device,
                   mean, median, extra)
+
+
+def _seconds(value) -> float:
+    """A time as JSON gives it: a number (not a bool, not text); TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    return float(value)
 
 
 def _without_backend(param: str, backend: str) -> str:
@@ -117,7 +154,7 @@ def _without_backend(param: str, backend: str) -> str:
 def _describe_machine(doc: dict) -> str:
     m = doc.get("machine_info") or {}
     cpu = m.get("cpu") or {}
-    parts = [doc.get("datetime", "date unknown")]
+    parts = [doc.get("datetime") or "date unknown"]
     if cpu.get("brand_raw"):
         parts.append(f"{cpu['brand_raw']} ({cpu.get('count', '?')} logical cores)")
     if m.get("node"):
@@ -155,7 +192,7 @@ def _ordered(rows):
 
 def _speedup(row, case_rows) -> str:
     base = next((r for r in case_rows if r.backend == BASELINES.get(row.device)), None)
-    if base is None or row.median <= 0:
+    if base is None or row.median <= 0 or base.median <= 0:
         return "–"
     return f"{base.median / row.median:.2f}x"
 
@@ -199,7 +236,7 @@ def _headline(results) -> list[tuple[str, Result, float]]:
         for case, case_rows in _ordered(rows).items():
             for r in case_rows:
                 base = next((b for b in case_rows if b.backend == BASELINES.get(r.device)), None)
-                if base is None or r is base or r.median <= 0:
+                if base is None or r is base or r.median <= 0 or base.median <= 0:
                     continue
                 out.append((f"{name} {case}{suffix}", r, base.median / r.median))
     return out
@@ -235,9 +272,7 @@ def _headline_chart(results, png_path: Path) -> str:
     for handle, label in zip(*ax.get_legend_handles_labels()):
         handles.setdefault(label, handle)
     ax.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right")
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    return f"Chart written to {png_path}."
+    return f"Chart written to {save_figure(fig, png_path, dpi=100)}."
 
 
 def _chart(results, png_path: Path) -> str:
@@ -272,9 +307,4 @@ def _chart(results, png_path: Path) -> str:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
         ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    try:
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_path, dpi=90)
-    except OSError as exc:
-        raise OutputError(f"cannot write {png_path}: {os_reason(exc)}") from None
-    return f"Chart written to {png_path}."
+    return f"Chart written to {save_figure(fig, png_path, dpi=90)}."

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import data, dispatch
+from . import data, dispatch, interrupts, stdio
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .formatting import count
@@ -214,30 +214,47 @@ def _cmd_train(args) -> int:
         result, interrupted = train(recipe, backend=args.backend, dtype=args.dtype,
                                     progress=not args.quiet and sys.stderr.isatty(), callback=show,
                                     data_path=args.data, dataset=args.dataset, status=status), None
-    except TrainingInterrupted as stop:     # Ctrl-C: the model trained so far is kept like a finished one
+    except TrainingInterrupted as stop:     # Ctrl-C, SIGTERM, ...: the model trained so far is kept
         result, interrupted = stop.result, stop
+    saved = None
+    if out is not None:     # saved before anything more is printed: an output gone cannot cost the model
+        try:
+            with interrupts.signals_held():
+                saved = keep_model(result.model, out)
+        except KeyboardInterrupt as again:      # it waited until the model was saved
+            print(f"fastmnist: {interrupts.cause(interrupts.signal_number(again))}; the model is saved in {saved}",
+                  file=sys.stderr)
+            return interrupts.exit_status(again)
     print(result.summary())
-    if out is not None:
-        print(f"saved {keep_model(result.model, out)}")
+    if saved is not None:
+        print(f"saved {saved}")
     if interrupted is not None:
-        print(f"fastmnist: {interrupted}", file=sys.stderr)
-        return 130
+        print(f"fastmnist: {interrupted}" + (f"; the model trained so far is saved in {saved}" if saved else ""),
+              file=sys.stderr)
+        return interrupts.exit_status(interrupted)
     return 0
 
 
 def keep_model(model, out: Path) -> Path:
     """Saves `model` to `out`; should that fail, to a new file in the temporary directory, then raises an
     OutputError that says where the model is."""
+    return keep_output(model.save, out, f"fastmnist-{model.recipe.name}-", ".npz", "the model")
+
+
+def keep_output(write, out: Path, prefix: str, suffix: str, what: str = "it") -> Path:
+    """write(out), the path written; should it fail, write(a new file in the temporary directory), then an
+    OutputError that says where the output is: the work that made it is never thrown away."""
     try:
-        return model.save(out)
+        return write(out)
     except OutputError as exc:
-        fd, rescue = tempfile.mkstemp(prefix=f"fastmnist-{model.recipe.name}-", suffix=".npz")
+        fd, rescue = tempfile.mkstemp(prefix=prefix, suffix=suffix)
         os.close(fd)
         try:
-            model.save(rescue)
+            rescue = write(rescue)
         except OutputError as again:
-            raise OutputError(f"{exc}; nor could the model be saved to {rescue}: {again}") from None
-        raise OutputError(f"{exc}; the model was saved to {rescue} instead") from None
+            raise OutputError(f"{exc}; nor could {what} be saved to {rescue}: {again}") from None
+        verb = "were" if what.endswith("s") else "was"
+        raise OutputError(f"{exc}; {what} {verb} saved to {rescue} instead") from None
 
 
 def _cmd_eval(args) -> int:
@@ -292,11 +309,11 @@ def _cmd_sweep(args) -> int:
         records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
                         client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
                         progress=sys.stderr.isatty(), dataset=args.dataset)
-    except KeyboardInterrupt:       # every finished run is already on disk
+    except KeyboardInterrupt as exc:        # Ctrl-C, SIGTERM, ...: every finished run is already on disk
         kept = len(read_results(args.out))
-        print(f"fastmnist: interrupted; the {kept} finished runs are kept in {args.out}: run the same command "
-              f"with --resume to run the rest", file=sys.stderr)
-        return 130
+        print(f"fastmnist: {interrupts.cause(interrupts.signal_number(exc))}; the {kept} finished runs are kept "
+              f"in {args.out}: run the same command with --resume to run the rest", file=sys.stderr)
+        return interrupts.exit_status(exc)
     print(table(read_results(args.out)))
     failed = sum(r["status"] != "ok" for r in records)
     print(f"{len(records)} runs this time, {failed} failed; all results in {args.out}")
@@ -304,10 +321,19 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from .charts import check_chart
     from .comparison import check_plotting, compare
 
+    # every output is checked before minutes of training, not after
+    json_out = Path(args.json) if args.json else None
+    if json_out is not None:
+        if json_out.is_dir():
+            raise OutputError(f"cannot write {json_out}: it is a directory")
+        check_writable(json_out)
+    png_out = None
     if args.png:
-        check_plotting()            # before minutes of training, not after
+        check_plotting()
+        png_out = check_chart(args.png)
 
     def status(text):
         if not args.quiet:
@@ -316,12 +342,23 @@ def _cmd_compare(args) -> int:
     overrides = recipe_settings(args)
     rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
                    status=status, **overrides)
+    # the files first: an output gone away while the table is printed cannot cost them
+    written, failed = [], []
+    with interrupts.signals_held():
+        for what, out, write, suffix in (("rows", json_out, rows.write_json, ".json"),
+                                         ("chart", png_out, rows.write_png, ".png")):
+            if out is not None:
+                try:
+                    written.append(f"{what} written to "
+                                   f"{keep_output(write, out, 'fastmnist-compare-', suffix, f'the {what}')}")
+                except OutputError as exc:
+                    failed.append(exc)
     print(rows.table(), end="")
-    if args.json:
-        print(f"rows written to {rows.write_json(args.json)}")
-    if args.png:
-        print(f"chart written to {rows.write_png(args.png)}")
-    return 0
+    for line in written:
+        print(line)
+    for exc in failed:
+        print(f"fastmnist: error: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cmd_bench_report(args) -> int:
@@ -335,8 +372,13 @@ COMMANDS = {"compare": _cmd_compare, "train": _cmd_train, "eval": _cmd_eval, "ba
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    with stdio.guarded_streams() as streams, interrupts.termination_signals_raise():
+        return streams.final_status(_run(argv))
+
+
+def _run(argv) -> int:
     try:
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except TrainingDiverged as exc:
         print(f"fastmnist: {exc}", file=sys.stderr)
@@ -344,9 +386,7 @@ def main(argv=None) -> int:
     except FastMnistError as exc:
         print(f"fastmnist: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fastmnist: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error of ours
-        sys.stdout = open(os.devnull, "w")
-        return 0
+    except KeyboardInterrupt as exc:    # Ctrl-C, SIGTERM, ... (a reader gone away ends quietly, as SIGPIPE does)
+        if interrupts.signal_number(exc) != interrupts.SIGPIPE:
+            print(f"fastmnist: {interrupts.cause(interrupts.signal_number(exc))}", file=sys.stderr)
+        return interrupts.exit_status(exc)

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from . import dispatch
 from .builtin_backends import BASELINES
-from .errors import BackendUnavailable, FastMnistError, TrainingDiverged
+from .charts import save_figure
+from .errors import BackendUnavailable, FastMnistError, OutputError, TrainingDiverged
+from .files import os_reason, write_atomically
 from .formatting import count, duration
 from .training import check_dtype, make_recipe, planned_path, train
 
@@ -101,6 +103,8 @@ def compare(preset="fast", backends=None, seeds=DEFAULT_SEEDS, dtype="float32", 
     dtype = check_dtype(dtype)
     seeds = _check_seeds(seeds)
     recipe = make_recipe(preset, iterations, **overrides)       # a bad setting fails before any training
+    for seed in seeds:                                          # and so does a bad seed, whichever it is
+        make_recipe(recipe, seed=seed)
     say = status or (lambda text: None)
     rows = []
     for info in _selected(backends):
@@ -297,9 +301,15 @@ def write_json(rows: Comparison, path) -> Path:
 
     doc = {"preset": rows.recipe.name, "recipe": json.loads(rows.recipe.to_json()), "dtype": rows.dtype,
            "seeds": list(rows.seeds), "machine": rows.machine, "rows": [finite(asdict(row)) for row in rows]}
+    text = json.dumps(doc, indent=1, default=str) + "\n"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda f: f.write(text.encode()))
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {os_reason(exc)}") from None
     return path
 
 
@@ -313,7 +323,8 @@ def check_plotting() -> None:
 
 def write_png(rows: Comparison, path) -> Path:
     """Test accuracy against wall time, one line per backend: the run of median time (a warm one when there
-    is one; a first run is marked as such in the legend)."""
+    is one; a first run is marked as such in the legend). Returns the path written: `path`, with ".png"
+    added when it has no suffix."""
     check_plotting()
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -339,10 +350,7 @@ def write_png(rows: Comparison, path) -> Path:
     ax.set_title(f"{recipe.name}, {rows.dtype}: {rows.machine}", fontsize=8, loc="left")
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 __all__ = ["compare", "Comparison", "Row", "Run", "table", "write_json", "write_png", "BASELINES"]

@@ -1,5 +1,7 @@
 """The exceptions fastmnist raises for problems the user can fix."""
 
+import signal
+
 
 class FastMnistError(Exception):
     """Base class: a one-line message naming the problem."""
@@ -34,13 +36,17 @@ class OutputError(FastMnistError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training after a whole iteration; `result` is the TrainResult trained so far.
+    """Ctrl-C (or another signal asking the process to end: `signum`) stopped training after a whole
+    iteration; `result` is the TrainResult trained so far.
 
     A KeyboardInterrupt, not a FastMnistError: code that catches errors (`except Exception`) must not
     swallow the user's Ctrl-C, and code that does not look for the result stops as on any Ctrl-C."""
 
-    def __init__(self, result):
-        super().__init__(f"interrupted after iteration {result.model.meta.get('iterations_done', 0) - 1}")
+    def __init__(self, result, signum: int | None = None):
+        from .interrupts import cause
+
+        self.signum = signum or signal.SIGINT
+        super().__init__(f"{cause(self.signum)} after iteration {result.model.meta.get('iterations_done', 0) - 1}")
         self.result = result
 
 

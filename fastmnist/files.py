@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -17,9 +18,16 @@ def write_atomically(path: Path, write) -> None:
     rename, so a machine that loses power afterwards has the new file, not an empty one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = one_write_name(path, "tmp")
+    old = _regular_file_status(path)
     try:
-        with open(tmp, "xb") as f:      # created with the umask's permissions, like any file the user makes
+        # a new file gets the umask's permissions, like any file the user makes; one that replaces a file
+        # gets that file's (a chmod 600 model stays private), and is private until it has them
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                     0o666 if old is None else 0o600)
+        with open(fd, "wb") as f:
+            if old is not None:
+                _take_mode_and_owner(fd, old)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -27,6 +35,47 @@ def write_atomically(path: Path, write) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     sync_directory(path.parent)
+
+
+def _regular_file_status(path: Path):
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
+
+
+def _take_mode_and_owner(fd: int, old: os.stat_result) -> None:
+    """The permission bits of the file being replaced, and its owner and group where this process may set
+    them (a file root saves over stays its owner's)."""
+    try:
+        if hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, old.st_uid, old.st_gid)
+    except OSError:
+        pass
+    try:
+        os.fchmod(fd, stat.S_IMODE(old.st_mode) & 0o777)    # after fchown, which may clear some bits
+    except (OSError, AttributeError):       # a file system without Unix permissions keeps what it has
+        pass
+
+
+def one_write_name(path: Path, kind: str) -> Path:
+    """A hidden name beside `path` for one write ('.NAME.<pid>.<hex>.<kind>'), unique to the call. NAME is
+    cut short where the whole would pass the file system's limit on a name, so that any name the system
+    takes for `path` itself can be written."""
+    tag = f".{os.getpid()}.{uuid.uuid4().hex}.{kind}"
+    room = _longest_name(path.parent) - len(tag) - 1
+    name = os.fsencode(path.name)
+    if len(name) > room:
+        name = name[:max(room, 1)]
+    return path.with_name(f".{os.fsdecode(name)}{tag}")
+
+
+def _longest_name(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def sync_directory(directory: Path) -> None:
@@ -51,7 +100,7 @@ def check_writable(path: Path) -> None:
         raise OutputError(f"cannot write {path}: it is a directory")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.probe")
+        probe = one_write_name(path, "probe")
         with open(probe, "xb"):
             pass
         probe.unlink()

@@ -122,14 +122,23 @@ def model_path(path) -> Path:
 
 
 def load(path) -> Model:
-    """Load a model written by `Model.save`; a foreign, damaged or altered file raises ModelFileError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
+    """Load a model written by `Model.save`; a foreign, damaged or altered file raises ModelFileError.
+    `path` is read as save(path) wrote it: "m" finds "m.npz" when there is no file "m"."""
+    path = _saved_path(Path(path))
     try:
         return _load(path)
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
+
+
+def _saved_path(path: Path) -> Path:
+    """`path` if it is a file, else the file save(path) writes (".npz" added) if that is one."""
+    if path.is_file():
+        return path
+    saved = path.with_name(path.name + ".npz") if path.name and path.suffix != ".npz" else None
+    if saved is not None and saved.is_file():
+        return saved
+    raise ModelFileError(f"{path}: no such model file" + (f" (nor {saved.name})" if saved is not None else ""))
 
 
 def _load(path: Path) -> Model:

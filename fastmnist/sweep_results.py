@@ -74,10 +74,21 @@ def drop_torn_tail(path: Path) -> bool:
 
 
 def append_record(f, record: dict) -> None:
-    """Writes one record as one line of the binary file `f` and waits until it is on disk."""
-    f.write((json.dumps(record, default=float) + "\n").encode("utf-8"))
-    f.flush()
-    os.fsync(f.fileno())
+    """Writes one record as one line of the unbuffered binary file `f` (opened with buffering=0) and waits
+    until it is on disk. Should that fail (a full disk), the part of the line written is cut off again, so
+    that the file still ends with a whole record, and the OSError is raised."""
+    line = memoryview((json.dumps(record, default=float) + "\n").encode("utf-8"))
+    end = f.seek(0, os.SEEK_END)
+    try:
+        while line:
+            line = line[f.write(line):]        # an unbuffered write may write part of what it is given
+        os.fsync(f.fileno())
+    except OSError:
+        try:
+            f.truncate(end)
+        except OSError:
+            pass
+        raise
 
 
 def check_same_sweep(path: Path, records: list[dict], settings: dict) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import dispatch
 from .data import DATASETS
 from .errors import RecipeError, SweepError
-from .files import check_writable
+from .files import check_writable, os_reason
 from .recipes import Recipe
 from .sweep_results import append_record, check_same_sweep, drop_torn_tail, read_results, table
 from .training import check_dtype, make_recipe
@@ -139,7 +139,11 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
         records = read_results(out)
         check_same_sweep(out, records, settings)
         done = {r["run"] for r in records}
-        if drop_torn_tail(out):
+        try:
+            torn = drop_torn_tail(out)
+        except OSError as exc:
+            raise SweepError(f"cannot write {out}: {os_reason(exc)}") from None
+        if torn:
             tqdm.write(f"fastmnist: {out}: dropped a half-written last line; its run is done again", file=sys.stderr)
     todo = [(header, recipe) for header, recipe in runs if header["run"] not in done]
     if not todo:
@@ -152,10 +156,17 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
     try:
         futures = [client.submit(run_one, header, recipe, backend, dtype, dataset, pure=False)
                    for header, recipe in todo]
-        with open(out, "ab") as f, tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
+        with open(out, "ab", buffering=0) as f, \
+                tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress) as bar:
             for future in as_completed(futures):
                 record = future.result()
-                append_record(f, record)
+                try:
+                    append_record(f, record)
+                except OSError as exc:      # a full disk: every record before this one is kept whole
+                    interrupted = True
+                    raise SweepError(f"cannot write {out}: {os_reason(exc)}; the {len(read_results(out))} "
+                                     f"finished runs are kept in it: make room and run the same command with "
+                                     f"--resume to run the rest") from None
                 records.append(record)
                 bar.update(1)
     except KeyboardInterrupt:

@@ -141,7 +141,8 @@ def train(preset="fast", backend="auto", dtype="float32", iterations=None, seed=
     history row; returning True stops training early. `status(text)` receives one-line notices (kernels
     being compiled, and how long that took); by default they are printed to stderr when `progress` is on.
     Ctrl-C stops training after the iteration it is in and raises TrainingInterrupted, whose `result` holds
-    the model trained so far; a second Ctrl-C stops at once.
+    the model trained so far; a second Ctrl-C stops at once (other signals likewise where the program asks:
+    fastmnist.interrupts).
     """
     t_start = time.perf_counter()
     recipe = make_recipe(preset, iterations, seed, **overrides)
@@ -236,7 +237,7 @@ def _train(recipe, be, dtype, progress, callback, data_path, dataset, status, wa
     result = TrainResult(model, history, timings, recipe, be.name, dtype, stopped,
                          None if reached is None else reached["iteration"], path)
     if interrupted:
-        raise TrainingInterrupted(result)
+        raise TrainingInterrupted(result, ctrl_c.signum)
     return result
 
 

@@ -171,3 +171,109 @@ def test_several_files_are_labelled_by_their_label_or_folder(results_file, tmp_p
     png = tmp_path / "both.png"
     render([f"epyc@{results_file}", other], png)
     assert png_size(png)[1] < 300
+
+
+# -- malformed files: one line, never a traceback or a "nan" figure ------------------------------------
+
+@pytest.mark.parametrize("doc, words", [
+    ({"benchmarks": [], "machine_info": "x"}, "its machine_info is not a JSON object"),
+    ({"benchmarks": [], "machine_info": {"cpu": [1]}}, "its machine_info.cpu is not a JSON object"),
+    ({"benchmarks": [], "datetime": 7}, "its datetime is not text"),
+    ({"benchmarks": [entry("g/cpu", "t", "numpy", "x", float("nan"), 1.0)]}, "its median time is nan s, not a time"),
+    ({"benchmarks": [entry("g/cpu", "t", "numpy", "x", -1.0, 1.0)]}, "its median time is -1 s, not a time"),
+    ({"benchmarks": [entry("g/cpu", "t", "numpy", "x", 1.0, mean=float("inf"))]}, "its mean time is inf s"),
+    ({"benchmarks": [{**entry("g/cpu", "t", "numpy", "x", 1.0), "stats": {"mean": "1", "median": 1}}]},
+     "lacks its name or its mean/median times"),
+    ({"benchmarks": [{**entry("g/cpu", "t", "numpy", "x", 1.0), "stats": {"mean": 10 ** 400, "median": 1}}]},
+     "lacks its name or its mean/median times"),
+    ({"benchmarks": [entry("g/cpu", "t", "numpy", "x", 1.0, device=["cpu"])]}, "backend and device are not text"),
+])
+def test_a_malformed_results_file_is_one_line(tmp_path, doc, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FastMnistError, match="bad.json: ") as info:
+        render(path)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"benchmarks": [], "machine_info": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(FastMnistError, match="nested too deeply"):
+        render(path)
+
+
+def test_a_zero_baseline_time_gives_no_speedup(tmp_path):
+    path = tmp_path / "zero.json"
+    path.write_text(json.dumps({"benchmarks": [entry("g/cpu", "t", "numpy", "x", 0.0),
+                                               entry("g/cpu", "t", "numba-cpu", "x", 1e-3)]}))
+    rows = sections(render(path))["g/cpu"]
+    assert rows[("x", "numba-cpu")][4] == "–" and rows[("x", "numpy")][3] == "0 ns"
+
+
+def _any_json():
+    from hypothesis import strategies as st
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+
+def _benchmark_docs():
+    """Files shaped like pytest-benchmark's, any field of which may be any JSON instead."""
+    from hypothesis import strategies as st
+    anything = _any_json()
+    number = st.floats() | st.integers(-10, 10) | anything
+    stats = st.fixed_dictionaries({"mean": number, "median": number}) | anything
+    text = st.sampled_from(["numpy", "numba-cpu", "cupy", "steps/epoch/cpu", "time_to_98/x"]) | anything
+    bench = st.fixed_dictionaries({"name": st.text(max_size=8) | anything, "stats": stats},
+                                  optional={"group": text, "param": text, "extra_info": anything
+                                            | st.fixed_dictionaries({"backend": text, "device": text}),
+                                            "params": anything | st.fixed_dictionaries({"backend_name": text})})
+    return st.fixed_dictionaries({"benchmarks": st.lists(bench, max_size=4) | anything},
+                                 optional={"machine_info": anything, "datetime": anything, "version": anything})
+
+
+def test_any_file_gives_a_report_or_one_line(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    path = tmp_path / "any.json"
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(_benchmark_docs())
+    def check(doc):
+        path.write_text(json.dumps(doc))
+        try:
+            text = render(path)
+        except FastMnistError as exc:
+            assert "\n" not in str(exc)
+            return
+        assert " nan " not in text and "nanx" not in text and "inf " not in text
+
+    check()
+
+
+# -- the chart's path ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given, written", [("chart", "chart.png"), ("chart.png", "chart.png"),
+                                            ("chart.svg", "chart.svg")])
+def test_the_chart_is_written_where_the_report_says(results_file, tmp_path, given, written):
+    text = render(results_file, tmp_path / given, detail=True)
+    assert f"Chart written to {tmp_path / written}." in text and (tmp_path / written).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"results.json", written})
+
+
+@pytest.mark.parametrize("given, words", [("adir", "it is a directory"), ("chart.xyz", "matplotlib draws no .xyz")])
+def test_a_chart_path_that_cannot_be_written_is_refused_before_reading(tmp_path, given, words):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(FastMnistError, match=words):
+        render(tmp_path / "missing.json", tmp_path / given)
+
+
+def test_a_path_with_an_at_sign_is_a_path_and_a_label_is_cut_at_the_first(tmp_path):
+    folder = tmp_path / "user@host"
+    folder.mkdir()
+    path = folder / "r@1.json"
+    path.write_text(json.dumps(RESULTS))
+    assert "### steps/train_step/cpu" in render(path)
+    text = render([path, f"epyc@{path}"])
+    assert "### user@host: steps/train_step/cpu" in text and "### epyc: steps/train_step/cpu" in text

@@ -250,3 +250,54 @@ def test_cli_png_without_matplotlib_fails_at_once(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "fastmnist: error: --png needs matplotlib: pip install 'fastmnist[plots]'"
     assert r.stdout == "" and not (tmp_path / "c.png").exists()
+
+
+# -- every output checked before training, and kept after it ------------------------------------------
+
+@pytest.mark.parametrize("option, where, words", [
+    ("--json", "adir", "it is a directory"),
+    ("--json", "afile/x.json", "cannot write"),
+    ("--png", "/proc/x.png", "cannot write /proc/x.png"),
+    ("--png", "adir", "it is a directory"),
+    ("--png", "x.nochart", "matplotlib draws no .nochart charts"),
+])
+def test_cli_outputs_are_checked_before_any_training(tmp_path, monkeypatch, capsys, option, where, words):
+    from fastmnist import cli
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("a file, not a folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fastmnist.comparison, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    assert cli.main(["compare", "--backends", "numpy", *QUICK_ARGS, option, where]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_cli_seeds_are_checked_whole_before_any_training(monkeypatch, capsys):
+    from fastmnist import cli
+    monkeypatch.setattr(fastmnist.comparison, "train", lambda *a, **k: pytest.fail("trained before the check"))
+    assert cli.main(["compare", "--backends", "numpy", "--seeds", "1,4294967296", *QUICK_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "seed" in err and "4294967296" in err, err
+
+
+def test_cli_says_the_path_it_wrote_and_keeps_an_output_that_fails_after_training(tmp_path, monkeypatch, capsys):
+    from fastmnist import cli
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "rescue"))
+    (tmp_path / "rescue").mkdir()
+    target = tmp_path / "c.json"
+    real = fastmnist.Comparison.write_json
+
+    def write_json(self, path):
+        if os.fspath(path) == os.fspath(target):
+            raise fastmnist.OutputError(f"cannot write {target}: No space left on device")
+        return real(self, path)
+    monkeypatch.setattr(fastmnist.Comparison, "write_json", write_json)
+    status = cli.main(["compare", "--backends", "numpy", "--seeds", "1", "--quiet", *QUICK_ARGS,
+                       "--json", str(target), "--png", str(tmp_path / "chart")])
+    out, err = capsys.readouterr()
+    assert status == 2 and "| numpy |" in out, err
+    assert f"chart written to {tmp_path / 'chart.png'}\n" in out and (tmp_path / "chart.png").is_file()
+    kept = list((tmp_path / "rescue").glob("fastmnist-compare-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["rows"][0]["backend"] == "numpy"
+    assert err == f"fastmnist: error: cannot write {target}: No space left on device; the rows were saved to " \
+                  f"{kept[0]} instead\n"

@@ -172,3 +172,47 @@ def test_predict_works_in_chunks_and_needs_little_more_memory_than_its_input(mod
         tracemalloc.stop()
     assert labels.shape == expected.shape and (labels == expected).mean() > 0.999
     assert peak < images.nbytes, f"predict's peak {peak / 2**20:.0f} MiB for {images.nbytes / 2**20:.0f} MiB of images"
+
+
+def test_saving_over_a_model_keeps_its_permissions_and_a_new_one_gets_the_umasks(model, tmp_path, monkeypatch):
+    import os
+    import stat
+    path = model.save(tmp_path / "m.npz")
+    os.chmod(path, 0o600)
+    modes = []
+    real_fsync = os.fsync
+
+    def fsync(fd):          # the data reach the temporary file only once it is private
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    old = os.umask(0o022)
+    try:
+        model.save(path)
+        other = model.save(tmp_path / "new.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and modes[0] == 0o600
+    assert stat.S_IMODE(other.stat().st_mode) == 0o644
+    assert fastmnist.load(path).meta == model.meta
+
+
+def test_a_name_as_long_as_the_system_allows_can_be_saved(model, tmp_path):
+    import os
+    from fastmnist.files import check_writable
+    longest = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path = tmp_path / ("m" * (longest - len(".npz")) + ".npz")
+    check_writable(path)
+    assert model.save(path) == path and fastmnist.load(path).meta == model.meta
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary or probe file is left"
+
+
+def test_load_reads_a_model_by_the_name_it_was_saved_under(model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert model.save("m").name == "m.npz"
+    assert fastmnist.load("m").meta == model.meta
+    (tmp_path / "m").write_bytes(b"not a model")     # a file of that very name is the one meant
+    with pytest.raises(ModelFileError, match="not an .npz archive"):
+        fastmnist.load("m")
+    with pytest.raises(ModelFileError, match=r"^nothing: no such model file \(nor nothing.npz\)$"):
+        fastmnist.load("nothing")

@@ -1,6 +1,8 @@
 """Sweeps: every configuration checked before a cluster starts, --resume continuing only the same sweep and
 surviving a half-written last line, and Ctrl-C keeping the finished runs with one line said."""
 
+import errno
+import io
 import json
 import os
 import re
@@ -13,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from fastmnist.errors import FastMnistError, RecipeError
+from fastmnist.errors import FastMnistError, RecipeError, SweepError
 from fastmnist.sweeps import read_results, sweep
 
 from dask.distributed import Client, LocalCluster
@@ -128,6 +130,42 @@ def test_a_half_written_last_line_is_dropped_and_its_run_done_again(finished, cl
     assert len(rest) == 1
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["config"]["hidden"] for r in records) == [16, 24]
+
+
+class DiskFillsUp(io.FileIO):
+    """A results file on a disk with `room` bytes left: a write takes what fits, then fails as a full disk does."""
+
+    room = 0
+
+    def write(self, data):
+        if DiskFillsUp.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = super().write(bytes(data[:DiskFillsUp.room]))
+        DiskFillsUp.room -= taken
+        return taken
+
+
+def test_a_full_disk_keeps_every_whole_record_and_says_how_many_in_one_line(finished, client, tmp_path,
+                                                                             monkeypatch):
+    import fastmnist.sweeps
+
+    out = tmp_path / "full.jsonl"
+    first = finished.read_bytes().splitlines(keepends=True)[0]
+    DiskFillsUp.room = len(first) + 40        # room for one record and a part of the next
+
+    def on_a_full_disk(path, mode, buffering=-1):
+        assert mode == "ab" and buffering == 0, "records are written unbuffered: nothing is left to flush later"
+        return DiskFillsUp(path, "ab")
+    monkeypatch.setattr(fastmnist.sweeps, "open", on_a_full_disk, raising=False)
+    with pytest.raises(SweepError) as info:
+        sweep(grid={"hidden": [16, 24, 32]}, client=client, out=out, progress=False, **SMALL)
+    message = str(info.value)
+    assert message == (f"cannot write {out}: No space left on device; the 1 finished runs are kept in it: make "
+                       f"room and run the same command with --resume to run the rest")
+    assert out.read_bytes().endswith(b"\n") and len(read_results(out)) == 1, "no part-written line is left"
+    monkeypatch.undo()
+    rest = sweep(grid={"hidden": [16, 24, 32]}, client=client, out=out, resume=True, progress=False, **SMALL)
+    assert len(rest) == 2 and len(read_results(out)) == 3
 
 
 @pytest.mark.parametrize("content, words", [
