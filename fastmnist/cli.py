@@ -13,6 +13,7 @@ from . import data, dispatch
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .model import load, model_path
+from .networks import LAYERS_SYNTAX, mlp, parse_layers, shape_argument
 from .recipes import NOTEBOOK_NAMES, PRESETS
 from .training import DTYPES, count, make_recipe, train
 
@@ -62,6 +63,13 @@ def _names(text: str) -> list[str]:
     if "" in names:
         raise argparse.ArgumentTypeError(f"expected backend names like numpy,numba-cpu, got {text!r}")
     return names
+
+
+def _layers(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    try:
+        return parse_layers(text)
+    except RecipeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_value(raw: str):
@@ -135,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="sweep.jsonl", help="results file, one JSON line per finished run")
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
 
+    for command in (c, t, w):
+        command.add_argument("--layers", type=_layers, metavar="256,128",
+                             help=f"train a network of these hidden layers instead of the preset's (fastmnist.mlp), "
+                                  f"the preset giving every other setting: {LAYERS_SYNTAX} (relu by default; "
+                                  f"relu, tanh, identity)")
+
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
     r.add_argument("json", nargs="+", metavar="[LABEL@]JSON",
                    help="pytest-benchmark JSON files; with several, each one's bars carry LABEL (default: its folder)")
@@ -194,8 +208,23 @@ def recipe_settings(args) -> dict:
     return settings
 
 
+def network(args, settings: dict) -> tuple:
+    """(what to train, the settings still to apply to it): the preset and `settings`, or with --layers the
+    network fastmnist.mlp builds on the preset with `settings` already applied."""
+    if args.layers is None:
+        return args.preset, settings
+    aliases = NOTEBOOK_NAMES.get(args.preset, {})
+    for key in settings:
+        if shape_argument(aliases.get(key, key)):
+            raise RecipeError(f"{aliases.get(key, key)} is given twice (--layers and --set"
+                              + (f" as {key}" if aliases.get(key, key) != key else "") + ")")
+    sizes, activations = args.layers
+    return mlp(sizes, activations, base=args.preset, **settings), {}
+
+
 def _cmd_train(args) -> int:
-    recipe = make_recipe(args.preset, **recipe_settings(args))
+    preset, settings = network(args, recipe_settings(args))
+    recipe = make_recipe(preset, **settings)
     out = model_path(args.out) if args.out else None
     if out is not None:
         check_writable(out)
@@ -288,7 +317,7 @@ def _cmd_sweep(args) -> int:
             raise RecipeError(f"the grid axis {key} is given twice (--grid)")
         grid[key] = values
     try:
-        records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
+        records = sweep(network(args, {})[0], grid, backend=args.backend, iterations=args.iterations,
                         client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
                         progress=sys.stderr.isatty(), dataset=args.dataset)
     except KeyboardInterrupt:       # every finished run is already on disk
@@ -312,8 +341,8 @@ def _cmd_compare(args) -> int:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    overrides = recipe_settings(args)
-    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
+    preset, overrides = network(args, recipe_settings(args))
+    rows = compare(preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
                    status=status, **overrides)
     print(rows.table(), end="")
     if args.json:
