@@ -215,9 +215,9 @@ def network(args, settings: dict) -> tuple:
         return args.preset, settings
     aliases = NOTEBOOK_NAMES.get(args.preset, {})
     for key in settings:
-        if shape_argument(aliases.get(key, key)):
-            raise RecipeError(f"{aliases.get(key, key)} is given twice (--layers and --set"
-                              + (f" as {key}" if aliases.get(key, key) != key else "") + ")")
+        name = aliases.get(key, key)
+        if shape_argument(name):
+            raise RecipeError(f"{name} is given twice (--layers and --set" + (f" as {key}" if name != key else "") + ")")
     sizes, activations = args.layers
     return mlp(sizes, activations, base=args.preset, **settings), {}
 

@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastmnist
 from fastmnist import cli
@@ -94,6 +96,17 @@ def test_it_trains_on_the_cpu_backends_alike(backend):
     assert abs(row["test_acc"] - ref["test_acc"]) <= 0.01
     assert row["test_acc"] > 0.3           # ten steps from random weights: well above chance (0.1)
     assert result.summary().startswith(f"mlp-32-16tanh on {backend} (float32, ")
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, MAX_UNITS), st.sampled_from(["relu", "tanh", "identity"]),
+                          st.sampled_from([1.0, 0.5, 0.8])), min_size=1, max_size=5))
+def test_any_stack_equals_the_one_built_by_hand_and_reads_back_from_its_text(hidden):
+    sizes, acts, keeps = (list(column) for column in zip(*hidden))
+    recipe = fastmnist.mlp(sizes, acts, keep_prob=keeps)
+    expected = by_hand(fastmnist.get_preset("fast"), *hidden)
+    assert replace(recipe, name="", description="") == replace(expected, name="", description="")
+    assert parse_layers(",".join(f"{units}:{act}" for units, act in zip(sizes, acts))) == (tuple(sizes), tuple(acts))
 
 
 def test_layers_text():
