@@ -5,6 +5,8 @@ workload with a row per implementation: fastmnist's numba-cpu and numpy backends
     peers/fast_epoch             one epoch of the `fast` recipe (minibatches over all 60,000 images, shuffled)
     peers/branchnet_step         one iteration of `branchnet`: a full-batch step on 50,000 images
     peers/seed000_epoch          one epoch of `grokking-3layer`: per-sample SGD over 1,000 images
+    peers/mlp_epoch              one epoch of 784 -> ReLU 256 -> ReLU 128 -> softmax 10, Adam lr 0.006, batch 128
+                                 (fastmnist.mlp on `fast`: 60,000 images, shuffled), a network that is no preset
     peers/fast_time_to_target    `fast` from the call to the epoch reaching its target, seeds 1, 2, 3 (slow)
 
 A peer that is not installed is skipped with the reason (pip install 'fastmnist[peers]'); the fastmnist rows
@@ -114,6 +116,11 @@ def test_branchnet_step(benchmark, request, impl):
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_seed000_epoch(benchmark, request, impl):
     _run(benchmark, request.config, "seed000_epoch", impl)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_mlp_epoch(benchmark, request, impl):
+    _run(benchmark, request.config, "mlp_epoch", impl)
 
 
 @pytest.mark.slow

@@ -13,9 +13,11 @@ optimisers (Adam with bias correction, the Adam-like update without it, SGD) wit
 eps and per-epoch lr decay. What differs: the random draws (init, shuffles, masks) come from each
 framework's own generator.
 
-PyTorch: an nn.Module, torch.optim.Adam / SGD where the recipe's optimiser is one (the Adam-like update is a
-small hand-written torch.optim.Optimizer), autograd, minibatches gathered by indexing the data tensor with
-a permutation (a DataLoader's per-sample collation would be slower). JAX: pure functions, jax.grad, the
+PyTorch: an nn.Sequential of nn.Linear and activation modules for a plain stack of layers (`fast`, the
+784-256-128-10 network), an nn.Module of branches with dropout masks otherwise; torch.optim.Adam / SGD where
+the recipe's optimiser is one (the Adam-like update is a small hand-written torch.optim.Optimizer),
+autograd, an eager loop over minibatches gathered by indexing the data tensor with a permutation (a
+DataLoader's per-sample collation would be slower). JAX: pure functions, jax.grad, the
 optimiser written out with tree_map (the peers extra does not add optax), and an epoch as one jax.jit'd
 lax.scan over the batches, so Python dispatches once per epoch.
 
@@ -40,14 +42,20 @@ import numpy as np
 
 IMPLEMENTATIONS = ("numba-cpu", "numpy", "torch", "jax")     # fastmnist's two CPU backends, then the peers
 PEERS = ("torch", "jax")
-# workload -> (preset, training rows: None for all of its split's, or the first N)
+# workload -> (preset or a name of RECIPES, training rows: None for all of its split's, or the first N)
 WORKLOADS = {
     "fast_epoch": ("fast", None),                    # one epoch of minibatches over all 60,000 images
     "branchnet_step": ("branchnet", None),           # one full-batch step on 50,000 images
     "seed000_epoch": ("grokking-3layer", None),      # one epoch of per-sample SGD over 1,000 images
+    "mlp_epoch": ("mlp-256-128", None),              # one epoch of a network written with fastmnist.mlp
 }
 # rows of each workload in untimed runs (the test command): the same code paths on less data
-SMOKE_ROWS = {"fast_epoch": 1024, "branchnet_step": 2000, "seed000_epoch": 200}
+SMOKE_ROWS = {"fast_epoch": 1024, "branchnet_step": 2000, "seed000_epoch": 200, "mlp_epoch": 1024}
+# networks that are no preset: 784 -> ReLU 256 -> ReLU 128 -> softmax 10, Adam lr 0.006, shuffled minibatches of
+# 128 over all 60,000 images (the rest of `fast`), the network a user writes after the presets (issue 28)
+RECIPES = {
+    "mlp-256-128": lambda fastmnist: fastmnist.mlp([256, 128], "relu", optimizer="adam", lr=0.006, batch_size=128),
+}
 
 SUPPORTED_LOSSES = ("softmax_ce", "mse")
 SUPPORTED_OPTIMIZERS = ("adam", "adam_like", "sgd")
@@ -203,8 +211,9 @@ class TorchRunner:
         specs = layer_specs(recipe)
         weights = init_weights(recipe, lambda s: torch.randn(s, generator=self.gen, dtype=torch.float64).numpy(),
                                lambda s: torch.rand(s, generator=self.gen, dtype=torch.float64).numpy())
-        self.model = recipe_mlp(nn, F, specs, weights)
+        self.model, self.linears = recipe_mlp(nn, F, specs, weights)
         self.keep = [None if k is None else torch.tensor(k, dtype=torch.float32) for *_, k, _ in specs]
+        self.plain = isinstance(self.model, nn.Sequential)      # then no layer has dropout
         self.l2 = [None if c is None else torch.tensor(c, dtype=torch.float32) for *_, c in specs]
         opt = recipe.optimizer
         params = list(self.model.parameters())
@@ -227,7 +236,7 @@ class TorchRunner:
 
     def _l2_term(self, rows):
         terms = [0.5 / rows * (c[:, None] * layer.weight * layer.weight).sum()
-                 for c, layer in zip(self.l2, self.model.layers) if c is not None]
+                 for c, layer in zip(self.l2, self.linears) if c is not None]
         return sum(terms) if terms else None
 
     def epoch(self, decay=True):
@@ -244,9 +253,12 @@ class TorchRunner:
                 xb, yb = self.X[idx], self.y[idx]
             else:
                 xb, yb = self.X[i * batch:(i + 1) * batch], self.y[i * batch:(i + 1) * batch]
-            masks = [None if k is None else (torch.rand(k.shape, generator=self.gen) < k).float() / k
-                     for k in self.keep]
-            out = self.model(xb, masks)
+            if self.plain:
+                out = self.model(xb)
+            else:
+                masks = [None if k is None else (torch.rand(k.shape, generator=self.gen) < k).float() / k
+                         for k in self.keep]
+                out = self.model(xb, masks)
             loss, summed = self._loss(out, yb)
             l2 = self._l2_term(batch)
             if l2 is not None:
@@ -277,25 +289,36 @@ class TorchRunner:
 
 
 def recipe_mlp(nn, F, specs, weights):
-    """An nn.Module of the recipe's dense layers; a layer with several branches applies each branch's
-    activation to its slice of units."""
+    """(the model, its nn.Linear layers) of the recipe's dense layers, initialised with `weights`. A plain stack
+    (one activation per layer, no dropout) is the nn.Sequential of Linear and activation modules a PyTorch user
+    writes; otherwise an nn.Module whose layers apply each branch's activation to its slice of units and take
+    the dropout masks."""
     import torch
+
+    linears = []
+    for (n_in, units, bias, *_), W in zip(specs, weights):
+        layer = nn.Linear(n_in, units, bias=bias)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(W.T))
+            if bias:
+                layer.bias.zero_()
+        linears.append(layer)
+    if all(len(segments) == 1 and keep is None for _, _, _, segments, _, keep, _ in specs):
+        modules = {"relu": nn.ReLU, "tanh": nn.Tanh, "identity": None}
+        stack = []
+        for layer, (_, _, _, segments, *_) in zip(linears, specs):
+            stack.append(layer)
+            if modules[segments[0][2]] is not None:
+                stack.append(modules[segments[0][2]]())
+        return nn.Sequential(*stack), linears
 
     acts = {"relu": F.relu, "tanh": torch.tanh, "identity": lambda z: z}
 
     class MLP(nn.Module):
         def __init__(self):
             super().__init__()
-            self.layers = nn.ModuleList()
-            self.segments = []
-            for (n_in, units, bias, segments, *_), W in zip(specs, weights):
-                layer = nn.Linear(n_in, units, bias=bias)
-                with torch.no_grad():
-                    layer.weight.copy_(torch.from_numpy(W.T))
-                    if bias:
-                        layer.bias.zero_()
-                self.layers.append(layer)
-                self.segments.append([(a, b, acts[act]) for a, b, act in segments])
+            self.layers = nn.ModuleList(linears)
+            self.segments = [[(a, b, acts[act]) for a, b, act in segments] for _, _, _, segments, *_ in specs]
 
         def forward(self, x, masks=None):
             for li, (layer, segments) in enumerate(zip(self.layers, self.segments)):
@@ -308,7 +331,7 @@ def recipe_mlp(nn, F, specs, weights):
                     x = x * masks[li]
             return x
 
-    return MLP()
+    return MLP(), linears
 
 
 def AdamLike(torch):
@@ -566,9 +589,9 @@ def training_data(split, rows=None):
 
 def workload(name, rows=None):
     """(recipe, X, y) of a workload of WORKLOADS, on its rows or the first `rows`."""
-    from fastmnist import get_preset
+    import fastmnist
     preset, default_rows = WORKLOADS[name]
-    recipe = get_preset(preset)
+    recipe = RECIPES[preset](fastmnist) if preset in RECIPES else fastmnist.get_preset(preset)
     X, y = training_data(recipe.split, rows or default_rows)
     return recipe, X, y
 

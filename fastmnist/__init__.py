@@ -45,12 +45,14 @@ from .errors import (BackendUnavailable, DataError, FastMnistError, ModelFileErr
                      RecipeError, TrainingDiverged)
 from .kernels.interface import Backend, Net  # noqa: E402
 from .model import Model, load  # noqa: E402
+from .networks import mlp  # noqa: E402
 from .recipes import PRESETS, Recipe, get_preset  # noqa: E402
 from .sweeps import sweep  # noqa: E402
 from .training import TrainResult, train  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["train", "compare", "Comparison", "sweep", "load", "backends", "get_backend", "register", "unregister",
-           "Backend", "Net", "Model", "TrainResult", "Recipe", "PRESETS", "get_preset", "FastMnistError", "DataError",
-           "RecipeError", "BackendUnavailable", "TrainingDiverged", "ModelFileError", "OutputError"]
+__all__ = ["train", "compare", "Comparison", "sweep", "mlp", "load", "backends", "get_backend", "register",
+           "unregister", "Backend", "Net", "Model", "TrainResult", "Recipe", "PRESETS", "get_preset",
+           "FastMnistError", "DataError", "RecipeError", "BackendUnavailable", "TrainingDiverged", "ModelFileError",
+           "OutputError"]

@@ -14,6 +14,7 @@ from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, 
 from .files import check_writable
 from .formatting import count
 from .model import load, model_path
+from .networks import LAYERS_SYNTAX, mlp, parse_layers, shape_argument
 from .recipes import NOTEBOOK_NAMES, PRESETS
 from .training import DTYPES, make_recipe, train
 
@@ -63,6 +64,13 @@ def _names(text: str) -> list[str]:
     if "" in names:
         raise argparse.ArgumentTypeError(f"expected backend names like numpy,numba-cpu, got {text!r}")
     return names
+
+
+def _layers(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    try:
+        return parse_layers(text)
+    except RecipeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_value(raw: str):
@@ -136,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="sweep.jsonl", help="results file, one JSON line per finished run")
     w.add_argument("--resume", action="store_true", help="skip the configurations already in --out")
 
+    for command in (c, t, w):
+        command.add_argument("--layers", type=_layers, metavar="256,128",
+                             help=f"train a network of these hidden layers instead of the preset's (fastmnist.mlp), "
+                                  f"the preset giving every other setting: {LAYERS_SYNTAX} (relu by default; "
+                                  f"relu, tanh, identity)")
+
     r = sub.add_parser("bench-report", help="turn pytest-benchmark JSON into a speed-up table")
     r.add_argument("json", nargs="+", metavar="[LABEL@]JSON",
                    help="pytest-benchmark JSON files; with several, each one's bars carry LABEL (default: its folder)")
@@ -195,8 +209,24 @@ def recipe_settings(args) -> dict:
     return settings
 
 
+def network(args, settings: dict) -> tuple:
+    """(what to train, the settings still to apply to it): the preset and `settings`, or with --layers the
+    network fastmnist.mlp builds on the preset with `settings` already applied."""
+    if args.layers is None:
+        return args.preset, settings
+    aliases = NOTEBOOK_NAMES.get(args.preset, {})
+    for key in settings:
+        name = aliases.get(key, key)
+        if shape_argument(name):
+            spelled = f" as {key}" if name != key else ""
+            raise RecipeError(f"{name} is given twice (--layers and --set{spelled})")
+    sizes, activations = args.layers
+    return mlp(sizes, activations, base=args.preset, **settings), {}
+
+
 def _cmd_train(args) -> int:
-    recipe = make_recipe(args.preset, **recipe_settings(args))
+    preset, settings = network(args, recipe_settings(args))
+    recipe = make_recipe(preset, **settings)
     out = model_path(args.out) if args.out else None
     if out is not None:
         check_writable(out)
@@ -306,7 +336,7 @@ def _cmd_sweep(args) -> int:
             raise RecipeError(f"the grid axis {key} is given twice (--grid)")
         grid[key] = values
     try:
-        records = sweep(args.preset, grid, backend=args.backend, iterations=args.iterations,
+        records = sweep(network(args, {})[0], grid, backend=args.backend, iterations=args.iterations,
                         client=args.scheduler, out=args.out, dtype=args.dtype, seed=args.seed, resume=args.resume,
                         progress=sys.stderr.isatty(), dataset=args.dataset)
     except KeyboardInterrupt as exc:        # Ctrl-C, SIGTERM, ...: every finished run is already on disk
@@ -339,8 +369,8 @@ def _cmd_compare(args) -> int:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
-    overrides = recipe_settings(args)
-    rows = compare(args.preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
+    preset, overrides = network(args, recipe_settings(args))
+    rows = compare(preset, backends=args.backends, seeds=args.seeds, dtype=args.dtype, data_path=args.data,
                    status=status, **overrides)
     # the files first: an output gone away while the table is printed cannot cost them
     written, failed = [], []
