@@ -142,7 +142,7 @@ def parse_layers(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
 def describe(recipe: Recipe, base_name: str) -> str:
     """One line: the network, its optimiser and batches, and where the other settings came from."""
     parts = [str(recipe.inputs)]
-    for layer in recipe.hidden_layers:
+    for layer in recipe.layers[:-1]:
         branch = layer.branches[0]
         keep = f" (keep {branch.keep_prob:g})" if branch.keep_prob < 1 else ""
         parts.append(f"{'ReLU' if branch.activation == 'relu' else branch.activation} {layer.units}{keep}")
