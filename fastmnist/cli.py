@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -13,7 +14,7 @@ from . import data, dispatch
 from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, TrainingInterrupted
 from .files import check_writable
 from .model import load, model_path
-from .recipes import NOTEBOOK_NAMES, PRESETS
+from .recipes import NOTEBOOK_NAMES, PRESETS, Recipe
 from .training import DTYPES, count, make_recipe, train
 
 
@@ -34,9 +35,9 @@ def _count(text: str) -> int:
 
 def _setting(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(raw.strip())
+    return key.strip(), parse_value(raw.strip(), key.strip())
 
 
 def _grid_axis(text: str) -> tuple[str, list]:
@@ -44,7 +45,7 @@ def _grid_axis(text: str) -> tuple[str, list]:
     values = [v.strip() for v in raw.split(",")]
     if not sep or not key.strip() or "" in values:
         raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
-    return key.strip(), [parse_value(v) for v in values]
+    return key.strip(), [parse_value(v, key.strip()) for v in values]
 
 
 def _seeds(text: str) -> list[int]:
@@ -64,12 +65,22 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def parse_value(raw: str):
-    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
+# the settings whose values are words (a split, a loss, ...): their values are taken as written, never as
+# numbers, True/False or None
+TEXT_SETTINGS = frozenset({f.name for f in dataclasses.fields(Recipe) if f.type == "str"} - {"name", "description"}
+                          | {"optimizer_kind"})
+
+
+def parse_value(raw: str, key: str = ""):
+    """The value of setting `key` as written on the command line: a word setting's (split, loss, init, ...)
+    stays the text it is; any other's is '3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, and
+    anything else stays a string (for the recipe's checks to refuse with the setting's name)."""
+    if key in TEXT_SETTINGS:
+        return raw
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("none", "null", "full"):
+    if lowered in ("none", "null"):
         return None
     for kind in (int, float):
         try:
@@ -175,23 +186,63 @@ SETTING_FLAGS = {"iterations": "--iterations", "seed": "--seed", "lr": "--lr", "
 COMMAND_OWN = {"preset", "backend", "backends", "seeds", "dtype", "data_path", "dataset", "status", "progress",
                "callback"}
 
+# recipe settings a command sets itself, and the option that takes them instead of --set
+COMMAND_SETTINGS = {"compare": {"seed": "--seeds"}}
+
 
 def recipe_settings(args) -> dict:
-    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch)."""
+    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch).
+
+    Two of them that set the same part of the recipe under any names (--lr and --set learning_rate, hidden
+    and units_1, --keep-prob and keep_prob_11) are refused as given twice, rather than one silently winning."""
     given = [(key, getattr(args, key, None), flag) for key, flag in SETTING_FLAGS.items()
              if getattr(args, key, None) is not None]
     given = [(key, (value or None) if key == "batch_size" else value, flag) for key, value, flag in given]
-    aliases = NOTEBOOK_NAMES.get(args.preset, {})
-    settings, source, canonical = {}, {}, {}
+    base = PRESETS.get(args.preset)
+    own = COMMAND_SETTINGS.get(args.command, {})
+    settings, source, targets = {}, {}, {}
     for key, value, flag in given + [(key, value, "--set") for key, value in args.set]:
         if flag == "--set" and key in COMMAND_OWN:
             raise RecipeError(f"--set {key}: not a recipe setting; use {args.command}'s own option for it")
-        name = aliases.get(key, key)             # a notebook's name and fastmnist's are one setting
-        if name in canonical:
-            raise RecipeError(f"{name} is given twice ({source[canonical[name]]} and {flag}"
-                              + (f" as {key}" if key != name else "") + ")")
-        settings[key], source[key], canonical[name] = value, flag, key
+        parts = setting_targets(base, key)
+        for name, option in own.items():
+            if parts & setting_targets(base, name):
+                raise RecipeError(f"--set {key}: {args.command} sets {name} itself; use its {option} option")
+        earlier = next((k for k in targets if targets[k] & parts), None)
+        if earlier is not None:
+            raise RecipeError(f"{earlier} is given twice ({source[earlier]} and {flag}"
+                              + (f" as {key}" if key != earlier else "") + ")")
+        settings[key], source[key], targets[key] = value, flag, parts
     return settings
+
+
+class _Marker:
+    """A value no setting holds: what an override writes it to shows where that override writes."""
+
+
+def setting_targets(recipe: Recipe | None, key: str) -> frozenset:
+    """The parts of `recipe` that setting `key` sets, under any of its names: {"optimizer.lr"} for lr,
+    learning_rate and a notebook's alpha; the hidden branches' keep_prob for keep_prob. A name the recipe
+    does not take is its own part (the recipe's checks refuse it later)."""
+    if recipe is None:
+        return frozenset({key})
+    marker = _Marker()
+    try:
+        changed = recipe._override(key, marker)
+    except RecipeError:
+        return frozenset({key})
+    return frozenset(path for path, value in _leaves(changed, "") if value is marker) or frozenset({key})
+
+
+def _leaves(value, path: str):
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            yield from _leaves(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{path}.{i}")
+    else:
+        yield path, value
 
 
 def _cmd_train(args) -> int:

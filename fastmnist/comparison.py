@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import dispatch
-from .errors import BackendUnavailable, FastMnistError, TrainingDiverged
+from .errors import BackendUnavailable, FastMnistError, RecipeError, TrainingDiverged
 from .training import check_dtype, count, duration, make_recipe, planned_path, train
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
@@ -99,6 +99,9 @@ def compare(preset="fast", backends=None, seeds=DEFAULT_SEEDS, dtype="float32", 
     """
     dtype = check_dtype(dtype)
     seeds = _check_seeds(seeds)
+    if "seed" in overrides:         # each run's seed comes from `seeds`: a seed override would be ignored
+        raise RecipeError(f"seed={overrides['seed']!r}: compare trains once per seed of `seeds`; pass "
+                          f"seeds=({overrides['seed']!r},) instead")
     recipe = make_recipe(preset, iterations, **overrides)       # a bad setting fails before any training
     say = status or (lambda text: None)
     rows = []
