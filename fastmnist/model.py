@@ -82,7 +82,10 @@ class Model:
         return self.scores(images).argmax(axis=1)
 
     def accuracy(self, images, labels) -> float:
-        return float((self.predict(images) == np.asarray(labels)).mean())
+        """The fraction of `images` predicted as `labels`: one integer label in 0..classes-1 per image."""
+        images = image_rows(images)
+        labels = label_vector(labels, len(images), self.recipe.classes)
+        return float((self.predict(images) == labels).mean())
 
     # -- files ------------------------------------------------------------------------------------
     def _arrays(self) -> dict:
@@ -203,6 +206,24 @@ def image_rows(images) -> np.ndarray:
         raise FastMnistError(f"images must have shape (N, 784) or (N, 28, 28), got {a.shape}")
     if a.dtype != np.uint8 and a.dtype.kind != "f":
         raise FastMnistError(f"images must be uint8 (0..255) or floats in [0, 1], got dtype {a.dtype}")
+    return a
+
+
+def label_vector(labels, n: int, classes: int = 10) -> np.ndarray:
+    """Labels as an (n,) integer array, checked as image_rows checks images: one label per image, integers
+    in 0..classes-1, and at least one (an accuracy of no images is no number)."""
+    try:
+        a = np.asarray(labels)
+    except (ValueError, TypeError) as exc:
+        raise FastMnistError(f"labels must be an array of shape (N,): {exc}") from None
+    if a.ndim != 1 or len(a) != n:
+        raise FastMnistError(f"labels must have shape ({n},), one per image, got {a.shape}")
+    if a.dtype.kind not in "iu":
+        raise FastMnistError(f"labels must be integers 0..{classes - 1}, got dtype {a.dtype}")
+    if n == 0:
+        raise FastMnistError("no images to score: an accuracy needs at least one image and label")
+    if a.min() < 0 or a.max() >= classes:
+        raise FastMnistError(f"labels must lie in 0..{classes - 1}, got values in [{a.min()}, {a.max()}]")
     return a
 
 
