@@ -8,6 +8,7 @@ measurements); on a CPU, numba-cpu beats numpy.
 from __future__ import annotations
 
 from .dispatch import register
+from .errors import BackendMisconfigured
 
 
 def _numpy():
@@ -20,7 +21,11 @@ def _numba_cpu():
         import numba  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"numba is not installed: {exc}") from None
-    from .kernels.cpu.backend import NumbaCpuBackend
+    from .kernels.interface import SettingError
+    try:
+        from .kernels.cpu.backend import NumbaCpuBackend
+    except SettingError as exc:     # a bad FASTMNIST_VECTOR_BYTES: the user's setting, not the machine's want
+        raise BackendMisconfigured(str(exc)) from None
     return NumbaCpuBackend()
 
 

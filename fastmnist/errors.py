@@ -17,6 +17,11 @@ class BackendUnavailable(FastMnistError):
     """The requested backend is unknown or cannot run here."""
 
 
+class BackendMisconfigured(BackendUnavailable):
+    """A backend cannot run because of a setting the user made (an environment variable), not for want of a
+    device or a package: `auto` says so rather than silently taking a slower backend."""
+
+
 class TrainingDiverged(FastMnistError):
     """The loss became NaN or infinite; `history` holds the metrics recorded before it did."""
 
