@@ -183,7 +183,7 @@ class Recipe:
             return cls(**d).validate()
         except RecipeError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:      # RecursionError: nested too deeply
             raise RecipeError(f"not a valid recipe description: {exc}") from None
 
 
