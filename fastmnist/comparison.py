@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import dispatch
 from .errors import BackendUnavailable, FastMnistError, RecipeError, TrainingDiverged
+from .memory import check_training_fits
 from .training import check_dtype, count, duration, make_recipe, planned_path, train
 
 BASELINES = {"cpu": "numpy", "gpu": "cupy"}
@@ -103,6 +104,7 @@ def compare(preset="fast", backends=None, seeds=DEFAULT_SEEDS, dtype="float32", 
         raise RecipeError(f"seed={overrides['seed']!r}: compare trains once per seed of `seeds`; pass "
                           f"seeds=({overrides['seed']!r},) instead")
     recipe = make_recipe(preset, iterations, **overrides)       # a bad setting fails before any training
+    check_training_fits(recipe, dtype)
     say = status or (lambda text: None)
     rows = []
     for info in _selected(backends):
