@@ -19,6 +19,7 @@ import pooch
 
 from fastmnist.errors import DataError
 from fastmnist.files import os_reason, write_atomically
+from fastmnist.reading import NpyError, open_regular, read_npy
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("mnist", "fashion-mnist")
@@ -234,15 +235,21 @@ def _index_entry(path: Path, kind: str, stamp: tuple) -> Path:
 def _load_decoded(path: Path, kind: str, stamp: tuple):
     entry = _index_entry(path, kind, stamp)
     try:
-        meta = json.loads(entry.read_text())
-        array = numpy.load(entry.parent / f"{meta['md5']}.npy", allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError):
+        with open_regular(entry) as f:
+            meta = json.loads(f.read(4096))
+        digest = meta["md5"]
+        if digest not in _KNOWN_MD5:            # only files of known content are kept: nothing else is read
+            return None
+        copy = entry.parent / f"{digest}.npy"
+        with open_regular(copy) as f:
+            array = read_npy(f, os.fstat(f.fileno()).st_size, max_bytes=MAX_ROWS * 28 * 28, kinds="u")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, NpyError):
         return None
     shape_ok = array.ndim == 2 and array.shape[1] == 28 * 28 if kind == "images" else array.ndim == 1
     if array.dtype != numpy.uint8 or not shape_ok or zlib.crc32(array) != meta.get("crc32"):
         return None
     array.flags.writeable = False
-    return array, meta["md5"]
+    return array, digest
 
 
 def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, digest: str) -> None:
@@ -257,33 +264,56 @@ def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, di
         pass
 
 
-def _decode(path: Path, kind: str) -> tuple[numpy.ndarray, str]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
-    digest = hashlib.md5(raw).hexdigest()
+# the most examples one IDX file of these datasets holds (the training files' 60,000): a header claiming
+# more is refused before anything past it is read or decompressed
+MAX_ROWS = 60_000
 
+
+def _decode(path: Path, kind: str) -> tuple[numpy.ndarray, str]:
+    """(array, MD5 of the uncompressed content) of one IDX file, plain or gzip: the header is read and
+    checked first, then exactly the payload it gives, so that a file that claims or inflates to more than
+    an MNIST file holds is refused having read no more than that."""
     magic, ndim = _IDX[kind]
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise DataError(f"{path}: {len(raw)} bytes, too short for the {header}-byte IDX header")
-    got, *dims = struct.unpack(f">{1 + ndim}i", raw[:header])
-    if got != magic:
-        raise DataError(f"{path}: wrong magic number {got}, expected {magic} for {kind}")
-    if kind == "images" and dims[1:] != [28, 28]:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    payload = len(raw) - header
-    if payload != math.prod(dims):
-        problem = "truncated" if payload < math.prod(dims) else "trailing bytes"
-        raise DataError(f"{path}: {problem}, header says {math.prod(dims)} payload bytes, file has {payload}")
-
-    array = numpy.frombuffer(raw, numpy.uint8, offset=header)
+    with open_regular(path) as plain:
+        gz = plain.read(2) == b"\x1f\x8b"
+        plain.seek(0)
+        stream = gzip.GzipFile(fileobj=plain, mode="rb") if gz else plain
+        try:
+            head = stream.read(header)
+            if len(head) < header:
+                raise DataError(f"{path}: {len(head)} bytes, too short for the {header}-byte IDX header")
+            got, *dims = struct.unpack(f">{1 + ndim}i", head)
+            if got != magic:
+                raise DataError(f"{path}: wrong magic number {got}, expected {magic} for {kind}")
+            if kind == "images" and dims[1:] != [28, 28]:
+                raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+            if not 0 <= dims[0] <= MAX_ROWS:
+                raise DataError(f"{path}: header says {dims[0]} {kind}; an MNIST file holds at most {MAX_ROWS}")
+            expected = math.prod(dims)
+            if not gz:
+                _check_length(path, os.fstat(plain.fileno()).st_size - header, expected)
+            payload = stream.read(expected)
+            _check_length(path, len(payload), expected)
+            if stream.read(1):
+                raise DataError(f"{path}: trailing bytes, header says {expected} payload bytes, file has more")
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            if not gz:
+                raise
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+    md5 = hashlib.md5(head)
+    md5.update(payload)
+    digest = md5.hexdigest()
+    array = numpy.frombuffer(payload, numpy.uint8)
     if kind == "images":
         array = array.reshape(dims[0], 28 * 28)
     elif array.max(initial=0) > 9:
         raise DataError(f"{path}: label {array.max()} out of range 0..9")
     array.flags.writeable = False
     return array, digest
+
+
+def _check_length(path: Path, payload: int, expected: int) -> None:
+    if payload != expected:
+        problem = "truncated" if payload < expected else "trailing bytes"
+        raise DataError(f"{path}: {problem}, header says {expected} payload bytes, file has {payload}")
