@@ -31,7 +31,7 @@ class TrainingDiverged(FastMnistError):
 
 
 class ModelFileError(FastMnistError):
-    """A saved model file is foreign, damaged or tampered with."""
+    """A saved model file is foreign, damaged, or altered without its (unkeyed) checksum being recomputed."""
 
 
 class OutputError(FastMnistError):
