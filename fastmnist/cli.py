@@ -15,6 +15,7 @@ from .errors import FastMnistError, OutputError, RecipeError, TrainingDiverged, 
 from .files import check_writable
 from .model import load, model_path
 from .recipes import NOTEBOOK_NAMES, PRESETS, Recipe
+from .setting_targets import setting_targets
 from .training import DTYPES, count, make_recipe, train
 
 
@@ -214,35 +215,6 @@ def recipe_settings(args) -> dict:
                               + (f" as {key}" if key != earlier else "") + ")")
         settings[key], source[key], targets[key] = value, flag, parts
     return settings
-
-
-class _Marker:
-    """A value no setting holds: what an override writes it to shows where that override writes."""
-
-
-def setting_targets(recipe: Recipe | None, key: str) -> frozenset:
-    """The parts of `recipe` that setting `key` sets, under any of its names: {"optimizer.lr"} for lr,
-    learning_rate and a notebook's alpha; the hidden branches' keep_prob for keep_prob. A name the recipe
-    does not take is its own part (the recipe's checks refuse it later)."""
-    if recipe is None:
-        return frozenset({key})
-    marker = _Marker()
-    try:
-        changed = recipe._override(key, marker)
-    except RecipeError:
-        return frozenset({key})
-    return frozenset(path for path, value in _leaves(changed, "") if value is marker) or frozenset({key})
-
-
-def _leaves(value, path: str):
-    if dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            yield from _leaves(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
-    elif isinstance(value, tuple):
-        for i, item in enumerate(value):
-            yield from _leaves(item, f"{path}.{i}")
-    else:
-        yield path, value
 
 
 def _cmd_train(args) -> int:

@@ -24,6 +24,7 @@ from .errors import RecipeError, SweepError
 from .files import check_writable
 from .reading import NotARegularFile, check_regular
 from .scheduler_check import check_scheduler
+from .setting_targets import setting_targets
 from .recipes import Recipe
 from .sweep_results import append_record, check_same_sweep, drop_torn_tail, read_results, table
 from .training import check_dtype, make_recipe
@@ -76,8 +77,11 @@ def plan_runs(base: Recipe, configs: list[dict], settings: dict, iterations=None
     runs, seen = [], set()
     for config in configs:
         for name, value in (("iterations", iterations), ("seed", seed)):
-            if value is not None and name in config:
-                raise RecipeError(f"{name} is set twice: by {name}= and by the grid")
+            given = value is not None and next((key for key in config if setting_targets(base, key)
+                                                & setting_targets(base, name)), None)
+            if given:
+                raise RecipeError(f"{name} is set twice: by {name}= and by the grid"
+                                  + (f" as {given}" if given != name else ""))
         recipe = make_recipe(base, **config)
         what = json.loads(recipe.to_json())
         run = _digest(json.dumps({"recipe": what, "backend": settings["backend"], "dtype": settings["dtype"],

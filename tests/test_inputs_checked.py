@@ -143,3 +143,27 @@ def test_accuracy_of_no_images_is_an_error_not_nan(scored, recwarn):
     with pytest.raises(FastMnistError, match="no images to score"):
         model.accuracy(images[:0], labels[:0])
     assert len(recwarn) == 0
+
+
+# -- the same in the Python API and in sweeps' grids ----------------------------------------------------------
+
+@pytest.mark.parametrize("preset, overrides, words", [
+    ("fast", dict(lr=0.1, learning_rate=0.2), "lr and learning_rate set the same setting of recipe 'fast'"),
+    ("fast", dict(hidden=30, units_1=40), "hidden and units_1 set the same setting"),
+    ("branchnet", dict(keep_prob=0.9, keep_prob_12=0.5), "keep_prob and keep_prob_12 set the same setting"),
+    ("grokking-3layer", dict(alpha=0.1, lr=0.2), "alpha and lr set the same setting"),
+])
+def test_the_api_refuses_two_names_for_one_setting(preset, overrides, words):
+    with pytest.raises(RecipeError, match=words):
+        make_recipe(preset, **overrides)
+    with pytest.raises(RecipeError, match=words):
+        fastmnist.train(preset, backend="numpy", progress=False, **overrides)
+
+
+def test_a_sweep_grid_that_sets_iterations_under_another_name_is_refused(tmp_path):
+    from fastmnist.sweeps import sweep
+    with pytest.raises(RecipeError, match="iterations is set twice: by iterations= and by the grid as iter"):
+        sweep("branchnet", {"iter": [1, 2]}, iterations=3, out=tmp_path / "s.jsonl")
+    with pytest.raises(RecipeError, match="lr and learning_rate set the same setting"):
+        sweep("fast", {"lr": [0.1], "learning_rate": [0.2]}, out=tmp_path / "s.jsonl")
+    assert not (tmp_path / "s.jsonl").exists()
