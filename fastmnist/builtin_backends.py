@@ -21,6 +21,9 @@ def _numba_cpu():
         import numba  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"numba is not installed: {exc}") from None
+    except Exception as exc:        # installed but refusing to start: a bad NUMBA_* setting (NUMBA_NUM_THREADS=0)
+        raise BackendMisconfigured(f"numba failed to import ({type(exc).__name__}: {exc}); check the NUMBA_* "
+                                   f"environment variables") from None
     from .kernels.interface import SettingError
     try:
         from .kernels.cpu.backend import NumbaCpuBackend

@@ -95,12 +95,15 @@ def test_auto_does_not_pass_over_a_misconfigured_backend(monkeypatch):
     assert dispatch.get_backend("auto").name != "test-misconfigured"
 
 
-def test_a_bad_vector_width_is_one_line_before_training_not_a_silent_numpy_run():
+@pytest.mark.parametrize("setting, words", [
+    ({"FASTMNIST_VECTOR_BYTES": "7"}, "FASTMNIST_VECTOR_BYTES must be one of 16, 32, 64, got '7'"),
+    ({"NUMBA_NUM_THREADS": "0"}, "numba failed to import (ValueError: Number of threads specified must be > 0.)"),
+])
+def test_a_bad_setting_of_numba_cpu_is_one_line_before_training_not_a_silent_numpy_run(setting, words):
     r = subprocess.run([sys.executable, "-m", "fastmnist", "train", "--iterations", "1", "--quiet"],
-                       capture_output=True, text=True, cwd=CWD, timeout=120,
-                       env={**os.environ, "FASTMNIST_VECTOR_BYTES": "7"})
+                       capture_output=True, text=True, cwd=CWD, timeout=120, env={**os.environ, **setting})
     assert r.returncode == 2 and r.stdout == "", r.stdout
-    assert "FASTMNIST_VECTOR_BYTES must be one of 16, 32, 64, got '7'" in r.stderr and "numba-cpu" in r.stderr
+    assert words in r.stderr and "'numba-cpu' would be chosen but cannot run" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
