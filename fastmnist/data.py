@@ -11,6 +11,7 @@ import os
 import struct
 import sys
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,10 +183,43 @@ def _download(dataset: str, name: str, cache: Path) -> Path:
         try:
             return Path(pooch.retrieve(url, known_hash=f"md5:{GZ_MD5[dataset][name]}", path=cache,
                                        fname=f"{name}.gz", progressbar=False,
-                                       downloader=pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S)))
+                                       downloader=CappedDownloader(DOWNLOAD_LIMIT, timeout=DOWNLOAD_TIMEOUT_S)))
         except Exception as exc:
             failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
     raise DataError("; ".join(failures))
+
+
+# the most a download may bring: the largest .gz of these datasets (Fashion-MNIST's training images) is 26 MB
+DOWNLOAD_LIMIT = 64 << 20
+
+
+class CappedDownloader(pooch.HTTPDownloader):
+    """pooch's HTTP downloader, stopped once a server has sent more than `limit` bytes: a mirror that sends
+    without end (or a small response that inflates) does not fill the disk before the MD5 check."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def __call__(self, url, output_file, pooch, check_only=False):
+        if check_only:
+            return super().__call__(url, output_file, pooch, check_only=True)
+        with open(output_file, "w+b") if not hasattr(output_file, "write") else nullcontext(output_file) as f:
+            return super().__call__(url, _Capped(f, self.limit), pooch)
+
+
+class _Capped:
+    def __init__(self, f, limit: int):
+        self.f, self.limit, self.written = f, limit, 0
+
+    def write(self, chunk):
+        self.written += len(chunk)
+        if self.written > self.limit:
+            raise DataError(f"the server sent more than {self.limit:,} bytes, more than any of the files is")
+        return self.f.write(chunk)
+
+    def flush(self):
+        self.f.flush()
 
 
 def _load_pair(dataset: str, found: dict[str, Path], prefix: str) -> Split:

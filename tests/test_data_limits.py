@@ -114,3 +114,36 @@ def test_a_decoded_copy_that_claims_more_than_a_file_holds_is_decoded_again(tmp_
     header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
     copy.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(16))
     assert data._load_decoded(path, "labels", stamp) is None
+
+
+def test_a_mirror_that_sends_without_end_is_cut_off_at_the_download_limit(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(4096):            # 64 MiB at most, should the limit not hold
+                    self.wfile.write(os.urandom(16384))
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setitem(data.MIRRORS, "mnist", (f"http://127.0.0.1:{server.server_address[1]}/",))
+    monkeypatch.setattr(data, "DOWNLOAD_LIMIT", 1 << 20)
+    monkeypatch.setenv("FASTMNIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTMNIST_DATA", raising=False)
+    try:
+        with pytest.raises(DataError, match="the server sent more than 1,048,576 bytes"):
+            data.load_arrays("mnist")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) <= 1 << 20
