@@ -8,6 +8,7 @@ measurements); on a CPU, numba-cpu beats numpy.
 from __future__ import annotations
 
 from .dispatch import register
+from .errors import BackendMisconfigured
 
 
 def _numpy():
@@ -20,7 +21,15 @@ def _numba_cpu():
         import numba  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"numba is not installed: {exc}") from None
-    from .kernels.cpu.backend import NumbaCpuBackend
+    # installed but refusing to start: a bad NUMBA_* setting (NUMBA_NUM_THREADS=0)
+    except Exception as exc:  # noqa: BLE001
+        raise BackendMisconfigured(f"numba failed to import ({type(exc).__name__}: {exc}); check the NUMBA_* "
+                                   f"environment variables") from None
+    from .kernels.interface import SettingError
+    try:
+        from .kernels.cpu.backend import NumbaCpuBackend
+    except SettingError as exc:     # a bad FASTMNIST_VECTOR_BYTES: the user's setting, not the machine's want
+        raise BackendMisconfigured(str(exc)) from None
     return NumbaCpuBackend()
 
 

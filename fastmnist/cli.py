@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -15,7 +16,8 @@ from .files import check_writable
 from .formatting import count
 from .model import load, model_path
 from .networks import LAYERS_SYNTAX, mlp, parse_layers, shape_argument
-from .recipes import NOTEBOOK_NAMES, PRESETS
+from .recipes import NOTEBOOK_NAMES, PRESETS, Recipe
+from .setting_targets import setting_targets
 from .training import DTYPES, make_recipe, train
 
 
@@ -36,9 +38,9 @@ def _count(text: str) -> int:
 
 def _setting(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), parse_value(raw.strip())
+    return key.strip(), parse_value(raw.strip(), key.strip())
 
 
 def _grid_axis(text: str) -> tuple[str, list]:
@@ -46,7 +48,7 @@ def _grid_axis(text: str) -> tuple[str, list]:
     values = [v.strip() for v in raw.split(",")]
     if not sep or not key.strip() or "" in values:
         raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
-    return key.strip(), [parse_value(v) for v in values]
+    return key.strip(), [parse_value(v, key.strip()) for v in values]
 
 
 def _seeds(text: str) -> list[int]:
@@ -73,12 +75,22 @@ def _layers(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def parse_value(raw: str):
-    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, anything else stays a string."""
+# the settings whose values are words (a split, a loss, ...): their values are taken as written, never as
+# numbers, True/False or None
+TEXT_SETTINGS = frozenset({f.name for f in dataclasses.fields(Recipe) if f.type == "str"} - {"name", "description"}
+                          | {"optimizer_kind"})
+
+
+def parse_value(raw: str, key: str = ""):
+    """The value of setting `key` as written on the command line: a word setting's (split, loss, init, ...)
+    stays the text it is; any other's is '3' -> 3, '0.5' -> 0.5, 'true' -> True, 'none' -> None, and
+    anything else stays a string (for the recipe's checks to refuse with the setting's name)."""
+    if key in TEXT_SETTINGS:
+        return raw
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    if lowered in ("none", "null", "full"):
+    if lowered in ("none", "null"):
         return None
     for kind in (int, float):
         try:
@@ -190,22 +202,33 @@ SETTING_FLAGS = {"iterations": "--iterations", "seed": "--seed", "lr": "--lr", "
 COMMAND_OWN = {"preset", "backend", "backends", "seeds", "dtype", "data_path", "dataset", "status", "progress",
                "callback"}
 
+# recipe settings a command sets itself, and the option that takes them instead of --set
+COMMAND_SETTINGS = {"compare": {"seed": "--seeds"}}
+
 
 def recipe_settings(args) -> dict:
-    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch)."""
+    """The recipe settings the flags and every --set give, each given once (--batch-size 0: the full batch).
+
+    Two of them that set the same part of the recipe under any names (--lr and --set learning_rate, hidden
+    and units_1, --keep-prob and keep_prob_11) are refused as given twice, rather than one silently winning."""
     given = [(key, getattr(args, key, None), flag) for key, flag in SETTING_FLAGS.items()
              if getattr(args, key, None) is not None]
     given = [(key, (value or None) if key == "batch_size" else value, flag) for key, value, flag in given]
-    aliases = NOTEBOOK_NAMES.get(args.preset, {})
-    settings, source, canonical = {}, {}, {}
+    base = PRESETS.get(args.preset)
+    own = COMMAND_SETTINGS.get(args.command, {})
+    settings, source, targets = {}, {}, {}
     for key, value, flag in given + [(key, value, "--set") for key, value in args.set]:
         if flag == "--set" and key in COMMAND_OWN:
             raise RecipeError(f"--set {key}: not a recipe setting; use {args.command}'s own option for it")
-        name = aliases.get(key, key)             # a notebook's name and fastmnist's are one setting
-        if name in canonical:
-            raise RecipeError(f"{name} is given twice ({source[canonical[name]]} and {flag}"
-                              + (f" as {key}" if key != name else "") + ")")
-        settings[key], source[key], canonical[name] = value, flag, key
+        parts = setting_targets(base, key)
+        for name, option in own.items():
+            if parts & setting_targets(base, name):
+                raise RecipeError(f"--set {key}: {args.command} sets {name} itself; use its {option} option")
+        earlier = next((k for k in targets if targets[k] & parts), None)
+        if earlier is not None:
+            raise RecipeError(f"{earlier} is given twice ({source[earlier]} and {flag}"
+                              + (f" as {key}" if key != earlier else "") + ")")
+        settings[key], source[key], targets[key] = value, flag, parts
     return settings
 
 

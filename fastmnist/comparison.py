@@ -21,9 +21,10 @@ from pathlib import Path
 from . import dispatch
 from .builtin_backends import BASELINES
 from .charts import save_figure
-from .errors import BackendUnavailable, FastMnistError, OutputError, TrainingDiverged
+from .errors import BackendUnavailable, FastMnistError, OutputError, RecipeError, TrainingDiverged
 from .files import os_reason, write_atomically
 from .formatting import count, duration
+from .memory import check_training_fits
 from .training import check_dtype, make_recipe, planned_path, train
 
 DEFAULT_SEEDS = (1, 2, 3)
@@ -102,9 +103,13 @@ def compare(preset="fast", backends=None, seeds=DEFAULT_SEEDS, dtype="float32", 
     """
     dtype = check_dtype(dtype)
     seeds = _check_seeds(seeds)
+    if "seed" in overrides:         # each run's seed comes from `seeds`: a seed override would be ignored
+        raise RecipeError(f"seed={overrides['seed']!r}: compare trains once per seed of `seeds`; pass "
+                          f"seeds=({overrides['seed']!r},) instead")
     recipe = make_recipe(preset, iterations, **overrides)       # a bad setting fails before any training
     for seed in seeds:                                          # and so does a bad seed, whichever it is
         make_recipe(recipe, seed=seed)
+    check_training_fits(recipe, dtype)
     say = status or (lambda text: None)
     rows = []
     for info in _selected(backends):

@@ -11,6 +11,7 @@ import os
 import struct
 import sys
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pooch
 
 from fastmnist.errors import DataError
 from fastmnist.files import os_reason, write_atomically
+from fastmnist.reading import NpyError, open_regular, read_npy
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DATASETS = ("mnist", "fashion-mnist")
@@ -181,10 +183,43 @@ def _download(dataset: str, name: str, cache: Path) -> Path:
         try:
             return Path(pooch.retrieve(url, known_hash=f"md5:{GZ_MD5[dataset][name]}", path=cache,
                                        fname=f"{name}.gz", progressbar=False,
-                                       downloader=pooch.HTTPDownloader(timeout=DOWNLOAD_TIMEOUT_S)))
+                                       downloader=CappedDownloader(DOWNLOAD_LIMIT, timeout=DOWNLOAD_TIMEOUT_S)))
         except Exception as exc:  # noqa: BLE001  (each mirror's failure is reported; the next one is tried)
             failures.append(f"{url}: {type(exc).__name__}: {' '.join(str(exc).split())}")
     raise DataError("; ".join(failures))
+
+
+# the most a download may bring: the largest .gz of these datasets (Fashion-MNIST's training images) is 26 MB
+DOWNLOAD_LIMIT = 64 << 20
+
+
+class CappedDownloader(pooch.HTTPDownloader):
+    """pooch's HTTP downloader, stopped once a server has sent more than `limit` bytes: a mirror that sends
+    without end (or a small response that inflates) does not fill the disk before the MD5 check."""
+
+    def __init__(self, limit: int, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def __call__(self, url, output_file, pooch, check_only=False):
+        if check_only:
+            return super().__call__(url, output_file, pooch, check_only=True)
+        with open(output_file, "w+b") if not hasattr(output_file, "write") else nullcontext(output_file) as f:
+            return super().__call__(url, _Capped(f, self.limit), pooch)
+
+
+class _Capped:
+    def __init__(self, f, limit: int):
+        self.f, self.limit, self.written = f, limit, 0
+
+    def write(self, chunk):
+        self.written += len(chunk)
+        if self.written > self.limit:
+            raise DataError(f"the server sent more than {self.limit:,} bytes, more than any of the files is")
+        return self.f.write(chunk)
+
+    def flush(self):
+        self.f.flush()
 
 
 def _load_pair(dataset: str, found: dict[str, Path], prefix: str) -> Split:
@@ -235,15 +270,21 @@ def _index_entry(path: Path, kind: str, stamp: tuple) -> Path:
 def _load_decoded(path: Path, kind: str, stamp: tuple):
     entry = _index_entry(path, kind, stamp)
     try:
-        meta = json.loads(entry.read_text())
-        array = numpy.load(entry.parent / f"{meta['md5']}.npy", allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError):
+        with open_regular(entry) as f:
+            meta = json.loads(f.read(4096))
+        digest = meta["md5"]
+        if digest not in _KNOWN_MD5:            # only files of known content are kept: nothing else is read
+            return None
+        copy = entry.parent / f"{digest}.npy"
+        with open_regular(copy) as f:
+            array = read_npy(f, os.fstat(f.fileno()).st_size, max_bytes=MAX_ROWS * 28 * 28, kinds="u")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, NpyError):
         return None
     shape_ok = array.ndim == 2 and array.shape[1] == 28 * 28 if kind == "images" else array.ndim == 1
     if array.dtype != numpy.uint8 or not shape_ok or zlib.crc32(array) != meta.get("crc32"):
         return None
     array.flags.writeable = False
-    return array, meta["md5"]
+    return array, digest
 
 
 def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, digest: str) -> None:
@@ -258,33 +299,56 @@ def _store_decoded(path: Path, kind: str, stamp: tuple, array: numpy.ndarray, di
         pass
 
 
-def _decode(path: Path, kind: str) -> tuple[numpy.ndarray, str]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
-    digest = hashlib.md5(raw).hexdigest()
+# the most examples one IDX file of these datasets holds (the training files' 60,000): a header claiming
+# more is refused before anything past it is read or decompressed
+MAX_ROWS = 60_000
 
+
+def _decode(path: Path, kind: str) -> tuple[numpy.ndarray, str]:
+    """(array, MD5 of the uncompressed content) of one IDX file, plain or gzip: the header is read and
+    checked first, then exactly the payload it gives, so that a file that claims or inflates to more than
+    an MNIST file holds is refused having read no more than that."""
     magic, ndim = _IDX[kind]
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise DataError(f"{path}: {len(raw)} bytes, too short for the {header}-byte IDX header")
-    got, *dims = struct.unpack(f">{1 + ndim}i", raw[:header])
-    if got != magic:
-        raise DataError(f"{path}: wrong magic number {got}, expected {magic} for {kind}")
-    if kind == "images" and dims[1:] != [28, 28]:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    payload = len(raw) - header
-    if payload != math.prod(dims):
-        problem = "truncated" if payload < math.prod(dims) else "trailing bytes"
-        raise DataError(f"{path}: {problem}, header says {math.prod(dims)} payload bytes, file has {payload}")
-
-    array = numpy.frombuffer(raw, numpy.uint8, offset=header)
+    with open_regular(path) as plain:
+        gz = plain.read(2) == b"\x1f\x8b"
+        plain.seek(0)
+        stream = gzip.GzipFile(fileobj=plain, mode="rb") if gz else plain
+        try:
+            head = stream.read(header)
+            if len(head) < header:
+                raise DataError(f"{path}: {len(head)} bytes, too short for the {header}-byte IDX header")
+            got, *dims = struct.unpack(f">{1 + ndim}i", head)
+            if got != magic:
+                raise DataError(f"{path}: wrong magic number {got}, expected {magic} for {kind}")
+            if kind == "images" and dims[1:] != [28, 28]:
+                raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+            if not 0 <= dims[0] <= MAX_ROWS:
+                raise DataError(f"{path}: header says {dims[0]} {kind}; an MNIST file holds at most {MAX_ROWS}")
+            expected = math.prod(dims)
+            if not gz:
+                _check_length(path, os.fstat(plain.fileno()).st_size - header, expected)
+            payload = stream.read(expected)
+            _check_length(path, len(payload), expected)
+            if stream.read(1):
+                raise DataError(f"{path}: trailing bytes, header says {expected} payload bytes, file has more")
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            if not gz:
+                raise
+            raise DataError(f"{path}: truncated or corrupt gzip stream ({exc})") from None
+    md5 = hashlib.md5(head)
+    md5.update(payload)
+    digest = md5.hexdigest()
+    array = numpy.frombuffer(payload, numpy.uint8)
     if kind == "images":
         array = array.reshape(dims[0], 28 * 28)
     elif array.max(initial=0) > 9:
         raise DataError(f"{path}: label {array.max()} out of range 0..9")
     array.flags.writeable = False
     return array, digest
+
+
+def _check_length(path: Path, payload: int, expected: int) -> None:
+    if payload != expected:
+        problem = "truncated" if payload < expected else "trailing bytes"
+        raise DataError(f"{path}: {problem}, header says {expected} payload bytes, file has {payload}")

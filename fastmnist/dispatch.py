@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import BackendUnavailable
+from .errors import BackendMisconfigured, BackendUnavailable
 from .kernels.interface import Backend
 
 
@@ -32,6 +32,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _lock = threading.Lock()
+_MISCONFIGURED: set[str] = set()     # backends whose factory raised BackendMisconfigured when last loaded
 
 
 def register(name: str, factory: Callable[[], Backend], description: str, device: str = "cpu",
@@ -62,9 +63,12 @@ def unregister(name: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _load(name: str):
     entry = _REGISTRY[name]
+    _MISCONFIGURED.discard(name)
     try:
         backend = entry.factory()
-    except Exception as exc:  # noqa: BLE001  (any import or driver failure becomes the reason shown to the user)
+    except Exception as exc:  # noqa: BLE001  (any import or driver failure becomes the reason shown to the user
+        if isinstance(exc, BackendMisconfigured):
+            _MISCONFIGURED.add(name)
         text = str(exc).strip().splitlines()
         return None, (text[0] if text else type(exc).__name__)
     missing = [m for m in _contract() if not hasattr(backend, m)]
@@ -100,12 +104,18 @@ def backends() -> list[BackendInfo]:
 
 
 def get_backend(name: str = "auto") -> Backend:
-    """The backend object for `name`, or the available one of highest priority for "auto"."""
+    """The backend object for `name`, or the available one of highest priority for "auto".
+
+    `auto` does not pass over a backend that a user's setting stops (BackendMisconfigured, such as a bad
+    FASTMNIST_VECTOR_BYTES for numba-cpu) to train silently on a slower one: it raises, naming the setting."""
     if name == "auto":
         for entry in _by_priority():
-            backend = _load(entry.name)[0]
+            backend, reason = _load(entry.name)
             if backend is not None:
                 return backend
+            if entry.name in _MISCONFIGURED:
+                raise BackendMisconfigured(f"auto: backend {entry.name!r} would be chosen but cannot run: {reason}; "
+                                           f"correct that setting, or name a backend")
         raise BackendUnavailable("no backend is available")
     check_known(name)
     backend, reason = _load(name)

@@ -19,6 +19,11 @@ class BackendUnavailable(FastMnistError):
     """The requested backend is unknown or cannot run here."""
 
 
+class BackendMisconfigured(BackendUnavailable):
+    """A backend cannot run because of a setting the user made (an environment variable), not for want of a
+    device or a package: `auto` says so rather than silently taking a slower backend."""
+
+
 class TrainingDiverged(FastMnistError):
     """The loss became NaN or infinite; `history` holds the metrics recorded before it did."""
 
@@ -28,7 +33,7 @@ class TrainingDiverged(FastMnistError):
 
 
 class ModelFileError(FastMnistError):
-    """A saved model file is foreign, damaged or tampered with."""
+    """A saved model file is foreign, damaged, or altered without its (unkeyed) checksum being recomputed."""
 
 
 class OutputError(FastMnistError):

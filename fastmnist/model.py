@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from . import checks
-from .errors import FastMnistError, ModelFileError, OutputError, RecipeError
+from . import model_file
+from .errors import FastMnistError, ModelFileError, OutputError
 from .files import os_reason, write_atomically
 from .kernels.interface import Net
 from .kernels.reference import ReferenceBackend
 from .recipes import Recipe
 
-FORMAT = "fastmnist-model"
-VERSION = 1
+FORMAT, VERSION = model_file.FORMAT, model_file.VERSION
+_checksum = model_file.checksum
 PARAMETER_DTYPES = (np.float32, np.float64)
 PREDICT_ROWS = 2048     # images converted and scored at a time: predict needs little memory beyond its input
 _host = ReferenceBackend()
@@ -83,7 +81,10 @@ class Model:
         return self.scores(images).argmax(axis=1)
 
     def accuracy(self, images, labels) -> float:
-        return float((self.predict(images) == np.asarray(labels)).mean())
+        """The fraction of `images` predicted as `labels`: one integer label in 0..classes-1 per image."""
+        images = image_rows(images)
+        labels = label_vector(labels, len(images), self.recipe.classes)
+        return float((self.predict(images) == labels).mean())
 
     # -- files ------------------------------------------------------------------------------------
     def _arrays(self) -> dict:
@@ -122,8 +123,9 @@ def model_path(path) -> Path:
 
 
 def load(path) -> Model:
-    """Load a model written by `Model.save`; a foreign, damaged or altered file raises ModelFileError.
-    `path` is read as save(path) wrote it: "m" finds "m.npz" when there is no file "m"."""
+    """Load a model written by `Model.save`; a foreign or damaged file raises ModelFileError (model_file.py
+    says what is checked; the checksum catches accidental damage, not a deliberate edit). `path` is read as
+    save(path) wrote it: "m" finds "m.npz" when there is no file "m"."""
     path = _saved_path(Path(path))
     try:
         return _load(path)
@@ -142,63 +144,12 @@ def _saved_path(path: Path) -> Path:
 
 
 def _load(path: Path) -> Model:
-    try:
-        with open(path, "rb") as f:
-            start = f.read(4)
-    except OSError as exc:
-        raise ModelFileError(f"cannot be read ({os_reason(exc)})") from None
-    if start not in (b"PK\x03\x04", b"PK\x05\x06"):      # how every zip archive, and so every .npz, begins
-        raise ModelFileError("not a fastmnist model file (not an .npz archive)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"not a fastmnist model file ({exc})") from None
-    if str(data.get("format", "")) != FORMAT:
-        raise ModelFileError(f"not a fastmnist model file (no '{FORMAT}' marker)")
-    for key in ("version", "recipe", "meta", "checksum"):
-        if key not in data:
-            raise ModelFileError(f"the file lacks {key!r}: it is damaged or was not written by fastmnist")
-    version = data["version"]
-    if version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
-        raise ModelFileError(f"model format version {checks.shown(version.tolist())} is not supported "
-                             f"(expected {VERSION})")
-    recipe_json, meta_json = str(data["recipe"]), str(data["meta"])
-    arrays = {k: v for k, v in data.items() if k[0] in "Wb" and k[1:].isdigit()}
-    if str(data["checksum"]) != _checksum(recipe_json, meta_json, arrays):
-        raise ModelFileError("checksum mismatch: the file was altered or damaged")
-    try:
-        recipe = Recipe.from_json(recipe_json)
-    except RecipeError as exc:
-        raise ModelFileError(str(exc)) from None
-    try:
-        meta = json.loads(meta_json)
-    except ValueError:
-        meta = None
-    if not isinstance(meta, dict):
-        raise ModelFileError("its meta is not JSON describing the training")
-    n = len(recipe.layers)
-    try:
-        weights = [arrays[f"W{i}"] for i in range(n)]
-    except KeyError as exc:
-        raise ModelFileError(f"missing array {exc}") from None
-    biases = [arrays.get(f"b{i}") for i in range(n)]
+    recipe, weights, biases, meta = model_file.read(path)
     model = Model(recipe, weights, biases, meta)
     for a in weights + [b for b in biases if b is not None]:
         if not np.all(np.isfinite(a)):
             raise ModelFileError("parameters contain NaN or infinity")
     return model
-
-
-def _checksum(recipe_json: str, meta_json: str, arrays: dict) -> str:
-    h = hashlib.sha256()
-    h.update(recipe_json.encode())
-    h.update(meta_json.encode())
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def image_rows(images) -> np.ndarray:
@@ -213,6 +164,24 @@ def image_rows(images) -> np.ndarray:
         raise FastMnistError(f"images must have shape (N, 784) or (N, 28, 28), got {a.shape}")
     if a.dtype != np.uint8 and a.dtype.kind != "f":
         raise FastMnistError(f"images must be uint8 (0..255) or floats in [0, 1], got dtype {a.dtype}")
+    return a
+
+
+def label_vector(labels, n: int, classes: int = 10) -> np.ndarray:
+    """Labels as an (n,) integer array, checked as image_rows checks images: one label per image, integers
+    in 0..classes-1, and at least one (an accuracy of no images is no number)."""
+    try:
+        a = np.asarray(labels)
+    except (ValueError, TypeError) as exc:
+        raise FastMnistError(f"labels must be an array of shape (N,): {exc}") from None
+    if a.ndim != 1 or len(a) != n:
+        raise FastMnistError(f"labels must have shape ({n},), one per image, got {a.shape}")
+    if a.dtype.kind not in "iu":
+        raise FastMnistError(f"labels must be integers 0..{classes - 1}, got dtype {a.dtype}")
+    if n == 0:
+        raise FastMnistError("no images to score: an accuracy needs at least one image and label")
+    if a.min() < 0 or a.max() >= classes:
+        raise FastMnistError(f"labels must lie in 0..{classes - 1}, got values in [{a.min()}, {a.max()}]")
     return a
 
 

@@ -135,7 +135,10 @@ class Recipe:
 
     # -- overrides --------------------------------------------------------------------------------
     def with_overrides(self, /, **overrides) -> "Recipe":
-        """A copy with some settings changed; see `override_names()` for what can be set."""
+        """A copy with some settings changed; see `override_names()` for what can be set. Two settings that set
+        the same part (lr and learning_rate, hidden and units_1) are refused rather than one undoing the other."""
+        from .setting_targets import check_distinct
+        check_distinct(self, overrides)
         recipe = self
         for key, value in overrides.items():
             recipe = recipe._override(key, value)
@@ -194,7 +197,7 @@ class Recipe:
             return cls(**d).validate()
         except RecipeError:
             raise
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:      # RecursionError: nested too deeply
             raise RecipeError(f"not a valid recipe description: {exc}") from None
 
 

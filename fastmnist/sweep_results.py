@@ -15,6 +15,7 @@ from pathlib import Path
 from .checks import shown
 from .errors import SweepError
 from .files import os_reason
+from .reading import open_regular
 
 REQUIRED = ("key", "status")
 
@@ -29,7 +30,8 @@ def _read(path: Path) -> tuple[list[dict], int]:
     if not path.exists():
         return [], 0
     try:
-        raw = path.read_bytes()
+        with open_regular(path) as f:        # never a FIFO (it would block) or a device
+            raw = f.read()
     except OSError as exc:
         raise SweepError(f"{path}: cannot be read ({os_reason(exc)})") from None
     try:
@@ -43,6 +45,8 @@ def _read(path: Path) -> tuple[list[dict], int]:
         last = number == len(lines)         # a line not ended by a newline: maybe cut off mid-write
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise SweepError(f"{path}: line {number} is nested too deeply to be a sweep record") from None
         except json.JSONDecodeError:
             if last:
                 whole = len(raw) - len(line.encode("utf-8"))

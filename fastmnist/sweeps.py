@@ -22,6 +22,9 @@ from . import dispatch
 from .data import DATASETS
 from .errors import RecipeError, SweepError
 from .files import check_writable, os_reason
+from .reading import NotARegularFile, check_regular
+from .scheduler_check import check_scheduler
+from .setting_targets import setting_targets
 from .recipes import Recipe
 from .sweep_results import append_record, check_same_sweep, drop_torn_tail, read_results, table
 from .training import check_dtype, make_recipe
@@ -74,8 +77,11 @@ def plan_runs(base: Recipe, configs: list[dict], settings: dict, iterations=None
     runs, seen = [], set()
     for config in configs:
         for name, value in (("iterations", iterations), ("seed", seed)):
-            if value is not None and name in config:
-                raise RecipeError(f"{name} is set twice: by {name}= and by the grid")
+            given = value is not None and next((key for key in config if setting_targets(base, key)
+                                                & setting_targets(base, name)), None)
+            if given:
+                raise RecipeError(f"{name} is set twice: by {name}= and by the grid"
+                                  + (f" as {given}" if given != name else ""))
         recipe = make_recipe(base, **config)
         what = json.loads(recipe.to_json())
         run = _digest(json.dumps({"recipe": what, "backend": settings["backend"], "dtype": settings["dtype"],
@@ -131,6 +137,7 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
     settings = sweep_settings(base, backend, dtype, dataset)
     runs = plan_runs(base, expand_grid(grid or [{}]), settings, iterations, seed)
     out = Path(out)
+    _check_results_file(out)
     if not resume and out.exists():
         raise SweepError(f"{out} exists: pass resume=True (--resume) to continue it, or choose another file")
     check_writable(out)
@@ -181,6 +188,15 @@ def sweep(preset="branchnet", grid=None, backend="auto", iterations=None, client
     return records
 
 
+def _check_results_file(out: Path) -> None:
+    """Results go to a regular file: a FIFO would block the reading of --resume, /dev/null cannot be synced."""
+    try:
+        check_regular(out)
+    except NotARegularFile as exc:
+        raise SweepError(f"{out} is {exc.kind}, not a regular file: sweep results are kept in a regular file; "
+                         f"choose another --out") from None
+
+
 # how long to try to reach a scheduler given by address before saying it cannot be reached
 CONNECT_TIMEOUT_S = 10
 
@@ -201,9 +217,10 @@ def _connect(client):
         client = Client(cluster)
         return client, [client, cluster]
     if isinstance(client, str):
+        check_scheduler(client, CONNECT_TIMEOUT_S)      # a server that is not a Dask scheduler would hang Dask
         try:
             client = Client(client, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise SweepError(f"cannot reach the Dask scheduler at {client!r}: {reason}") from None
         return client, [client]

@@ -16,6 +16,7 @@ from .errors import RecipeError, TrainingDiverged, TrainingInterrupted
 from .formatting import count, duration
 from .interrupts import ctrl_c_stops_after_the_iteration
 from .kernels.compile_watch import CompileWatch
+from .memory import check_training_fits
 from .kernels.interface import Net
 from .model import Model
 from .recipes import Recipe, get_preset
@@ -148,6 +149,7 @@ def train(preset="fast", backend="auto", dtype="float32", iterations=None, seed=
     recipe = make_recipe(preset, iterations, seed, **overrides)
     dtype = check_dtype(dtype)
     check_fits_data(recipe, dataset)
+    check_training_fits(recipe, dtype)      # a network too large for this machine: one line, nothing allocated
     if callback is not None and not callable(callback):
         raise RecipeError(f"callback must be callable or None, got {callback!r}")
     be = get_backend(backend)

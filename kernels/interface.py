@@ -85,6 +85,11 @@ class Backend(Protocol):
         "reference operations: <why>"): what a user is told ran."""
 
 
+class SettingError(ValueError):
+    """A backend cannot be built because a setting the user made for it (an environment variable) is invalid;
+    fastmnist's `auto` then stops and says so instead of passing over the backend."""
+
+
 CONTRACT = tuple(name for name in Backend.__dict__ if not name.startswith("_")) + tuple(Backend.__annotations__)
 
 

@@ -42,6 +42,8 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from ..interface import SettingError
+
 WIDTHS = (16, 32, 64)
 
 
@@ -66,7 +68,7 @@ def _chosen_vector_bytes() -> int:
     if not raw:
         return host_vector_bytes()
     if raw not in {str(w) for w in WIDTHS}:
-        raise ValueError(f"FASTMNIST_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))}, got {raw!r}")
+        raise SettingError(f"FASTMNIST_VECTOR_BYTES must be one of {', '.join(map(str, WIDTHS))}, got {raw!r}")
     return int(raw)
 
 
