@@ -19,7 +19,9 @@ GRID = {"hidden": [16, 24], "lr": [0.005, 0.01]}
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # every server on the loopback only: the scheduler, the workers and the scheduler's HTTP server
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster:
         with Client(cluster) as c:
             yield c
 

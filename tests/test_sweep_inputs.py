@@ -118,7 +118,8 @@ def test_an_http_server_is_not_taken_for_a_scheduler(tmp_path):
 def test_a_real_scheduler_passes_the_check():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"}) as cluster:
         check_scheduler(cluster.scheduler_address, 5)
         check_scheduler(cluster.scheduler_address.removeprefix("tcp://"), 5)
 
