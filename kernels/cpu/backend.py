@@ -8,7 +8,8 @@ pixels (`epoch_path` names the one taken; kernels/README.md maps them to the pre
 - "batch-1 epoch" (batch1_epoch.py): batch size 1, two layers without biases, SGD (seed 000): the whole
   epoch in one compiled call;
 - "minibatch epoch" (minibatch_epoch.py): one hidden layer, minibatches (the `fast` preset): the whole epoch
-  in one compiled call;
+  in one compiled call; every other network with a hidden layer and batches smaller than the data takes the
+  general minibatch epoch (stack_path.py, stack_epoch.py), also one compiled call, also "minibatch epoch";
 - "sparse full-batch step" / "sparse minibatch steps" (sparse_step.py, head.py): per-unit dropout or none
   (seed 004): a step whose first layer reads a compressed copy of the input (built once per dataset) and
   computes only the units the dropout mask keeps.
@@ -27,13 +28,14 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
+from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, stack_path, threads
 from .activation import layer_codes
 from ..reference import ReferenceBackend
 
 threads.choose_threading_layer()
 
-PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "repeat": "repeated-update minibatch epoch",
+PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "stack": stack_path.NAME,
+         "repeat": "repeated-update minibatch epoch",
          "sparse": "sparse step", "reference": "reference operations"}
 SPARSE_MAX_DENSITY = 0.5      # above this share of non-zero inputs, forward() uses BLAS for the first layer
 _EMPTY_MASK = {np.dtype(t): np.zeros((0, 0), t) for t in (np.float32, np.float64)}
@@ -372,6 +374,9 @@ class NumbaCpuBackend(ReferenceBackend):
             return self._minibatch_epoch(net, X, labels, batch_size, rng, order)
         if route == "repeat":
             return self._repeat_epoch(net, X, labels, batch_size, rng, order)
+        if route == "stack":
+            return stack_path.run(self, net, self._inputs.get(X), _labels(labels, n, net.weights[-1].shape[1]),
+                                  batch_size, rng, order)
         if route == "reference":
             return super().train_epoch(net, X, labels, batch_size, rng, order)
         compressed = self._inputs.get(X)
@@ -393,6 +398,8 @@ class NumbaCpuBackend(ReferenceBackend):
             return "repeat", ""
         if self._minibatch_fits(net, rows, batch):
             return "minibatch", ""
+        if stack_path.refusal(net, rows, batch) is None:
+            return "stack", ""
         why = self._sparse_step_refusal(net)
         return ("reference", why) if why else ("sparse", "")
 
