@@ -3,6 +3,9 @@
 forward_rows:  H[i] = act(A[i] @ W + b) for rows i0:i1
 input_grad_rows: dA[i] = D[i] @ W.T for rows i0:i1, read from a transposed copy WT of W
 weight_grad_pair: rows ga, gb of G = rows p, q of A.T @ D (A's columns read in place)
+A layer narrower than one vector (an output layer of 10 classes) keeps its weights transposed for its own
+products instead: forward_rows_narrow (dot products along the inputs) and weight_grad_pair_narrow (rows of
+D.T @ A), both vectorised over the inputs, where the forms above would run one scalar at a time.
 
 Each product is simd.gather_two_rows_planned: two output rows at once, a tile of up to MAX_TILE vectors per row
 held in registers over the whole sum, so every vector of W is loaded once for two rows (the lab's dense_layer.py
@@ -63,3 +66,37 @@ def weight_grad_rows(A, D, G, p0, p1, rows):
     for p in range(p0, p1, 2):
         q = p + 1 if p + 1 < p1 else p
         weight_grad_pair(A, D, G, p, q, p, q, rows)
+
+
+@njit(cache=CACHE, fastmath={"contract", "reassoc"})
+def _dot(a, w, zero):
+    """a @ w in whatever order vectorises (its own function: inlined, it would take its caller's fastmath flags)."""
+    z = zero
+    for j in range(a.shape[0]):
+        z += a[j] * w[j]
+    return z
+
+
+@njit(cache=CACHE, fastmath={"contract"})
+def forward_rows_narrow(A, WT, b, has_b, runs, H, i0, i1):
+    """forward_rows for a layer too narrow for one vector of units (an output layer of 10 classes), from the
+    transposed weights WT: each unit a dot product of the row with one of WT's rows, vectorised over inputs."""
+    n = WT.shape[0]
+    zero = WT.dtype.type(0)
+    for i in range(i0, i1):
+        h, a = H[i], A[i]
+        for c in range(n):
+            h[c] = _dot(a, WT[c], zero)
+        if has_b:
+            for c in range(n):
+                h[c] += b[c]
+        activate_runs(h, runs)
+
+
+@njit(cache=CACHE, fastmath={"contract"})
+def weight_grad_pair_narrow(A, D, GT, c, e, ga, gb, p0, p1, rows):
+    """GT[ga, p0:p1] = D[:rows, c] @ A[:rows, p0:p1] and GT[gb] likewise with column e: two rows of the
+    transposed weight gradient (D.T @ A) of a narrow layer, vectorised over its inputs."""
+    vb = _width(A)
+    plan = tile_plan(p0, p1, A.itemsize, MAX_TILE, vb)
+    gather_two_rows_planned(plan, D, c, e, rows - rows, rows, A, GT, ga, gb, p0, p1, False, True, vb)

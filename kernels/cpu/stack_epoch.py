@@ -32,7 +32,7 @@ from numba import njit
 
 from . import barrier
 from .activation import RELU, activate, code_runs, times_derivative_runs
-from .dense_rows import forward_rows, input_grad_rows, weight_grad_pair
+from .dense_rows import forward_rows, forward_rows_narrow, input_grad_rows, weight_grad_pair, weight_grad_pair_narrow
 from .loss import row_loss
 from .minibatch_epoch import MB_WIDTH, _gather_pair_add, _regroup_pairs, _unit_slices, _update_row
 from .simd import CACHE, MAX_TILE, aligned_empty, gather_planned, tile_plan
@@ -43,8 +43,9 @@ DROPOUT_CODES = {"unit": UNIT, "element": ELEMENT}
 # columns of `meta`, one row per dense layer: inputs, units, offset of W (and WT, V, S) in the flat weights,
 # offset of its units in the flat per-unit vectors (bias, L2, scales), whether it has a bias, its rows of the
 # code-runs table, whether it has L2, its dropout kind, offset of its masks in the flat bytes, offset of its
-# activations in the flat (rows x units) buffers
-K, N, W_AT, U_AT, HAS_B, RUNS_LO, RUNS_HI, HAS_L2, DROP, KEPT_AT, ACT_AT = range(11)
+# activations in the flat (rows x units) buffers, whether it is narrower than a vector (dense_rows: its products
+# and its optimiser step then work on WT, and its optimiser moments are kept transposed too)
+K, N, W_AT, U_AT, HAS_B, RUNS_LO, RUNS_HI, HAS_L2, DROP, KEPT_AT, ACT_AT, NARROW = range(12)
 
 
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
@@ -101,8 +102,8 @@ def _rows_phase(data, first, dense, bufs, bi, i0, i1):
     (summed loss, number correct)."""
     indptr, indices, values, order, labels, batch, loss_kind, loss_eps = data
     runs0, kept0, drop0, bscale0 = first[4], first[6], first[7], first[9]
-    Wf, WTf, Bf, l2f, fscalef, bscalef, keptf, runs, meta = dense[0], dense[1], dense[4], dense[7], dense[8], \
-        dense[9], dense[10], dense[11], dense[12]
+    Wf, WTf, Bf, fscalef, bscalef, keptf, runs, meta = dense[0], dense[1], dense[4], dense[8], dense[9], dense[10], \
+        dense[11], dense[12]
     H0, A0, dZ0, Hf, Af, Df = bufs[:6]
     layers = meta.shape[0]
     start = bi * batch
@@ -111,8 +112,12 @@ def _rows_phase(data, first, dense, bufs, bi, i0, i1):
     for d in range(layers):
         k, n, wa, ua, ha = meta[d, K], meta[d, N], meta[d, W_AT], meta[d, U_AT], meta[d, ACT_AT]
         H = Hf[ha:ha + batch * n].reshape((batch, n))
-        forward_rows(Ain, Wf[wa:wa + k * n].reshape((k, n)), Bf[ua:ua + n], meta[d, HAS_B] != 0,
-                     runs[meta[d, RUNS_LO]:meta[d, RUNS_HI]], H, i0, i1)
+        if meta[d, NARROW]:
+            forward_rows_narrow(Ain, WTf[wa:wa + k * n].reshape((n, k)), Bf[ua:ua + n], meta[d, HAS_B] != 0,
+                                runs[meta[d, RUNS_LO]:meta[d, RUNS_HI]], H, i0, i1)
+        else:
+            forward_rows(Ain, Wf[wa:wa + k * n].reshape((k, n)), Bf[ua:ua + n], meta[d, HAS_B] != 0,
+                         runs[meta[d, RUNS_LO]:meta[d, RUNS_HI]], H, i0, i1)
         drop = meta[d, DROP]
         if drop == NONE:
             Ain = H
@@ -224,7 +229,23 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
         D = Df[ha:ha + batch * n].reshape((batch, n))
         p0, p1 = (bounds[t], bounds[t + 1]) if d == 0 else (t * k // T, (t + 1) * k // T)
         ga, gb = 2 * t, 2 * t + 1
-        for p in range(p0, p1, 2):
+        if meta[d, NARROW]:
+            VT, ST = vWf[wa:wa + k * n].reshape((n, k)), sWf[wa:wa + k * n].reshape((n, k))
+            for c in range(0, n, 2):
+                e = c + 1 if c + 1 < n else c
+                weight_grad_pair_narrow(Ain, D, g_dense, c, e, ga, gb, p0, p1, batch)
+                for m in range(2 if e > c else 1):
+                    unit, g = c + m, ga + m
+                    if meta[d, HAS_L2]:
+                        f = l2f[ua + unit]
+                        for p in range(p0, p1):
+                            g_dense[g, p] += WT[unit, p] * f
+                    _update_row(WT, unit, g_dense, g, VT, ST, p0, p1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
+                                c2)
+            for p in range(p0, p1):
+                for c in range(n):
+                    W[p, c] = WT[c, p]
+        for p in range(p0 if not meta[d, NARROW] else p1, p1, 2):
             q = p + 1 if p + 1 < p1 else p
             weight_grad_pair(Ain, D, g_dense, p, q, ga, gb, batch)
             for m in range(2 if q > p else 1):
@@ -293,7 +314,7 @@ def run(compressed, order, labels, batch, first, dense, opt, loss_kind, loss_eps
     pairs = (n_in + 1) // 2
     cap = (batch // T + 1) * pairs
     acts = int(meta[-1, ACT_AT] + batch * meta[-1, N])
-    widest = int(meta[:, N].max())
+    widest = int(np.where(meta[:, NARROW] != 0, meta[:, K], meta[:, N]).max())
     units = dense[4].shape[0]
     bufs = (aligned_empty((batch, k0), dtype), aligned_empty((batch, k0), dtype), aligned_empty((batch, k0), dtype),
             aligned_empty(acts, dtype), aligned_empty(acts, dtype), aligned_empty(acts, dtype),      # Hf Af Df

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import loss, minibatch_epoch, stack_epoch, threads
 from .activation import code_runs, layer_codes
-from .simd import aligned_empty
+from .simd import aligned_empty, width
 
 NAME = "minibatch epoch"
 
@@ -99,7 +99,8 @@ def _pack_dense(net, kept, batch, moments):
     (flat view, the net's array)."""
     dtype = net.dtype
     layers = range(1, len(net.weights))
-    meta = np.zeros((len(layers), 11), np.int64)
+    meta = np.zeros((len(layers), 12), np.int64)
+    lanes = width("head", dtype) // dtype.itemsize
     w_at = u_at = k_at = a_at = r_at = 0
     runs = []
     for d, li in enumerate(layers):
@@ -110,7 +111,7 @@ def _pack_dense(net, kept, batch, moments):
         l2 = net.l2_coefficients(li, batch)
         drop = stack_epoch.NONE if _keep(net, li) is None else stack_epoch.DROPOUT_CODES[net.dropout]
         meta[d] = (k, n, w_at, u_at, net.biases[li] is not None, r_at, r_at + r.shape[0], l2 is not None, drop, k_at,
-                   a_at)
+                   a_at, n < lanes)
         w_at += k * n
         u_at += n
         k_at += kept[li].size
@@ -126,7 +127,9 @@ def _pack_dense(net, kept, batch, moments):
                                                   stack_epoch.KEPT_AT]])
         W, b = net.weights[li], net.biases[li]
         (vW, sW), mb = moments[li]
-        views = {name: flat[name][w:w + k * n].reshape(k, n) for name in ("W", "vW", "sW")}
+        narrow = meta[d, stack_epoch.NARROW] != 0       # optimiser moments kept transposed, as the kernel steps WT
+        views = {name: (flat[name][w:w + k * n].reshape(n, k).T if narrow and name != "W" else
+                        flat[name][w:w + k * n].reshape(k, n)) for name in ("W", "vW", "sW")}
         views["W"][...] = W
         flat["WT"][w:w + k * n].reshape(n, k)[...] = W.T
         back.append((views["W"], W))
