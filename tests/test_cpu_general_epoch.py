@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastmnist.kernels.cpu import backend as cpu
 from fastmnist.kernels.cpu import stack_path
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.interface import Net
@@ -69,8 +70,8 @@ def compare(spec, dtype, rows, batch, shuffled, seed=0, epochs=2, loosen=1.0):
     net0, net = make_net(ref, dtype, spec, seed), make_net(be, dtype, spec, seed)
     # one hidden layer routes to the batch-1 or the `fast` epoch where they fit; the general one is run directly
     route = be._route(net, rows, batch)[0]
-    assert route == "stack" or (len(net.weights) == 2 and route in ("batch1", "minibatch"))
-    if route != "batch1":
+    assert route is cpu._STACK or (len(net.weights) == 2 and route in (cpu._BATCH1, cpu._MINIBATCH))
+    if route is not cpu._BATCH1:
         assert be.epoch_path(net, rows, batch, shuffled) == "minibatch epoch"
     order = np.random.RandomState(seed + 1).permutation(rows) if shuffled else None
     for _ in range(epochs):
@@ -134,6 +135,18 @@ def test_generated_networks_match_reference(spec, dtype, batch, shuffled, seed):
        shuffled=st.booleans(), seed=st.integers(0, 1000))
 def test_generated_networks_match_reference_exhaustive(spec, dtype, batch, shuffled, seed):
     compare(spec, dtype, rows=45, batch=batch, shuffled=shuffled, seed=seed, epochs=1, loosen=20.0)
+
+
+def test_routes_deeper_networks_and_element_dropout_to_the_general_epoch():
+    be = NumbaCpuBackend()
+    deep = make_net(be, np.float64, CASES[1], 0)
+    assert be._route(deep, 100, 10)[0] is cpu._STACK
+    assert be._route(deep, 100, None)[0] is cpu._SPARSE            # the full batch keeps the sparse step
+    shallow = make_net(be, np.float64, CASES[3], 0)                 # one hidden layer, element-wise dropout
+    assert be._route(shallow, 100, 10)[0] is cpu._STACK
+    assert be.epoch_path(shallow, 100, 10, True) == "minibatch epoch"
+    shallow.repeat_update = True
+    assert be.epoch_path(shallow, 100, 10, True).startswith("reference operations: ")
 
 
 @pytest.mark.parametrize("where", ["input", "dense weight"])
