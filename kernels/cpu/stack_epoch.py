@@ -48,7 +48,7 @@ DROPOUT_CODES = {"unit": UNIT, "element": ELEMENT}
 K, N, W_AT, U_AT, HAS_B, RUNS_LO, RUNS_HI, HAS_L2, DROP, KEPT_AT, ACT_AT, NARROW = range(12)
 
 
-@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _first_forward(data, first, bi, j0, j1, H0, A0):
     """Units j0:j1 of the first layer for every row of batch bi (H0: after the activation, A0: after dropout)."""
     indptr, indices, values, order, labels, batch = data[:6]
@@ -96,7 +96,7 @@ def _times_mask(D, i, kept, krow, scale):
         d[j] = d[j] * (ks[j] * scale[j])
 
 
-@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _rows_phase(data, first, dense, bufs, bi, i0, i1):
     """Rows i0:i1 of batch bi through the dense layers, the loss and back to dZ of the first layer; returns
     (summed loss, number correct)."""
@@ -167,7 +167,7 @@ def _rows_phase(data, first, dense, bufs, bi, i0, i1):
     return total, correct
 
 
-@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
     """Thread t's columns j0:j1 of the first layer: its bias's and weights' gradients and optimiser steps."""
     W0, bias0, has_b0 = first[0], first[1], first[2]
@@ -208,7 +208,7 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
                         c2)
 
 
-@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
+@njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _dense_update(t, T, dense, opt, bufs, bounds, bi):
     """Thread t's share of every dense layer: rows of its weights (those of the first layer's units it owns for
     the first dense layer, an equal share of the others') and columns of its bias; gradients, L2, optimiser."""
