@@ -49,7 +49,8 @@ def make_net(be, dtype, spec, seed):
     keep = spec["keep"]
     net = Net(W, b, segments, spec["loss"], 1e-7 if spec["loss"] == "softmax_ce" else 0.0, spec["optimizer"],
               lr=0.01, dropout=spec["dropout"],
-              keep=[None if keep is None else np.linspace(keep, 1.0, n, endpoint=False) for n in widths[:-1]] + [None],
+              keep=[None if keep is None else np.full(n, keep) if spec.get("uniform_keep") else
+                    np.linspace(keep, 1.0, n, endpoint=False) for n in widths[:-1]] + [None],
               l2=[np.linspace(0.5, 2, n) if spec["l2"] else None for n in widths])
     net.state = ([(np.zeros_like(p), np.zeros_like(p)) for p in net.params()] if spec["optimizer"] != "sgd"
                  else [(None, None)] * len(net.params()))
@@ -105,6 +106,11 @@ CASES = [
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_general_epoch_matches_reference(dtype, case):
     compare(CASES[case], dtype, rows=103, batch=10, shuffled=case % 2 == 0)
+
+
+def test_element_dropout_of_one_half_everywhere_draws_as_seed_000():
+    """keep 0.5 on every unit: the reference draws rng.randint(2) instead of comparing uniforms."""
+    compare(dict(CASES[2], uniform_keep=True), np.float64, rows=50, batch=8, shuffled=True, epochs=1)
 
 
 def test_general_epoch_takes_batch_one_and_a_batch_of_all_but_one_row():
