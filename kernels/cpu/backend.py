@@ -597,6 +597,7 @@ _SPARSE = _Path("sparse step", lambda net, rows, batch: NumbaCpuBackend._sparse_
 _REFERENCE = _Path("reference operations", lambda net, rows, batch: None,
                    lambda be, net, X, labels, batch, rng, order: ReferenceBackend.train_epoch(be, net, X, labels, batch,
                                                                                               rng, order))
-# The order _route tries them in: the special paths for the presets' shapes first (each measured faster on its
-# shape than the general minibatch epoch, bench/lab/README.md), then the general one, then the per-step one.
+# The order _route tries them in: the special paths for the presets' shapes first (the `fast` epoch measured faster
+# on its network than the general minibatch epoch, bench/lab/README.md; the batch-1 epoch was not measured against
+# it; the general one does not repeat updates), then the general one, then the per-step one.
 PATH_ORDER = (_BATCH1, _REPEAT, _MINIBATCH, _STACK, _SPARSE)
