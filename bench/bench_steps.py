@@ -1,15 +1,32 @@
 """Whole training steps as fastmnist.train runs them: one iteration's `train_epoch` call on one batch of
-every preset, the batch-1 epoch (1,000 samples) of grokking-3layer, and that preset's whole run on the
-compiled backends."""
+every preset, the batch-1 epoch (1,000 samples) of grokking-3layer, whole minibatch epochs of networks that are
+no preset (784-256-128-10 with Adam, branchnet's network in minibatches of 128: the general minibatch epoch on
+numba-cpu), and grokking-3layer's whole run on the compiled backends."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fastmnist.recipes import PRESETS
+from dataclasses import replace
+
+from fastmnist.recipes import PRESETS, Branch, Layer
 
 EPOCH_PRESETS = ("grokking-3layer",)
+
+
+def _general_networks():
+    """Networks a user writes next, as Recipes: the `fast` preset's training with two hidden layers, and
+    branchnet's network (its L2, unit dropout, Adam-like) in shuffled minibatches of 128."""
+    fast = PRESETS["fast"]
+    deep = replace(fast, name="784-256-128-10", layers=(
+        Layer((Branch(256, "relu", "1"),)), Layer((Branch(128, "relu", "2"),)),
+        Layer((Branch(10, "identity", "3", init_gain=1.0),))))
+    branch = replace(PRESETS["branchnet"], name="branchnet-b128", batch_size=128, shuffle=True)
+    return {r.name: r.validate() for r in (deep, branch)}
+
+
+GENERAL_NETWORKS = _general_networks()
 
 
 def step_work(net, X):
@@ -72,6 +89,13 @@ def test_batch1_epoch(timed, be, dtype, new_net, mnist, preset):
     recipe, net = new_net(preset, batch_size=1)
     # per-sample SGD is a chain of dependent steps: one core's peaks are its limit
     _run(timed, be, dtype, mnist, recipe, net, len(mnist.split(recipe.split)), "steps/epoch", cores=1)
+
+
+@pytest.mark.parametrize("network", list(GENERAL_NETWORKS))
+def test_minibatch_epoch(timed, be, dtype, new_net, mnist, network):
+    """One whole epoch (all of the split's training images in minibatches) of a network that is no preset."""
+    recipe, net = new_net(GENERAL_NETWORKS[network])
+    _run(timed, be, dtype, mnist, recipe, net, len(mnist.split(recipe.split)), "steps/minibatch_epoch")
 
 
 @pytest.mark.parametrize("preset", EPOCH_PRESETS)

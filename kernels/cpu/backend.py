@@ -8,11 +8,13 @@ pixels (`epoch_path` names the one taken; kernels/README.md maps them to the pre
 - "batch-1 epoch" (batch1_epoch.py): batch size 1, two layers without biases, SGD (seed 000): the whole
   epoch in one compiled call;
 - "minibatch epoch" (minibatch_epoch.py): one hidden layer, minibatches (the `fast` preset): the whole epoch
-  in one compiled call;
+  in one compiled call; every other network with a hidden layer and batches smaller than the data takes the
+  general minibatch epoch (stack_path.py, stack_epoch.py), also one compiled call, also "minibatch epoch";
 - "sparse full-batch step" / "sparse minibatch steps" (sparse_step.py, head.py): per-unit dropout or none
   (seed 004): a step whose first layer reads a compressed copy of the input (built once per dataset) and
   computes only the units the dropout mask keeps.
-Anything else runs the reference's operations on these kernels, and epoch_path says why.
+Anything else runs the reference's operations on these kernels, and epoch_path says why. Each path is a small
+object (`_Path`: refusal and run) and `_route` takes the first of PATH_ORDER that does not refuse the net.
 forward() and evaluate() read the same compressed copies of the input.
 Inputs of any layout are accepted: kernels receive C-contiguous copies where needed. Arguments of the
 wrong rank or shape raise ValueError; non-float inputs raise TypeError.
@@ -27,15 +29,13 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, threads
+from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, stack_path, threads
 from .activation import layer_codes
 from ..codes import LOSS_CODES, OPTIMIZER_CODES
 from ..reference import ReferenceBackend
 
 threads.choose_threading_layer()
 
-PATHS = {"batch1": "batch-1 epoch", "minibatch": "minibatch epoch", "repeat": "repeated-update minibatch epoch",
-         "sparse": "sparse step", "reference": "reference operations"}
 SPARSE_MAX_DENSITY = 0.5      # above this share of non-zero inputs, forward() uses BLAS for the first layer
 _EMPTY_MASK = {np.dtype(t): np.zeros((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY_VECTOR = {np.dtype(t): np.zeros(0, t) for t in (np.float32, np.float64)}
@@ -350,23 +350,27 @@ class NumbaCpuBackend(ReferenceBackend):
         return self._sparse_step(net, compressed, np.arange(X.shape[0]), labels, rng)
 
     def epoch_path(self, net, rows, batch_size, shuffled):
-        route, why = self._route(net, rows, batch_size)
-        if route == "sparse":
+        path, why = self._route(net, rows, batch_size)
+        if path is _SPARSE:
             return "sparse full-batch step" if batch_size in (None, rows) and not shuffled else "sparse minibatch steps"
-        return PATHS[route] + (f": {why}" if why else "")
+        return path.name + (f": {why}" if why else "")
 
     def train_epoch(self, net, X, labels, batch_size, rng, order=None):
         n = X.shape[0]
-        route = self._route(net, n, batch_size)[0] if _inputs_fit(net, X) else "reference"
-        batch_size = n if batch_size is None else batch_size
-        if route == "batch1":
-            return self._batch1_epoch(net, X, labels, rng, order)
-        if route == "minibatch":
-            return self._minibatch_epoch(net, X, labels, batch_size, rng, order)
-        if route == "repeat":
-            return self._repeat_epoch(net, X, labels, batch_size, rng, order)
-        if route == "reference":
-            return super().train_epoch(net, X, labels, batch_size, rng, order)
+        path = self._route(net, n, batch_size)[0] if _inputs_fit(net, X) else _REFERENCE
+        return path.run(self, net, X, labels, n if batch_size is None else batch_size, rng, order)
+
+    def _route(self, net, rows, batch_size):
+        """(the first of PATH_ORDER that takes this net, why the reference operations run or ""): the compiled
+        path that serves an epoch."""
+        batch = rows if batch_size is None else batch_size
+        for path in PATH_ORDER:
+            if path.refusal(net, rows, batch) is None:
+                return path, ""
+        return _REFERENCE, _SPARSE.refusal(net, rows, batch)
+
+    def _sparse_epoch(self, net, X, labels, batch_size, rng, order):
+        n = X.shape[0]
         compressed = self._inputs.get(X)
         blocks = self._inputs.blocks(X) if batch_size == n and order is None else None
         labels = np.asarray(labels)
@@ -377,18 +381,6 @@ class NumbaCpuBackend(ReferenceBackend):
             t, c = self._sparse_step(net, compressed, rows, labels[rows], rng, blocks)
             total, correct = total + t, correct + c
         return total, correct
-
-    def _route(self, net, rows, batch_size) -> tuple[str, str]:
-        """(one of PATHS' keys, why the reference operations run or ""): the compiled path that serves an epoch."""
-        batch = rows if batch_size is None else batch_size
-        if batch == 1 and self._batch1_epoch_fits(net):
-            return "batch1", ""
-        if net.repeat_update and batch > 1 and self._repeat_epoch_fits(net):
-            return "repeat", ""
-        if self._minibatch_fits(net, rows, batch):
-            return "minibatch", ""
-        why = self._sparse_step_refusal(net)
-        return ("reference", why) if why else ("sparse", "")
 
     # -- the batch-1 epoch --------------------------------------------------------------------------
     @staticmethod
@@ -565,3 +557,40 @@ def _flat_grad(g, shape, dtype):
     if g.shape != shape:
         raise ValueError(f"update: gradient of shape {g.shape} for a parameter of shape {shape}")
     return np.ascontiguousarray(g, dtype=dtype).reshape(-1)
+
+
+class _Path:
+    """One way numba-cpu trains an epoch: `refusal(net, rows, batch)` says why it cannot take a net (None when
+    it can) and `run(backend, net, X, labels, batch, rng, order)` trains one epoch; each owns the translation
+    of the Net into its kernels' arguments (in the backend's methods, or stack_path's for the general epoch)."""
+
+    def __init__(self, name, refusal, run):
+        self.name, self.refusal, self.run = name, refusal, run
+
+
+def _unless(fits, why):
+    return lambda net, rows, batch: None if fits(net, rows, batch) else why
+
+
+_BATCH1 = _Path("batch-1 epoch",
+                _unless(lambda net, rows, batch: batch == 1 and NumbaCpuBackend._batch1_epoch_fits(net), "not batch 1"),
+                lambda be, net, X, labels, batch, rng, order: be._batch1_epoch(net, X, labels, rng, order))
+_REPEAT = _Path("repeated-update minibatch epoch",
+                _unless(lambda net, rows, batch: (net.repeat_update and batch > 1
+                                                  and NumbaCpuBackend._repeat_epoch_fits(net)), "no repeated update"),
+                lambda be, net, X, labels, batch, rng, order: be._repeat_epoch(net, X, labels, batch, rng, order))
+_MINIBATCH = _Path("minibatch epoch", _unless(NumbaCpuBackend._minibatch_fits, "not one hidden layer"),
+                   lambda be, net, X, labels, batch, rng, order: be._minibatch_epoch(net, X, labels, batch, rng, order))
+_STACK = _Path(stack_path.NAME, stack_path.refusal,
+               lambda be, net, X, labels, batch, rng, order: stack_path.run(
+                   be, net, be._inputs.get(X), _labels(labels, X.shape[0], net.weights[-1].shape[1]), batch, rng,
+                   order))
+_SPARSE = _Path("sparse step", lambda net, rows, batch: NumbaCpuBackend._sparse_step_refusal(net),
+                lambda be, net, X, labels, batch, rng, order: be._sparse_epoch(net, X, labels, batch, rng, order))
+_REFERENCE = _Path("reference operations", lambda net, rows, batch: None,
+                   lambda be, net, X, labels, batch, rng, order: ReferenceBackend.train_epoch(be, net, X, labels, batch,
+                                                                                              rng, order))
+# The order _route tries them in: the special paths for the presets' shapes first (the `fast` epoch measured faster
+# on its network than the general minibatch epoch, bench/lab/README.md; the batch-1 epoch was not measured against
+# it; the general one does not repeat updates), then the general one, then the per-step one.
+PATH_ORDER = (_BATCH1, _REPEAT, _MINIBATCH, _STACK, _SPARSE)
