@@ -21,11 +21,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import run_main  # noqa: E402
+from harness import run_main
 
-import fastmnist  # noqa: E402,F401  (first: OpenBLAS's thread timeout)
-from numba import njit  # noqa: E402
-from fastmnist.kernels.cpu.simd import MAX_TILE, gather_planned, tile_plan, width  # noqa: E402
+import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
+from numba import njit
+from fastmnist.kernels.cpu.simd import MAX_TILE, gather_planned, tile_plan, width
 
 VB = width("head")      # v2 compiles for float32's width in both dtypes (the same, 64 bytes, with AVX-512)
 

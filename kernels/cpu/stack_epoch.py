@@ -31,11 +31,13 @@ import numpy as np
 from numba import njit
 
 from . import barrier
-from .activation import RELU, activate, code_runs, times_derivative_runs
+from ..codes import RELU
+from .activation import activate, code_runs, times_derivative_runs
 from .dense_rows import forward_rows, forward_rows_narrow, input_grad_rows, weight_grad_pair, weight_grad_pair_narrow
 from .loss import row_loss
 from .minibatch_epoch import MB_WIDTH, _gather_pair_add, _regroup_pairs, _unit_slices, _update_row
-from .simd import CACHE, MAX_TILE, aligned_empty, gather_planned, tile_plan
+from . import simd
+from .simd import CACHE, MAX_TILE, gather_planned, tile_plan
 from .threads import run_workers
 
 NONE, UNIT, ELEMENT = 0, 1, 2
@@ -316,12 +318,13 @@ def run(compressed, order, labels, batch, first, dense, opt, loss_kind, loss_eps
     acts = int(meta[-1, ACT_AT] + batch * meta[-1, N])
     widest = int(np.where(meta[:, NARROW] != 0, meta[:, K], meta[:, N]).max())
     units = dense[4].shape[0]
-    bufs = (aligned_empty((batch, k0), dtype), aligned_empty((batch, k0), dtype), aligned_empty((batch, k0), dtype),
-            aligned_empty(acts, dtype), aligned_empty(acts, dtype), aligned_empty(acts, dtype),      # Hf Af Df
-            aligned_empty((T, k0), dtype), aligned_empty((2 * T, k0), dtype),                       # g_rows g_pairs
-            np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),                # colptr pair_rows
-            aligned_empty((2, T, 2 * cap), dtype),                                                  # pair_values
-            aligned_empty((2 * T, widest), dtype), aligned_empty((T, max(units, 1)), dtype))       # g_dense g_bias
+    buf = simd.aligned_empty    # through the module, so that the tests' poisoned allocator reaches these too
+    bufs = (buf((batch, k0), dtype), buf((batch, k0), dtype), buf((batch, k0), dtype),
+            buf(acts, dtype), buf(acts, dtype), buf(acts, dtype),                              # Hf Af Df
+            buf((T, k0), dtype), buf((2 * T, k0), dtype),                                      # g_rows g_pairs
+            np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),            # colptr pair_rows
+            buf((2, T, 2 * cap), dtype),                                                       # pair_values
+            buf((2 * T, widest), dtype), buf((T, max(units, 1)), dtype))                       # g_dense g_bias
     runs0 = code_runs(codes0)
     relu0 = bool(np.all(codes0 == RELU))
     first_k = (W0, bias0, has_b0, codes0, runs0, relu0, kept0, drop0, fscale0, bscale0, l2_0, state0)

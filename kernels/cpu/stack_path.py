@@ -10,9 +10,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import loss, minibatch_epoch, stack_epoch, threads
+from . import minibatch_epoch, stack_epoch, threads
+from ..codes import LOSS_CODES, OPTIMIZER_CODES
 from .activation import code_runs, layer_codes
-from .simd import aligned_empty, width
+from . import simd
+from .simd import width
 
 NAME = "minibatch epoch"
 
@@ -25,7 +27,7 @@ def refusal(net, rows, batch) -> str | None:
         return "the general minibatch epoch does not repeat a batch's update"
     if not 1 <= batch < rows:
         return "the general minibatch epoch takes batches smaller than the data"
-    if net.loss not in loss.LOSS_CODES or net.optimizer not in minibatch_epoch.OPTIMIZER_CODES:
+    if net.loss not in LOSS_CODES or net.optimizer not in OPTIMIZER_CODES:
         return f"no compiled loss {net.loss!r} or optimiser {net.optimizer!r}"
     if net.keep and net.keep[-1] is not None:
         return "dropout on the output layer"
@@ -117,7 +119,7 @@ def _pack_dense(net, kept, batch, moments):
         k_at += kept[li].size
         r_at += r.shape[0]
         a_at += batch * n
-    flat = {name: aligned_empty(w_at, dtype) for name in ("W", "WT", "vW", "sW")}
+    flat = {name: simd.aligned_empty(w_at, dtype) for name in ("W", "WT", "vW", "sW")}
     per_unit = {name: np.zeros(u_at, dtype) for name in ("b", "vb", "sb", "l2")}
     fscale, bscale = np.ones(u_at, dtype), np.ones(u_at, dtype)
     keptf = np.zeros(max(k_at, 1), np.uint8)
@@ -180,12 +182,12 @@ def run(backend, net, compressed, labels, batch, rng, order):
     first = (W0, bias0, b0 is not None, layer_codes(net.segments[0], k0), kept[0], drop0, fscale0, bscale0,
              np.zeros(0, dtype) if l2_0 is None else np.asarray(l2_0, dtype), (vW0, sW0))
     dense, back = _pack_dense(net, kept, batch, moments)
-    kind = minibatch_epoch.OPTIMIZER_CODES[net.optimizer]
+    kind = OPTIMIZER_CODES[net.optimizer]
     opt = (kind, t(net.lr), t(net.beta1), t(1 - net.beta1), t(net.beta2), t(1 - net.beta2), t(net.eps),
            minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype))
     with threads.parallel_section():
         total, correct = stack_epoch.run((compressed.indptr, compressed.indices, compressed.values), rows, labels,
-                                         batch, first, dense, opt, loss.LOSS_CODES[net.loss], t(net.loss_eps),
+                                         batch, first, dense, opt, LOSS_CODES[net.loss], t(net.loss_eps),
                                          numba.get_num_threads())
     for flat, original in back:
         original[...] = flat
