@@ -28,6 +28,9 @@ from tolerances import TOL, rel_err
 ref = ReferenceBackend()
 DTYPES = (np.float64, np.float32)
 LAYOUTS = ("C", "F", "strided")
+# The default run checks each backend on all pairs of its parameters' values (the root conftest.py), the rest
+# of each product under the `exhaustive` marker.
+pairwise = pytest.mark.pairwise(per=("backend_name",))
 
 
 class ToyBackend(ReferenceBackend):
@@ -190,6 +193,7 @@ def test_moving_data_in_and_out(be, dtype):
     be.synchronize()
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
 @pytest.mark.parametrize("bias", [True, False])
@@ -207,6 +211,7 @@ def test_dense_forward(be, shape, dtype, mask_kind, bias):
     close(be, A, rA, dtype)
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
 @pytest.mark.parametrize("with_l2", [True, False])
@@ -292,6 +297,7 @@ def test_nan_propagates_through_layers_and_losses(be):
         assert np.isnan(float(total)) and np.isnan(host(be, grad)[1]).any()
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,eps", [("mse", 0.0), ("softmax_ce", 0.0), ("softmax_ce", 1e-7)])
 @pytest.mark.parametrize("rows,classes", [(1, 10), (17, 10), (300, 3)])
