@@ -14,6 +14,9 @@ from fastmnist.kernels.cpu import simd
 from tolerances import SIMD_TOL as TOL, rel_err
 
 VBYTES = [w for w in simd.WIDTHS if w <= simd.VECTOR_BYTES]
+# Each (tile size, dtype, width) compiles a loop of its own. The default run checks all pairs of each test's
+# parameters' values (every width with every dtype and every tile size, ...); the whole products are exhaustive.
+pytestmark = pytest.mark.pairwise
 by_width = pytest.mark.parametrize("vbytes", VBYTES)
 
 
