@@ -91,16 +91,21 @@ def _pairs(key, strength):
 
 def _cover(keys, strength) -> set:
     """Indices of `keys` (equal-length tuples of parameter values) that together hold every combination of
-    `strength` values that any key holds, chosen greedily in order (deterministic)."""
+    `strength` values that any key holds, chosen greedily (deterministic): the key that covers most of what is
+    still uncovered, among those the one whose values were kept least so far (spreading them), then the first."""
+    from collections import Counter
+
     strength = min(strength, len(keys[0]))
     if strength == 0:
         return {0}
     sets = [_pairs(k, strength) for k in keys]
     uncovered = set().union(*sets)
-    keep = set()
+    keep, used = set(), Counter()
     while uncovered:
-        best = max(range(len(keys)), key=lambda i: (len(sets[i] & uncovered), -i))
+        best = max(range(len(keys)), key=lambda i: (len(sets[i] & uncovered),
+                                                     -sum(used[v] for v in enumerate(keys[i])), -i))
         keep.add(best)
+        used.update(enumerate(keys[best]))
         uncovered -= sets[best]
     return keep
 

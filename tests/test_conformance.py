@@ -427,6 +427,7 @@ ROWS = {"cpu": {"grokking-3layer": 40, "grokking-dropout": 40, "grokking-batch":
 ROWS["gpu"] = ROWS["cpu"]
 
 
+@pytest.mark.pairwise(per=("backend_name",), strength=1)     # each preset and each dtype on every backend
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_short_training_run_of_every_preset(be, preset, dtype):

@@ -9,8 +9,11 @@ through the tests named for it in FOCUS, in one process per width. The exhaustiv
 every kernel test file whole at each forced width."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +39,8 @@ FOCUS = {
 FORCED = [w for w in (32, 64) if w <= simd.HOST_VECTOR_BYTES]
 
 
-def run_at_width(vbytes, *pytest_args):
-    env = dict(os.environ, FASTMNIST_VECTOR_BYTES=str(vbytes))
+def run_at_width(vbytes, *pytest_args, env=None):
+    env = dict(env or os.environ, FASTMNIST_VECTOR_BYTES=str(vbytes))
     probe = subprocess.run([sys.executable, "-c", "from fastmnist.kernels.cpu import simd; "
                             "print(simd.VECTOR_BYTES, simd.CACHE, sorted({simd.width(k) for k in simd.PREFERRED}))"],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -68,12 +71,55 @@ def test_every_width_dependent_kernel_has_its_tests_named():
             assert path in KERNEL_TESTS and f"def {name}(" in (ROOT / path).read_text(), test_id
 
 
+class Background:
+    """The focused runs, started one after the other in a thread as soon as the session has collected its tests
+    (tests/conftest.py), so that they compile on a second core while this process tests the rest. Each uses a
+    Numba cache directory of its own: Numba's on-disk cache index has no lock across processes. Work buffers
+    are poisoned there as in every test (tests/conftest.py sets the variable only while a test runs)."""
+
+    def __init__(self, widths):
+        self.outcome, self.done = {}, {w: threading.Event() for w in widths}
+        threading.Thread(target=self._run_all, args=(list(widths),), daemon=True).start()
+
+    def _run_all(self, widths):
+        for vbytes in widths:
+            cache = tempfile.mkdtemp(prefix=f"fastmnist-width{vbytes}-")
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, FASTMNIST_POISON_SCRATCH="1")
+            try:
+                tests, expression = focus_at(vbytes)
+                if tests:      # pytest exits 5 when -k selects nothing: that fails too
+                    run_at_width(vbytes, *tests, "-k", expression, env=env)
+                self.outcome[vbytes] = bool(tests)
+            except BaseException as error:     # handed to the test, which raises it
+                self.outcome[vbytes] = error
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+                self.done[vbytes].set()
+
+    def result(self, vbytes, timeout=3000):
+        assert self.done[vbytes].wait(timeout), f"the run at {vbytes} bytes did not finish in {timeout} s"
+        outcome = self.outcome[vbytes]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+RUNS = {}      # width -> the Background running it
+
+
+def start_in_background(widths) -> dict:
+    widths = [w for w in widths if w not in RUNS]
+    if widths:
+        runs = Background(widths)
+        RUNS.update((w, runs) for w in widths)
+    return RUNS
+
+
 @pytest.mark.parametrize("vbytes", FORCED)
 def test_each_kernel_passes_its_tests_at_a_forced_width(vbytes):
-    tests, expression = focus_at(vbytes)
-    if not tests:
+    # started when the session finished collecting (tests/conftest.py), else now
+    if not start_in_background([vbytes])[vbytes].result(vbytes):
         pytest.skip(f"every width-dependent kernel already ran at {vbytes} bytes in both dtypes")
-    run_at_width(vbytes, *tests, "-k", expression)     # pytest exits 5 when -k selects nothing: fails too
 
 
 @pytest.mark.exhaustive
