@@ -80,12 +80,17 @@ SHAPES = {"cpu": [(1, 1, 1), (1, 784, 40), (7, 13, 5), (33, 17, 19), (130, 61, 3
           "gpu": [(1, 784, 192), (1000, 784, 192), (50000, 784, 192), (50000, 192, 48), (4099, 37, 10)]}
 
 
+REFERENCE_CODE = ("numpy", "toy-einsum")
+
+
 def pytest_generate_tests(metafunc):
     """`backend_name` over every buildable backend; with `shape`, each backend's own list of shapes;
     `host_backend` over those that draw the reference's masks and run real sizes (real-data runs)."""
     if "host_backend" in metafunc.fixturenames:
-        metafunc.parametrize("host_backend", [n for n, be in BACKENDS.items()
-                                              if be.host_masks and size_class(be) != "sim"])
+        # numpy against itself and the toy (numpy's code with an einsum) run in the exhaustive part only
+        hosts = [n for n, be in BACKENDS.items() if be.host_masks and size_class(be) != "sim"]
+        metafunc.parametrize("host_backend", [pytest.param(n, marks=[pytest.mark.exhaustive] * (n in REFERENCE_CODE))
+                                              for n in hosts])
     if "backend_name" not in metafunc.fixturenames:
         return
     if "shape" in metafunc.fixturenames:
