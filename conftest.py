@@ -60,3 +60,83 @@ def pytest_collection_finish(session):
     # conftest imports fastmnist (which sets OpenBLAS's thread timeout)
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         _lock_simulated_shared_array_allocation()
+
+
+# -- the default run and the exhaustive one ------------------------------------------------------------------
+# The test command checks every code path once; the full matrices are marked `exhaustive` and run only when
+# asked for (`--exhaustive`, or a -m expression that names the marker: `pytest -m exhaustive` runs just them).
+# A test marked `pairwise` keeps, in the default run, only parametrisations in which every value of each of its
+# parameters meets every value of each other parameter at least once (all pairs; `pairwise(strength=1)`: each
+# value once), separately for each value of the parameters named in `per` (e.g. each backend); the rest of its
+# product is marked exhaustive.
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--exhaustive", action="store_true",
+                     help="fastmnist: run the exhaustive matrices too (every parametrisation, every forced "
+                          "vector width x kernel test file, every lab version), not only the default run's cover")
+
+
+def _exhaustive_selected(config) -> bool:
+    return config.getoption("exhaustive") or "exhaustive" in (config.option.markexpr or "")
+
+
+def _pairs(key, strength):
+    from itertools import combinations
+
+    return {tuple((i, key[i]) for i in chosen) for chosen in combinations(range(len(key)), strength)}
+
+
+def _cover(keys, strength) -> set:
+    """Indices of `keys` (equal-length tuples of parameter values) that together hold every combination of
+    `strength` values that any key holds, chosen greedily (deterministic): the key that covers most of what is
+    still uncovered, among those the one whose values were kept least so far (spreading them), then the first."""
+    from collections import Counter
+
+    strength = min(strength, len(keys[0]))
+    if strength == 0:
+        return {0}
+    sets = [_pairs(k, strength) for k in keys]
+    uncovered = set().union(*sets)
+    keep, used = set(), Counter()
+    while uncovered:
+        best = max(range(len(keys)), key=lambda i: (len(sets[i] & uncovered),
+                                                     -sum(used[v] for v in enumerate(keys[i])), -i))
+        keep.add(best)
+        used.update(enumerate(keys[best]))
+        uncovered -= sets[best]
+    return keep
+
+
+def _mark_beyond_the_cover(items):
+    groups = {}
+    for item in items:
+        marker = item.get_closest_marker("pairwise")
+        if marker is None or not hasattr(item, "callspec"):
+            continue
+        per = marker.kwargs.get("per", ())
+        params = item.callspec.params
+        names = sorted(n for n in params if n not in per)
+        group = (item.nodeid.split("[")[0], tuple(repr(params[n]) for n in per if n in params))
+        groups.setdefault(group, []).append((item, tuple(repr(params[n]) for n in names),
+                                             marker.kwargs.get("strength", 2)))
+    for members in groups.values():
+        keep = _cover([key for _, key, _ in members], members[0][2])
+        for i, (item, _, _) in enumerate(members):
+            if i not in keep:
+                item.add_marker(pytest.mark.exhaustive)
+
+
+@pytest.hookimpl(tryfirst=True)      # before -m deselects: the marks made here count for it
+def pytest_collection_modifyitems(config, items):
+    _mark_beyond_the_cover(items)
+    if _exhaustive_selected(config):
+        return
+    keep, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("exhaustive") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

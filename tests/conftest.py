@@ -12,3 +12,14 @@ def poisoned_scratch(monkeypatch):
 
     simd.poison_work_buffers(monkeypatch.setattr)
     monkeypatch.setenv("FASTMNIST_POISON_SCRATCH", "1")
+
+
+FORCED_WIDTH_TEST = "test_each_kernel_passes_its_tests_at_a_forced_width"
+
+
+def pytest_collection_finish(session):
+    """Starts the forced vector-width runs the session will check (tests/test_vector_widths.py) at once, in other
+    processes, so that they compile while this one runs the other tests."""
+    items = [item for item in session.items if getattr(item, "originalname", "") == FORCED_WIDTH_TEST]
+    if items:
+        items[0].module.start_in_background([item.callspec.params["vbytes"] for item in items])

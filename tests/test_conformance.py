@@ -23,11 +23,14 @@ from fastmnist.kernels.interface import CONTRACT, Backend
 from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.recipes import PRESETS, get_preset
 from fastmnist.training import build_net, init_params, planned_path
+from tolerances import TOL, rel_err
 
 ref = ReferenceBackend()
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
 DTYPES = (np.float64, np.float32)
 LAYOUTS = ("C", "F", "strided")
+# The default run checks each backend on all pairs of its parameters' values (the root conftest.py), the rest
+# of each product under the `exhaustive` marker.
+pairwise = pytest.mark.pairwise(per=("backend_name",))
 
 
 class ToyBackend(ReferenceBackend):
@@ -77,12 +80,17 @@ SHAPES = {"cpu": [(1, 1, 1), (1, 784, 40), (7, 13, 5), (33, 17, 19), (130, 61, 3
           "gpu": [(1, 784, 192), (1000, 784, 192), (50000, 784, 192), (50000, 192, 48), (4099, 37, 10)]}
 
 
+REFERENCE_CODE = ("numpy", "toy-einsum")
+
+
 def pytest_generate_tests(metafunc):
     """`backend_name` over every buildable backend; with `shape`, each backend's own list of shapes;
     `host_backend` over those that draw the reference's masks and run real sizes (real-data runs)."""
     if "host_backend" in metafunc.fixturenames:
-        metafunc.parametrize("host_backend", [n for n, be in BACKENDS.items()
-                                              if be.host_masks and size_class(be) != "sim"])
+        # numpy against itself and the toy (numpy's code with an einsum) run in the exhaustive part only
+        hosts = [n for n, be in BACKENDS.items() if be.host_masks and size_class(be) != "sim"]
+        metafunc.parametrize("host_backend", [pytest.param(n, marks=[pytest.mark.exhaustive] * (n in REFERENCE_CODE))
+                                              for n in hosts])
     if "backend_name" not in metafunc.fixturenames:
         return
     if "shape" in metafunc.fixturenames:
@@ -115,10 +123,9 @@ def host(be, a):
 
 def close(be, got, want, dtype, tol=None):
     """Relative error (Frobenius norm) within the dtype's bound; NaN anywhere fails."""
-    got = host(be, got).astype(np.float64)
-    want = np.asarray(want, np.float64)
+    got, want = host(be, got), np.asarray(want)
     assert got.shape == want.shape, (got.shape, want.shape)
-    err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
+    err = rel_err(got, want)
     assert err <= (tol or TOL[dtype]), f"relative error {err:.3g}"      # NaN compares False: fails
 
 
@@ -191,6 +198,7 @@ def test_moving_data_in_and_out(be, dtype):
     be.synchronize()
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
 @pytest.mark.parametrize("bias", [True, False])
@@ -208,6 +216,7 @@ def test_dense_forward(be, shape, dtype, mask_kind, bias):
     close(be, A, rA, dtype)
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mask_kind", [None, "unit", "element"])
 @pytest.mark.parametrize("with_l2", [True, False])
@@ -293,6 +302,7 @@ def test_nan_propagates_through_layers_and_losses(be):
         assert np.isnan(float(total)) and np.isnan(host(be, grad)[1]).any()
 
 
+@pairwise
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind,eps", [("mse", 0.0), ("softmax_ce", 0.0), ("softmax_ce", 1e-7)])
 @pytest.mark.parametrize("rows,classes", [(1, 10), (17, 10), (300, 3)])
@@ -423,6 +433,7 @@ ROWS = {"cpu": {"grokking-3layer": 40, "grokking-dropout": 40, "grokking-batch":
 ROWS["gpu"] = ROWS["cpu"]
 
 
+@pytest.mark.pairwise(per=("backend_name",), strength=1)     # each preset and each dtype on every backend
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_short_training_run_of_every_preset(be, preset, dtype):
@@ -488,11 +499,23 @@ REAL_RUNS = [("grokking-3layer", "float64", dict(iterations=3, eval_every=1)),
              ("fast", "float64", dict(iterations=1, target_accuracy=None))]
 
 
+_NUMPY_RUNS = {}
+
+
+def numpy_run(preset, dtype, settings):
+    """The numpy backend's run of a REAL_RUNS entry, made once and shared by every backend compared with it."""
+    key = (preset, dtype, repr(sorted(settings.items())))
+    if key not in _NUMPY_RUNS:
+        _NUMPY_RUNS[key] = fastmnist.train(preset, backend="numpy", dtype=dtype, progress=False, **settings)
+    return _NUMPY_RUNS[key]
+
+
 @pytest.mark.parametrize("preset,dtype,settings", REAL_RUNS, ids=[f"{p}-{d}" for p, d, _ in REAL_RUNS])
 def test_train_on_real_data_matches_numpy(host_backend, preset, dtype, settings):
-    """fastmnist.train end to end (data, initialisation, masks, evaluation) against the numpy backend."""
-    runs = [fastmnist.train(preset, backend=name, dtype=dtype, progress=False, **settings)
-            for name in ("numpy", host_backend)]
+    """fastmnist.train end to end (data, initialisation, masks, evaluation) against the numpy backend (whose
+    own run is compared with a second, fresh one)."""
+    runs = [numpy_run(preset, dtype, settings),
+            fastmnist.train(preset, backend=host_backend, dtype=dtype, progress=False, **settings)]
     rel = 1e-10 if dtype == "float64" else 1e-4
     assert len(runs[0].history) == len(runs[1].history)
     for a, b in zip(runs[0].history, runs[1].history):
@@ -502,5 +525,5 @@ def test_train_on_real_data_matches_numpy(host_backend, preset, dtype, settings)
             elif key.endswith(("_err", "loss")):
                 assert b[key] == pytest.approx(value, rel=rel), key
     for w, v in zip(runs[1].model.weights, runs[0].model.weights):
-        assert np.linalg.norm(w - v) / np.linalg.norm(v) < rel
+        assert rel_err(w, v) < rel
     assert runs[1].path == planned_path(fastmnist.get_backend(host_backend), runs[1].recipe, dtype)

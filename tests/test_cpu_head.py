@@ -7,17 +7,10 @@ from fastmnist.kernels import codes
 from fastmnist.kernels.cpu import head
 from fastmnist.kernels.cpu.activation import layer_codes
 from fastmnist.kernels.reference import ReferenceBackend
+from tolerances import TOL, rel_err
 
 ref = ReferenceBackend()
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
 HIDDEN = ((0, 7, "relu"), (7, 12, "tanh"), (12, 13, "identity"))
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape
-    assert np.all(np.isfinite(a)), "NaN or infinity in the result"
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 def composed(A1, W2, b2, scale2, W3, b3, labels, loss):

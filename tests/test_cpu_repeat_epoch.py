@@ -10,8 +10,7 @@ import pytest
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.interface import Net
 from fastmnist.kernels.reference import ReferenceBackend
-
-TOL = {np.float64: 1e-11, np.float32: 5e-5}
+from tolerances import REPEAT_TOL as TOL, rel_err
 
 
 def make_net(be, dtype, segments, keep, dropout, loss, sizes=(30, 17, 5), lr=0.01):
@@ -51,7 +50,7 @@ def test_repeated_update_epoch_matches_the_reference_loop(dtype, case, batch):
     assert net.step == net0.step
     for p, p0 in zip(net.params(), net0.params()):
         assert np.all(np.isfinite(p))
-        err = np.linalg.norm(p.astype(np.float64) - p0) / np.linalg.norm(p0)
+        err = rel_err(p, p0)
         assert err <= TOL[dtype], err
 
 

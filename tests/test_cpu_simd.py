@@ -11,9 +11,12 @@ import pytest
 from numba import njit
 
 from fastmnist.kernels.cpu import simd
+from tolerances import SIMD_TOL as TOL, rel_err
 
-TOL = {np.float64: 1e-13, np.float32: 1e-5}
 VBYTES = [w for w in simd.WIDTHS if w <= simd.VECTOR_BYTES]
+# Each (tile size, dtype, width) compiles a loop of its own. The default run checks all pairs of each test's
+# parameters' values (every width with every dtype and every tile size, ...); the whole products are exhaustive.
+pytestmark = pytest.mark.pairwise
 by_width = pytest.mark.parametrize("vbytes", VBYTES)
 
 
@@ -48,11 +51,6 @@ def test_width_for_gives_compiled_code_the_kernels_width_for_each_dtype(kernel):
 
     assert both(np.zeros(1, np.float32), np.zeros((2, 2))) == (simd.width(kernel, np.float32),
                                                                 simd.width(kernel, np.float64))
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 def widths(dtype, vbytes):

@@ -10,18 +10,10 @@ from fastmnist.kernels.cpu.activation import layer_codes
 from fastmnist.kernels.interface import Net
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.reference import ReferenceBackend
+from tolerances import TOL, rel_err
 
 ref = ReferenceBackend()
 be = NumbaCpuBackend()
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
-
-
 def sparse_images(rng, rows, cols, dtype=np.float64, density=0.2):
     X = rng.random((rows, cols)).astype(dtype)
     X[rng.random((rows, cols)) > density] = 0

@@ -25,9 +25,9 @@ from fastmnist.kernels.cuda.hybrid import CudaHybridBackend
 from fastmnist.kernels.interface import Net
 from fastmnist.kernels.cuda.backend import NumbaCudaBackend, simulator_enabled
 from fastmnist.kernels.reference import ReferenceBackend
+from tolerances import TOL, rel_err
 
 SIMULATED = simulator_enabled()
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
 DTYPES = [np.float64, np.float32]
 # (rows, inputs, units): batch 1, partial tiles in every dimension, more than one tile.
 SHAPES = ([(1, 5, 3), (7, 10, 8), (10, 15, 13)] if SIMULATED
@@ -70,18 +70,13 @@ def segments_for(units):
     return tuple((a, b, SEGMENT_KINDS[i % 3]) for i, (a, b) in enumerate(zip(cuts, cuts[1:])))
 
 
-def rel_err(be, got, want):
-    got = be.to_numpy(got).astype(np.float64)
-    want = np.asarray(be.to_numpy(want), dtype=np.float64)
-    assert got.shape == want.shape
-    assert np.all(np.isfinite(got)), "non-finite values"
-    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300)
-
-
 def close(be, got, want, dtype):
-    err = rel_err(be, got, want)
-    if err > TOL[dtype]:     # say where the difference lies: a tile, a row, a column, or everywhere
-        diff = np.abs(be.to_numpy(got).astype(np.float64) - np.asarray(be.to_numpy(want), np.float64))
+    got, want = np.asarray(be.to_numpy(got)), np.asarray(be.to_numpy(want))
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.all(np.isfinite(got)), "non-finite values"
+    err = rel_err(got, want)
+    if not err <= TOL[dtype]:     # say where the difference lies: a tile, a row, a column, or everywhere
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         far = np.argwhere(diff > 1e-3 * diff.max()).reshape(-1, diff.ndim)
         spans = "; ".join(f"axis {a}: {sorted(set(far[:, a].tolist()))[:24]}" for a in range(diff.ndim))
         pytest.fail(f"relative error {err:.3g} on shape {diff.shape}: largest difference {diff.max():.3g}, "

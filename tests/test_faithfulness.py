@@ -33,6 +33,7 @@ def test_grokking_batch_corrected_update_differs():
     assert row["test_acc"] != 0.3752 and 0 < row["test_acc"] < 1
 
 
+@pytest.mark.exhaustive      # 51 full-batch iterations on 50,000 images: CI runs it after the test command
 def test_branchnet_after_51_iterations_matches_the_notebook_log():
     result = fastmnist.train("branchnet", backend="numpy", dtype="float64", iterations=51, progress=False)
     rows = {r["iteration"]: r for r in result.history}

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from fastmnist.kernels.cpu.backend import NumbaCpuBackend
 from fastmnist.kernels.reference import ReferenceBackend
 from fastmnist.model import as_inputs
+from tolerances import rel_err
 
 ref, be = ReferenceBackend(), NumbaCpuBackend()
 ACTIVATIONS = ("relu", "tanh", "identity")
@@ -28,10 +29,6 @@ def arrange(a, order):
     if order == "strided":
         return np.repeat(a, 2, axis=1)[:, ::2]
     return a
-
-
-def rel_err(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

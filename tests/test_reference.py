@@ -4,13 +4,10 @@ import numpy as np
 import pytest
 
 from fastmnist.kernels.reference import ReferenceBackend
+from tolerances import rel_err
 
 be = ReferenceBackend()
 SEGMENTS = ((0, 3, "relu"), (3, 5, "tanh"), (5, 7, "identity"))
-
-
-def rel_err(a, b):
-    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-300)
 
 
 def numeric_grad(f, x, h=1e-6):

@@ -30,16 +30,9 @@ import time
 
 import numpy as np
 
-TOL = {np.float64: 1e-11, np.float32: 2e-5}
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return float("inf")
-    if not np.all(np.isfinite(got)):
-        return float("nan")
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+# The error measure and bounds the tests use (tests/tolerances.py): a wrong shape is infinitely far, NaN fails.
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tests"))
+from tolerances import LAB_TOL as TOL, rel_err
 
 
 def kernels_at(vector_bytes: int):
