@@ -15,6 +15,11 @@ import signal
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+# Likewise the other termination signals fastmnist handles: `nohup` starts the tests with SIGHUP ignored, and
+# fastmnist rightly leaves an ignored signal ignored, so the tests of SIGHUP would test nothing and fail.
+for _name in ("SIGHUP", "SIGTERM", "SIGXCPU"):
+    if signal.getsignal(getattr(signal, _name)) is signal.SIG_IGN:
+        signal.signal(getattr(signal, _name), signal.SIG_DFL)
 
 # numba-cuda kernels run in numba-cuda's CPU simulator unless a real GPU is asked for (FASTMNIST_REAL_GPU=1).
 # numba.cuda reads the variable when it is first imported, so it is set here, before anything imports it.
