@@ -23,7 +23,7 @@ from fastmnist.kernels.cpu import simd
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_TESTS = ["tests/test_cpu_sparse.py", "tests/test_cpu_head.py", "tests/test_cpu_minibatch.py",
-                "tests/test_cpu_repeat_epoch.py", "tests/test_cpu_backend.py"]
+                "tests/test_cpu_repeat_epoch.py", "tests/test_cpu_backend.py", "tests/test_cpu_general_epoch.py"]
 # The tests that check each width-dependent kernel (each key of simd.PREFERRED) against the reference.
 FOCUS = {
     "sparse_forward": ["tests/test_cpu_sparse.py::test_sparse_forward_and_weight_gradient_match_the_dense_layer"],
