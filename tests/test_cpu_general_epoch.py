@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fastmnist.kernels.cpu import backend as cpu
@@ -144,6 +144,12 @@ def test_generated_networks_match_reference(spec, dtype, batch, shuffled, seed):
 @given(spec=_specs, dtype=st.sampled_from([np.float64, np.float32]), batch=st.sampled_from([1, 2, 7, 16, 44]),
        shuffled=st.booleans(), seed=st.integers(0, 1000))
 def test_generated_networks_match_reference_exhaustive(spec, dtype, batch, shuffled, seed):
+    # float32, batches of 1 or 2, Adam or Adam-like: a step of about lr from a gradient that rounding leaves near
+    # zero in one run and exactly zero in the other makes any two float32 runs, the reference's among them, part
+    # by a random amount (seen: 4-8x the reference's own drift from float64, on layers of width 1); float64
+    # checks these at every batch size, float32 at the larger ones (and the default run's generated networks at
+    # batch 2 with the direct bound)
+    assume(not (dtype == np.float32 and batch <= 2 and spec["optimizer"] != "sgd"))
     truth = None
     if dtype == np.float32:
         def truth():
