@@ -1,6 +1,11 @@
 """Settings for the unit tests only (the benchmarks in bench/ run without them)."""
 
+import signal
+
 import pytest
+
+from fastmnist import dispatch
+from fastmnist.kernels.reference import ReferenceBackend
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +28,34 @@ def pytest_collection_finish(session):
     items = [item for item in session.items if getattr(item, "originalname", "") == FORCED_WIDTH_TEST]
     if items:
         items[0].module.start_in_background([item.callspec.params["vbytes"] for item in items])
+
+
+class SignalBackend(ReferenceBackend):
+    """The reference backend, which sends this process the given signals in the middle of given epochs."""
+
+    def __init__(self, name, sends):
+        super().__init__(name=name)
+        self.sends, self.epochs = sends, 0       # {epoch: [signal, ...]}
+
+    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
+        epoch, self.epochs = self.epochs, self.epochs + 1
+        half = X.shape[0] // 2
+        first = super().train_epoch(net, X[:half], labels[:half], batch_size, rng)
+        for signum in self.sends.get(epoch, []):
+            signal.raise_signal(signum)
+        second = super().train_epoch(net, X[half:], labels[half:], batch_size, rng)
+        return first[0] + second[0], first[1] + second[1]
+
+
+@pytest.fixture
+def signal_backend():
+    made = []
+
+    def use(sends):
+        name = f"signal-test-{len(made)}"
+        dispatch.register(name, lambda: SignalBackend(name, sends), "test")
+        made.append(name)
+        return name
+    yield use
+    for name in made:
+        dispatch.unregister(name)

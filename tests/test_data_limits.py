@@ -6,26 +6,14 @@ import struct
 import time
 import tracemalloc
 
-import numpy as np
 import pytest
 
 from fastmnist import data
 from fastmnist.errors import DataError
 from fastmnist.reading import NotARegularFile, open_regular
+from test_data import write_dataset
 
 LABELS = "train-labels-idx1-ubyte"
-
-
-def write_dataset(directory, n_train=12, n_test=5):
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        for name, array, magic in ((f"{prefix}-images-idx3-ubyte", images, 2051),
-                                   (f"{prefix}-labels-idx1-ubyte", labels, 2049)):
-            content = struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.tobytes()
-            (directory / f"{name}.gz").write_bytes(gzip.compress(content))
 
 
 def gzip_bomb(path, head: bytes, mib: int):

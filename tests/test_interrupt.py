@@ -11,41 +11,15 @@ import numpy as np
 import pytest
 
 import fastmnist
-from fastmnist import dispatch
 from fastmnist.errors import TrainingInterrupted
-from fastmnist.kernels.reference import ReferenceBackend
-
-
-class CtrlCBackend(ReferenceBackend):
-    """The reference backend, which presses Ctrl-C (SIGINT to this process) inside some of its epochs."""
-
-    def __init__(self, name, press_in_epochs):
-        super().__init__(name=name)
-        self.press_in_epochs, self.epochs = press_in_epochs, 0
-
-    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
-        pressed = self.press_in_epochs.count(self.epochs)
-        self.epochs += 1
-        half = X.shape[0] // 2
-        first = super().train_epoch(net, X[:half], labels[:half], batch_size, rng)
-        for _ in range(pressed):
-            signal.raise_signal(signal.SIGINT)     # handled here, in the middle of the epoch
-        second = super().train_epoch(net, X[half:], labels[half:], batch_size, rng)
-        return first[0] + second[0], first[1] + second[1]
 
 
 @pytest.fixture
-def ctrl_c_backend():
-    made = []
-
-    def use(press_in_epochs):
-        name = f"ctrl-c-test-{len(made)}"
-        dispatch.register(name, lambda: CtrlCBackend(name, press_in_epochs), "test")
-        made.append(name)
-        return name
-    yield use
-    for name in made:
-        dispatch.unregister(name)
+def ctrl_c_backend(signal_backend):
+    """A backend that presses Ctrl-C (SIGINT to this process) in the middle of each epoch listed, once per
+    listing."""
+    return lambda press_in_epochs: signal_backend({e: [signal.SIGINT] * press_in_epochs.count(e)
+                                                   for e in set(press_in_epochs)})
 
 
 RUN = dict(preset="grokking-3layer", iterations=30, eval_every=10, hidden=8, progress=False)

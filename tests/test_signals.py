@@ -12,10 +12,9 @@ import time
 import pytest
 
 import fastmnist
-from fastmnist import cli, dispatch, interrupts
+from fastmnist import cli, interrupts
 from fastmnist.errors import TrainingInterrupted
 from fastmnist.interrupts import Terminated
-from fastmnist.kernels.reference import ReferenceBackend
 
 CWD = os.path.dirname(os.path.abspath(__file__))
 TRAIN = ["train", "--preset", "grokking-3layer", "--backend", "numpy"]
@@ -30,37 +29,6 @@ def environment(**changes):
     """The tests' environment without PYTHONUNBUFFERED: the command must not rely on it to write each line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return {**env, **changes}
-
-
-class SignalBackend(ReferenceBackend):
-    """The reference backend, which sends this process the given signals in the middle of given epochs."""
-
-    def __init__(self, name, sends):
-        super().__init__(name=name)
-        self.sends, self.epochs = sends, 0       # {epoch: [signal, ...]}
-
-    def train_epoch(self, net, X, labels, batch_size, rng, order=None):
-        epoch, self.epochs = self.epochs, self.epochs + 1
-        half = X.shape[0] // 2
-        first = super().train_epoch(net, X[:half], labels[:half], batch_size, rng)
-        for signum in self.sends.get(epoch, []):
-            signal.raise_signal(signum)
-        second = super().train_epoch(net, X[half:], labels[half:], batch_size, rng)
-        return first[0] + second[0], first[1] + second[1]
-
-
-@pytest.fixture
-def signal_backend():
-    made = []
-
-    def use(sends):
-        name = f"signal-test-{len(made)}"
-        dispatch.register(name, lambda: SignalBackend(name, sends), "test")
-        made.append(name)
-        return name
-    yield use
-    for name in made:
-        dispatch.unregister(name)
 
 
 # -- in this process ----------------------------------------------------------------------------------
