@@ -21,6 +21,10 @@ for _name in ("SIGHUP", "SIGTERM", "SIGXCPU"):
     if signal.getsignal(getattr(signal, _name)) is signal.SIG_IGN:
         signal.signal(getattr(signal, _name), signal.SIG_DFL)
 
+# Under pytest-xdist (the test command's `-n auto`) the workers compile into one Numba cache at once, which
+# fastmnist.kernels.cache_lock makes safe (Numba alone could hand one worker another's machine code); so a kernel
+# that one worker compiled, the other loads.
+
 # numba-cuda kernels run in numba-cuda's CPU simulator unless a real GPU is asked for (FASTMNIST_REAL_GPU=1).
 # numba.cuda reads the variable when it is first imported, so it is set here, before anything imports it.
 if os.environ.get("FASTMNIST_REAL_GPU") != "1":
@@ -134,9 +138,45 @@ def _mark_beyond_the_cover(items):
                 item.add_marker(pytest.mark.exhaustive)
 
 
-@pytest.hookimpl(tryfirst=True)      # before -m deselects: the marks made here count for it
+# -- sharing the tests between pytest-xdist workers ------------------------------------------------------------
+# Most of the run is Numba compiling, and each worker compiles into a cache of its own (above), so tests that
+# compile the same kernels go to one worker: `--dist loadgroup` keeps each group on one worker, a group being a
+# test file, or one backend's tests in the conformance suite (which spans every backend). The long tests that run
+# in a subprocess of their own (the forced vector widths) form no group and come first, one per worker.
+
+def pytest_configure(config):
+    """`-n N` without `--dist`: pytest-xdist's `load` becomes `loadgroup`, in collection order (the lone tests
+    first) rather than the biggest group first."""
+    option, args = config.option, config.invocation_params.args
+    if getattr(option, "dist", "no") == "load" and not any(a == "-d" or a.startswith("--dist") for a in args):
+        option.dist, option.loadscopereorder = "loadgroup", False
+
+
+LONE_FIRST = ("test_each_kernel_passes_its_tests_at_a_forced_width",)
+
+
+def _xdist_group(item) -> str | None:
+    if getattr(item, "originalname", item.name) in LONE_FIRST:
+        return None
+    path = item.nodeid.split("::")[0]
+    params = getattr(item, "callspec", None) and item.callspec.params or {}
+    backend = params.get("backend_name", params.get("host_backend"))
+    return f"{path}:{backend}" if path.endswith("test_conformance.py") and backend else path
+
+
+def _share_between_workers(items):
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: _xdist_group(item) is not None)     # stable: the lone tests first, in order
+
+
+@pytest.hookimpl(tryfirst=True)      # before -m deselects, and before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     _mark_beyond_the_cover(items)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _share_between_workers(items)
     if _exhaustive_selected(config):
         return
     keep, dropped = [], []

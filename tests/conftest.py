@@ -1,5 +1,6 @@
 """Settings for the unit tests only (the benchmarks in bench/ run without them)."""
 
+import os
 import signal
 
 import pytest
@@ -19,12 +20,24 @@ def poisoned_scratch(monkeypatch):
     monkeypatch.setenv("FASTMNIST_POISON_SCRATCH", "1")
 
 
+@pytest.fixture(autouse=True)
+def subprocesses_are_not_xdist_workers(monkeypatch):
+    """A pytest that a test starts (the benchmarks' sizing, the forced widths) is a session of its own, not a
+    pytest-xdist worker: pytest-benchmark would take it for one and refuse to time."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 FORCED_WIDTH_TEST = "test_each_kernel_passes_its_tests_at_a_forced_width"
 
 
 def pytest_collection_finish(session):
     """Starts the forced vector-width runs the session will check (tests/test_vector_widths.py) at once, in other
-    processes, so that they compile while this one runs the other tests."""
+    processes, so that they compile while this one runs the other tests. Under pytest-xdist every worker collects
+    every test, so none starts them early: each run is a test like the others there, which the root conftest puts
+    first so that the workers take one each at the start."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     items = [item for item in session.items if getattr(item, "originalname", "") == FORCED_WIDTH_TEST]
     if items:
         items[0].module.start_in_background([item.callspec.params["vbytes"] for item in items])

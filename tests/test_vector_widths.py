@@ -3,8 +3,8 @@ FASTMNIST_VECTOR_BYTES forcing 32- and then 64-byte vectors on every kernel (by 
 own width, kernels/cpu/simd.py's PREFERRED). test_cpu_simd.py covers the SIMD loops at every width in-process;
 these runs cover the kernels built on them. A forced width compiles in memory, never into Numba's cache.
 
-The default run checks each width-dependent kernel at each forced width in the dtypes where that width is not
-already the one the rest of the tests ran it at (so every kernel meets the reference once per dtype and width),
+The default run checks each width-dependent kernel at each forced width that the rest of the tests run it at in
+neither dtype, in one dtype (so every kernel meets the reference at every width, and in both dtypes at its own),
 through the tests named for it in FOCUS, in one process per width. The exhaustive run (`--exhaustive`) runs
 every kernel test file whole at each forced width."""
 
@@ -52,14 +52,16 @@ def run_at_width(vbytes, *pytest_args, env=None):
 
 
 def focus_at(vbytes) -> tuple[list[str], str]:
-    """(test ids, -k expression): FOCUS's tests in the dtypes where `vbytes` is not the kernel's default width."""
+    """(test ids, -k expression): FOCUS's tests for each kernel that runs at `vbytes` in neither dtype by default,
+    in one dtype, float64 and float32 in turn over such kernels: every kernel then meets the reference at every
+    width once, and in both dtypes at its own widths (the exhaustive run adds every other dtype x width)."""
     tests, terms = [], []
-    for kernel, ids in FOCUS.items():
-        dtypes = [d for d in ("float32", "float64") if simd.width(kernel, np.dtype(d)) != vbytes]
-        for test_id in ids:
-            if dtypes:
-                tests.append(test_id)
-                terms.append(f"({test_id.split('::')[1]} and ({' or '.join(dtypes)}))")
+    needing = [k for k in FOCUS if all(simd.width(k, np.dtype(d)) != vbytes for d in ("float32", "float64"))]
+    for n, kernel in enumerate(needing):
+        dtype = ("float64", "float32")[n % 2]
+        for test_id in FOCUS[kernel]:
+            tests.append(test_id)
+            terms.append(f"({test_id.split('::')[1]} and {dtype})")
     return sorted(set(tests)), " or ".join(terms)
 
 
