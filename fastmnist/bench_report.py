@@ -113,6 +113,12 @@ def _field(doc: dict, key: str, kind, what: str, path, where: str = ""):
     return value
 
 
+def _shown(name: str) -> str:
+    """A benchmark's name for a one-line message: as written, or quoted with its escapes when it holds a line
+    break or another unprintable character."""
+    return name if name.isprintable() else repr(name)
+
+
 def _result(bench, path) -> Result:
     try:
         stats, name = bench["stats"], bench["name"]
@@ -123,18 +129,18 @@ def _result(bench, path) -> Result:
         raise FastMnistError(f"{path}: a benchmark entry lacks its name or its mean/median times") from None
     for what, value in (("mean", mean), ("median", median)):
         if not (math.isfinite(value) and value >= 0):
-            raise FastMnistError(f"{path}: benchmark {name}: its {what} time is {value:g} s, not a time")
+            raise FastMnistError(f"{path}: benchmark {_shown(name)}: its {what} time is {value:g} s, not a time")
     for key, kind, what in (("extra_info", dict, "a JSON object"), ("params", dict, "a JSON object"),
                             ("group", str, "text"), ("param", str, "text")):
         if bench.get(key) is not None and not isinstance(bench[key], kind):
-            raise FastMnistError(f"{path}: benchmark {name}: its {key} is not {what}")
+            raise FastMnistError(f"{path}: benchmark {_shown(name)}: its {key} is not {what}")
     extra = bench.get("extra_info") or {}
     params = bench.get("params") or {}
     backend = extra.get("backend") or params.get("backend_name") or params.get("jit_backend") or "?"
     group = bench.get("group") or name.split("[")[0]
     device = extra.get("device") or ("gpu" if group.rstrip("/").endswith("gpu") else "cpu")
     if not isinstance(backend, str) or not isinstance(device, str):
-        raise FastMnistError(f"{path}: benchmark {name}: its backend and device are not text")
+        raise FastMnistError(f"{path}: benchmark {_shown(name)}: its backend and device are not text")
     return Result(group, name.split("[")[0], _without_backend(bench.get("param") or "", backend), backend, device,
                   mean, median, extra)
 
