@@ -208,11 +208,14 @@ def _connect(client):
 
     if client is None:
         # The worker processes inherit the ignored Ctrl-C: it ends the sweep here rather than each worker with
-        # a traceback. Their warnings about runs cancelled by the ending sweep are not shown; errors are. No
-        # dashboard, and the scheduler's HTTP server on any free local port rather than a busy 8787.
+        # a traceback. Their own logs are not shown: a run that fails raises its error here, in the sweep, and
+        # what a worker logs otherwise is about its scheduler going away as the sweep ends (after Ctrl-C, a
+        # worker whose heartbeat meets the closed scheduler logs an error with a traceback, which would bury
+        # the one line the sweep prints). No dashboard, and the scheduler's HTTP server on any free local port
+        # rather than a busy 8787.
         with _ctrl_c_ignored():
             cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, env=SINGLE_THREADED, silence_logs=logging.ERROR,
+                                   dashboard_address=None, env=SINGLE_THREADED, silence_logs=logging.CRITICAL,
                                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
         client = Client(cluster)
         return client, [client, cluster]

@@ -9,6 +9,10 @@ v2: compiled, one row at a time: each output row a sum of W's rows (simd.gather_
 v3: compiled, two rows at a time (simd.gather_two_rows_planned: a 2 x nv register tile, each vector of W
     loaded once for two rows), dW as A.T @ dZ read in place (`transposed`), two of its rows at a time;
     in kernels (`cpu/dense_rows.py`).
+v4: v3's two-row tiles with the sum split into blocks of the inner dimension small enough to stay in L1
+    (BLOCK_BYTES of W per block): every pair of rows then reads W's block from L1, and W crosses from L2 once
+    per block instead of once per pair of rows (v3 reads W, 128 KB in float32 at the real shape, from L2 for
+    every pair). dW likewise in blocks of the batch's rows, accumulated.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from harness import run_main
 
 import fastmnist  # noqa: F401  (first: OpenBLAS's thread timeout)
 from numba import njit
-from fastmnist.kernels.cpu.simd import MAX_TILE, gather_planned, tile_plan, width
+from fastmnist.kernels.cpu.simd import MAX_TILE, gather_planned, gather_two_rows_planned, tile_plan, width
 
 VB = width("head")      # v2 compiles for float32's width in both dtypes (the same, 64 bytes, with AVX-512)
 
@@ -138,7 +142,59 @@ def _one_row_kernel(A, W, b, G, H, dZ, WT, dA, dW):
         gather_planned(to_n, None, col, 0, rows, dZ, dW[p], 0, n, VB)
 
 
-VERSIONS = {"v1": v1, "v2": v2, "v3": v3}
+BLOCK_BYTES = 16 << 10     # of W per block of the sum: a third of Zen 5's L1d, half of Zen 3/4's
+
+
+def v4(d, k):
+    activation = k.cpu.activation
+    A, W, H, dA, dW, WT, dZ = _buffers(d, k)
+    b, G = d["b"], d["G"]
+    runs = activation.code_runs(np.ones(W.shape[1], np.int8))      # ReLU
+    kernel = _blocked_kernel(activation)
+
+    def run():
+        kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, BLOCK_BYTES)
+        return H, dA, dW
+    return run
+
+
+@njit(fastmath={"contract"}, inline="always")
+def _blocked_rows(U, M, Out, rows, block, transposed):
+    """Out[:rows] = U[:rows] @ M (U.T's rows if transposed), the sum over M's rows in blocks of `block`."""
+    k, n = M.shape
+    plan = tile_plan(0, n, M.itemsize, MAX_TILE, VB)
+    for lo in range(0, k, block):
+        hi = min(lo + block, k)
+        for i in range(0, rows, 2):
+            ib = i + 1 if i + 1 < rows else i
+            gather_two_rows_planned(plan, U, i, ib, lo, hi, M, Out, i, ib, 0, n, lo > 0, transposed, VB)
+
+
+@functools.lru_cache(maxsize=None)
+def _blocked_kernel(activation):
+    activate_runs, times_derivative_runs = activation.activate_runs, activation.times_derivative_runs
+
+    @njit(fastmath={"contract"})
+    def kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, block_bytes):
+        rows, k = A.shape
+        n = W.shape[1]
+        for p in range(k):
+            for j in range(n):
+                WT[j, p] = W[p, j]
+        _blocked_rows(A, W, H, rows, max(2, block_bytes // (n * W.itemsize)), False)
+        for i in range(rows):
+            h = H[i]
+            for j in range(n):
+                h[j] += b[j]
+            activate_runs(h, runs)
+            dZ[i] = G[i]
+            times_derivative_runs(dZ[i], H[i], runs)
+        _blocked_rows(dZ, WT, dA, rows, max(2, block_bytes // (k * W.itemsize)), False)
+        _blocked_rows(A, dZ, dW, k, max(2, block_bytes // (n * W.itemsize)), True)
+    return kernel
+
+
+VERSIONS = {"v1": v1, "v2": v2, "v3": v3, "v4": v4}
 
 
 def WORK(d):
