@@ -285,14 +285,14 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
         U = rng.standard_normal((4, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
         V = np.ascontiguousarray(U.T) if transposed else U
         for (lo, hi), add, (va, vb, ra, rb) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False),
-                                                                 ((0, 1, 1, 2), (3, 1, 4, 0))):
+                                                                 ((0, 1, 1, 2), (3, 1, 4, 0), (2, 2, 3, 3))):
             Out = rng.standard_normal((5, cols)).astype(dtype)
             before = Out.copy()
             plan = simd.tile_plan(j0, j0 + width, M.itemsize, simd.MAX_TILE, vbytes)
             two_rows(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
             span = slice(j0, j0 + width)
             want = before.astype(np.float64)
-            for r, v in ((ra, va), (rb, vb)):
+            for r, v in dict(((ra, va), (rb, vb))).items():       # one row asked for twice: once
                 want[r, span] = (want[r, span] if add else 0) + U[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
             magnitude = np.abs(before[[ra, rb], span]) * add + np.abs(U[[va, vb], lo:hi]) @ np.abs(M[lo:hi, span])
             assert np.linalg.norm(Out - want) <= TOL[dtype] * np.linalg.norm(magnitude), (width, lo, hi, add)

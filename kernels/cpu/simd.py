@@ -691,7 +691,8 @@ def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j
     k = j0 + wide * (nv + 1) * lanes
     gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, k, narrow, accumulate, transposed, vbytes)
     k1 = k + narrow * nv * lanes
-    for row, v in ((row_a, va), (row_b, vb)):
+    for m in range(1 if row_b == row_a else 2):     # one row asked for twice (an odd row count's last): once
+        row, v = (row_a, va) if m == 0 else (row_b, vb)
         for j in range(k1, j1):
             if not accumulate:
                 Out[row, j] = 0
