@@ -21,13 +21,20 @@ by_width = pytest.mark.parametrize("vbytes", VBYTES)
 
 
 def at_width(fn, vbytes):
-    """A compiled caller of simd's inlined helper `fn` (scatter_nonzero or gather_two_rows_planned) with vbytes
+    """A compiled caller of simd's inlined helper `fn` (scatter_nonzero, gather_two_rows_planned or
+    gather_four_rows_planned) with vbytes
     as a constant: they take their width only so."""
     if fn is simd.scatter_nonzero:
         @njit
         def scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1):
             simd.scatter_nonzero(plans, columns, indices, values, lo, hi, d, G, j0, j1, vbytes)
         return scatter_nonzero
+
+    if fn is simd.gather_four_rows_planned:
+        @njit
+        def four_rows(plan, V, vs, lo, hi, M, Out, rows, j0, j1, accumulate, transposed):
+            simd.gather_four_rows_planned(plan, V, vs, lo, hi, M, Out, rows, j0, j1, accumulate, transposed, vbytes)
+        return four_rows
 
     @njit
     def two_rows(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j1, accumulate, transposed):
@@ -299,6 +306,49 @@ def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtyp
             outside = np.ones(Out.shape, bool)
             outside[[ra, rb], span] = False
             assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' columns"
+
+
+@by_width
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("j0", [0, 5])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_gather_four_rows_planned_writes_or_adds_four_rows_of_a_dense_product(dtype, j0, transposed, vbytes):
+    rng = np.random.default_rng()
+    four_rows = at_width(simd.gather_four_rows_planned, vbytes)
+    for width in widths(dtype, vbytes):
+        cols = j0 + width + 2
+        M = rng.standard_normal((40, cols)).astype(dtype)
+        U = rng.standard_normal((5, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
+        V = np.ascontiguousarray(U.T) if transposed else U
+        pairings = (((0, 1, 2, 3), (1, 2, 3, 4)), ((4, 0, 2, 1), (5, 0, 3, 2)))      # (vs, rows)
+        for (lo, hi), add, (vs, rows) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False), pairings):
+            Out = rng.standard_normal((6, cols)).astype(dtype)
+            before = Out.copy()
+            plan = simd.tile_plan(j0, j0 + width, M.itemsize, simd.MAX_TILE_FOUR, vbytes)
+            four_rows(plan, V, vs, lo, hi, M, Out, rows, j0, j0 + width, add, transposed)
+            span = slice(j0, j0 + width)
+            want = before.astype(np.float64)
+            for r, v in zip(rows, vs):
+                want[r, span] = (want[r, span] if add else 0) + U[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
+            magnitude = (np.abs(before[list(rows), span]) * add
+                         + np.abs(U[list(vs), lo:hi]) @ np.abs(M[lo:hi, span]))
+            assert np.linalg.norm(Out - want) <= TOL[dtype] * np.linalg.norm(magnitude), (width, lo, hi, add)
+            outside = np.ones(Out.shape, bool)
+            outside[list(rows), span] = False
+            assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' columns"
+
+
+@by_width
+def test_gather_four_rows_propagates_nan_to_its_own_row_only(vbytes):
+    cols = simd.lanes(np.dtype(np.float32), vbytes) + 3        # a whole vector and a scalar tail
+    M = np.ones((3, cols), np.float32)
+    V = np.ones((4, 3), np.float32)
+    V[2, 1] = np.nan
+    Out = np.zeros((4, cols), np.float32)
+    plan = simd.tile_plan(0, cols, 4, simd.MAX_TILE_FOUR, vbytes)
+    at_width(simd.gather_four_rows_planned, vbytes)(plan, V, (0, 1, 2, 3), 0, 3, M, Out, (0, 1, 2, 3), 0, cols,
+                                                    False, False)
+    assert np.isnan(Out[2]).all() and np.array_equal(Out[[0, 1, 3]], np.full((3, cols), 3, np.float32))
 
 
 @by_width

@@ -7,12 +7,10 @@ v1: numpy's BLAS, one call per product per batch (what sparse_step.py does for t
 v2: compiled, one row at a time: each output row a sum of W's rows (simd.gather_planned, a tile of up to
     MAX_TILE vectors in registers), dA from a transposed copy of W, dW by scattering each row of dZ.
 v3: compiled, two rows at a time (simd.gather_two_rows_planned: a 2 x nv register tile, each vector of W
-    loaded once for two rows), dW as A.T @ dZ read in place (`transposed`), two of its rows at a time;
-    in kernels (`cpu/dense_rows.py`).
-v4: v3's two-row tiles with the sum split into blocks of the inner dimension small enough to stay in L1
-    (BLOCK_BYTES of W per block): every pair of rows then reads W's block from L1, and W crosses from L2 once
-    per block instead of once per pair of rows (v3 reads W, 128 KB in float32 at the real shape, from L2 for
-    every pair). dW likewise in blocks of the batch's rows, accumulated.
+    loaded once for two rows), dW as A.T @ dZ read in place (`transposed`), two of its rows at a time.
+v5: four rows at a time (simd.gather_four_rows_planned: a 4 x nv register tile, up to 6 vectors with AVX-512's
+    32 registers), the last one to three rows by v3's two-row tiles; all three products; in kernels
+    (`cpu/dense_rows.py`). (v4, v3 with the sums in L1-sized blocks, is retired: bench/lab/README.md.)
 """
 
 from __future__ import annotations
@@ -33,8 +31,9 @@ from fastmnist.kernels.cpu.simd import MAX_TILE, gather_planned, gather_two_rows
 
 VB = width("head")      # v2 compiles for float32's width in both dtypes (the same, 64 bytes, with AVX-512)
 
-# (rows, inputs, units): one row, odd rows and widths that are no whole vector, one unit
-CASES = {"1x7x33": (1, 7, 33), "5x33x7": (5, 33, 7), "13x40x1": (13, 40, 1), "64x70x37": (64, 70, 37)}
+# (rows, inputs, units): one row, odd rows and widths that are no whole vector, one unit, wide rows (many tiles)
+CASES = {"1x7x33": (1, 7, 33), "5x33x7": (5, 33, 7), "13x40x1": (13, 40, 1), "64x70x37": (64, 70, 37),
+         "9x601x40": (9, 601, 40), "41x30x301": (41, 30, 301)}
 REAL = (128, 256, 128)     # a batch of 128 through 784 -> 256 -> 128 -> 10's middle layer
 
 
@@ -85,37 +84,49 @@ def v2(d, k):
 
 
 def v3(d, k):
-    dense_rows = importlib.import_module(k.__name__ + ".cpu.dense_rows")
     activation = k.cpu.activation
     A, W, H, dA, dW, WT, dZ = _buffers(d, k)
     b, G = d["b"], d["G"]
-    rows = A.shape[0]
     runs = activation.code_runs(np.ones(W.shape[1], np.int8))      # ReLU
-    kernel = _two_row_kernel(dense_rows, activation)
+    kernel = _two_row_kernel(activation)
 
     def run():
-        kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, rows)
+        kernel(A, W, b, runs, G, H, dZ, WT, dA, dW)
         return H, dA, dW
     return run
 
 
+@njit(fastmath={"contract"})
+def _two_rows(U, M, Out, rows, transposed):
+    """Out[:rows] = U[:rows] @ M (U.T's rows if transposed), two rows at a time."""
+    k, n = M.shape
+    plan = tile_plan(0, n, M.itemsize, MAX_TILE, VB)
+    for i in range(0, rows, 2):
+        ib = i + 1 if i + 1 < rows else i
+        gather_two_rows_planned(plan, U, i, ib, 0, k, M, Out, i, ib, 0, n, False, transposed, VB)
+
+
 @functools.lru_cache(maxsize=None)
-def _two_row_kernel(dense_rows, activation):
-    forward_rows, input_grad_rows, weight_grad_rows = (dense_rows.forward_rows, dense_rows.input_grad_rows,
-                                                       dense_rows.weight_grad_rows)
-    times_derivative_runs = activation.times_derivative_runs
+def _two_row_kernel(activation):
+    activate_runs, times_derivative_runs = activation.activate_runs, activation.times_derivative_runs
 
     @njit(fastmath={"contract"})
-    def kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, rows):
-        for p in range(W.shape[0]):                 # the epoch keeps WT beside W, updated with it
-            for j in range(W.shape[1]):
+    def kernel(A, W, b, runs, G, H, dZ, WT, dA, dW):
+        rows, k = A.shape
+        n = W.shape[1]
+        for p in range(k):
+            for j in range(n):
                 WT[j, p] = W[p, j]
-        forward_rows(A, W, b, True, runs, H, 0, rows)
+        _two_rows(A, W, H, rows, False)
         for i in range(rows):
+            h = H[i]
+            for j in range(n):
+                h[j] += b[j]
+            activate_runs(h, runs)
             dZ[i] = G[i]
             times_derivative_runs(dZ[i], H[i], runs)
-        input_grad_rows(dZ, WT, dA, 0, rows)
-        weight_grad_rows(A, dZ, dW, 0, W.shape[0], rows)
+        _two_rows(dZ, WT, dA, rows, False)
+        _two_rows(A, dZ, dW, k, True)
     return kernel
 
 
@@ -142,59 +153,42 @@ def _one_row_kernel(A, W, b, G, H, dZ, WT, dA, dW):
         gather_planned(to_n, None, col, 0, rows, dZ, dW[p], 0, n, VB)
 
 
-BLOCK_BYTES = 16 << 10     # of W per block of the sum: a third of Zen 5's L1d, half of Zen 3/4's
-
-
-def v4(d, k):
+def v5(d, k):
+    dense_rows = importlib.import_module(k.__name__ + ".cpu.dense_rows")
     activation = k.cpu.activation
     A, W, H, dA, dW, WT, dZ = _buffers(d, k)
     b, G = d["b"], d["G"]
+    rows = A.shape[0]
     runs = activation.code_runs(np.ones(W.shape[1], np.int8))      # ReLU
-    kernel = _blocked_kernel(activation)
+    kernel = _kernel_rows(dense_rows, activation)
 
     def run():
-        kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, BLOCK_BYTES)
+        kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, rows)
         return H, dA, dW
     return run
 
 
-@njit(fastmath={"contract"}, inline="always")
-def _blocked_rows(U, M, Out, rows, block, transposed):
-    """Out[:rows] = U[:rows] @ M (U.T's rows if transposed), the sum over M's rows in blocks of `block`."""
-    k, n = M.shape
-    plan = tile_plan(0, n, M.itemsize, MAX_TILE, VB)
-    for lo in range(0, k, block):
-        hi = min(lo + block, k)
-        for i in range(0, rows, 2):
-            ib = i + 1 if i + 1 < rows else i
-            gather_two_rows_planned(plan, U, i, ib, lo, hi, M, Out, i, ib, 0, n, lo > 0, transposed, VB)
-
-
 @functools.lru_cache(maxsize=None)
-def _blocked_kernel(activation):
-    activate_runs, times_derivative_runs = activation.activate_runs, activation.times_derivative_runs
+def _kernel_rows(dense_rows, activation):
+    forward_rows, input_grad_rows, weight_grad_rows = (dense_rows.forward_rows, dense_rows.input_grad_rows,
+                                                       dense_rows.weight_grad_rows)
+    times_derivative_runs = activation.times_derivative_runs
 
     @njit(fastmath={"contract"})
-    def kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, block_bytes):
-        rows, k = A.shape
-        n = W.shape[1]
-        for p in range(k):
-            for j in range(n):
+    def kernel(A, W, b, runs, G, H, dZ, WT, dA, dW, rows):
+        for p in range(W.shape[0]):                 # the epoch keeps WT beside W, updated with it
+            for j in range(W.shape[1]):
                 WT[j, p] = W[p, j]
-        _blocked_rows(A, W, H, rows, max(2, block_bytes // (n * W.itemsize)), False)
+        forward_rows(A, W, b, True, runs, H, 0, rows)
         for i in range(rows):
-            h = H[i]
-            for j in range(n):
-                h[j] += b[j]
-            activate_runs(h, runs)
             dZ[i] = G[i]
             times_derivative_runs(dZ[i], H[i], runs)
-        _blocked_rows(dZ, WT, dA, rows, max(2, block_bytes // (k * W.itemsize)), False)
-        _blocked_rows(A, dZ, dW, k, max(2, block_bytes // (n * W.itemsize)), True)
+        input_grad_rows(dZ, WT, dA, 0, rows)
+        weight_grad_rows(A, dZ, dW, 0, W.shape[0], rows)
     return kernel
 
 
-VERSIONS = {"v1": v1, "v2": v2, "v3": v3, "v4": v4}
+VERSIONS = {"v1": v1, "v2": v2, "v3": v3, "v5": v5}
 
 
 def WORK(d):

@@ -331,20 +331,28 @@ def gather_row_tiles(nv: int):
 
 def _two_sums_codegen(nv, vbytes, context, builder, w_ty, out_ty, args, entry):
     """The tile loop of gather_pair_tiles and gather_two_rows_tiles: rows row_a and row_b of Out each get their
-    own stream of values summed over one list of rows of W, so each tile of W is loaded once for both. One set of
-    accumulators per output row: its chain of FMAs hides the other's latency. args: (lo, hi, W, Out, row_a,
-    row_b, j0, ntiles, accumulate); entry(p) gives entry p's row of W and its two values (i64, scalars)."""
+    own stream of values summed over one list of rows of W, so each tile of W is loaded once for both. args:
+    (lo, hi, W, Out, row_a, row_b, j0, ntiles, accumulate); entry(p) gives entry p's row of W and its two values
+    (i64, scalars)."""
+    _sums_codegen(nv, vbytes, context, builder, w_ty, out_ty, args[:4], args[4:6], args[6:9], entry)
+
+
+def _sums_codegen(nv, vbytes, context, builder, w_ty, out_ty, arrays, rows, rest, entry):
+    """The tile loop of the multi-row gathers: each of `rows` (i64 values) of Out gets its own stream of values
+    summed over one list of rows of W, so each tile of W is loaded once for all of them. One set of accumulators
+    per output row: its chain of FMAs hides the others' latency. arrays: (lo, hi, W, Out); rest: (j0, ntiles,
+    accumulate); entry(p) gives entry p's row of W and one value per output row (i64, scalars)."""
     fty, vty = _vector_type(context, w_ty.dtype, vbytes)
     i64 = ir.IntType(64)
-    lo_v, hi_v = args[0], args[1]
-    w_p, (_, width) = _parts(context, builder, w_ty, args[2])
-    out_p, (_, out_width) = _parts(context, builder, out_ty, args[3])
-    starts = [builder.mul(args[4], out_width), builder.mul(args[5], out_width)]
-    accumulate = args[8]
-    sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in range(2)]
+    lo_v, hi_v = arrays[0], arrays[1]
+    w_p, (_, width) = _parts(context, builder, w_ty, arrays[2])
+    out_p, (_, out_width) = _parts(context, builder, out_ty, arrays[3])
+    starts = [builder.mul(row, out_width) for row in rows]
+    j0_v, nt_v, accumulate = rest
+    sets = [[cgutils.alloca_once(builder, vty) for _ in range(nv)] for _ in rows]
     tile = vty.count * nv
-    with cgutils.for_range(builder, args[7]) as tloop:
-        col = builder.add(args[6], builder.mul(tloop.index, ir.Constant(i64, tile)))
+    with cgutils.for_range(builder, nt_v) as tloop:
+        col = builder.add(j0_v, builder.mul(tloop.index, ir.Constant(i64, tile)))
         outs = [[_vector_ptr(builder, out_p, builder.add(builder.add(start, col), ir.Constant(i64, v * vty.count)),
                              vty) for v in range(nv)] for start in starts]
         for accs, ptrs in zip(sets, outs):
@@ -434,6 +442,41 @@ def gather_two_rows_tiles(nv: int):
     return _gather_two_rows
 
 
+@functools.lru_cache(maxsize=None)
+def gather_four_rows_tiles(nv: int):
+    """gather_four_rows_tiles(nv)(V, vs, lo, hi, W, Out, rows, j0, ntiles, accumulate, transposed): for each
+    (row, v) of zip(rows, vs) (tuples of four ints), Out[row, j0:j0 + ntiles*T] (+)= sum over p in [lo, hi) of
+    U[v, p] * W[p, j0:j0 + ntiles*T], U = V.T if `transposed` else V: four rows of a dense product U @ W, each
+    tile of W loaded once for four rows (a 4 x nv register tile; gather_two_rows_tiles is the 2 x nv one)."""
+    @intrinsic
+    def _gather_four_rows(typingctx, V, vs, lo, hi, W, Out, rows, j0, ntiles, accumulate, transposed, vbytes):
+        _check_types(types.none, V, W, Out, out_ndim=2, values_ndim=2)
+        four = types.UniTuple(types.int64, 4)
+        sig = types.void(V, four, types.int64, types.int64, W, Out, four, types.int64, types.int64, types.boolean,
+                         types.boolean, vbytes)
+        width = _width_of(vbytes)
+
+        def codegen(context, builder, signature, args):
+            v_ty, w_ty, out_ty = signature.args[0], signature.args[4], signature.args[5]
+            v_p, (_, v_width) = _parts(context, builder, v_ty, args[0])
+            one = ir.Constant(ir.IntType(64), 1)
+            step = builder.select(args[10], v_width, one)            # from one term to the next
+            across = builder.select(args[10], one, v_width)          # from one of U's rows to the next
+            firsts = [builder.mul(v, across) for v in cgutils.unpack_tuple(builder, args[1], 4)]
+
+            def entry(p):
+                at = builder.mul(p, step)
+                return p, [builder.load(builder.gep(v_p, [builder.add(first, at)], inbounds=True)) for first in firsts]
+
+            _sums_codegen(nv, width, context, builder, w_ty, out_ty, (args[2], args[3], args[4], args[5]),
+                          cgutils.unpack_tuple(builder, args[6], 4), args[7:10], entry)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _gather_four_rows
+
+
 def _scatter_codegen(nv, vbytes, context, builder, ind_ty, val_ty, dz_ty, acc_ty, args, nt_v, tile_columns):
     """The tile loop of a scatter: acc[indices[p], c_v : c_v + lanes] += values[p] * dz[c_v : c_v + lanes] for
     the nv columns c_v that tile_columns(tile index) gives (i64 values)."""
@@ -521,6 +564,10 @@ R1, R2, R3, R4, R5, R6 = (gather_row_tiles(nv) for nv in range(1, MAX_TILE + 1))
 L1, L2, L3, L4, L5, L6 = (scatter_listed_tiles(nv) for nv in range(1, MAX_TILE + 1))
 P1, P2, P3, P4, P5, P6 = (gather_pair_tiles(nv) for nv in range(1, MAX_TILE + 1))
 T1, T2, T3, T4, T5, T6 = (gather_two_rows_tiles(nv) for nv in range(1, MAX_TILE + 1))
+# four rows x nv vectors of accumulators, a vector of W and four broadcast values: 4 * nv + 5 registers, so up to
+# 6 vectors with AVX-512's 32 registers and 2 with AVX2's 16
+MAX_TILE_FOUR = 6 if HOST_VECTOR_BYTES >= 64 else 2
+F1, F2, F3, F4, F5, F6 = (gather_four_rows_tiles(nv) for nv in range(1, 7))
 
 
 @njit(cache=CACHE)
@@ -614,6 +661,25 @@ def gather_two_rows_tile(nv, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, nt, ac
 
 
 @njit(cache=CACHE)
+def gather_four_rows_tile(nv, V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes):
+    literally(vbytes)
+    if nt == 0 or nv == 0:
+        return
+    if nv == 1:
+        F1(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+    elif nv == 2:
+        F2(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+    elif nv == 3:
+        F3(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+    elif nv == 4:
+        F4(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+    elif nv == 5:
+        F5(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+    else:
+        F6(V, vs, lo, hi, M, Out, rows, j0, nt, accumulate, transposed, vbytes)
+
+
+@njit(cache=CACHE)
 def scatter_tile(nv, indices, values, lo, hi, d, G, j0, nt, vbytes):
     literally(vbytes)
     if nt == 0 or nv == 0:
@@ -693,6 +759,26 @@ def gather_two_rows_planned(plan, V, va, vb, lo, hi, M, Out, row_a, row_b, j0, j
     k1 = k + narrow * nv * lanes
     for m in range(1 if row_b == row_a else 2):     # one row asked for twice (an odd row count's last): once
         row, v = (row_a, va) if m == 0 else (row_b, vb)
+        for j in range(k1, j1):
+            if not accumulate:
+                Out[row, j] = 0
+            for p in range(lo, hi):
+                Out[row, j] += (V[p, v] if transposed else V[v, p]) * M[p, j]
+
+
+@njit(cache=CACHE, fastmath={"contract"}, inline="always")
+def gather_four_rows_planned(plan, V, vs, lo, hi, M, Out, rows, j0, j1, accumulate, transposed, vbytes):
+    """Out[rows[m], j0:j1] (+)= U[vs[m], lo:hi] @ M[lo:hi, j0:j1] for m in 0..3 (four distinct rows), U = V.T if
+    `transposed` else V, with plan = tile_plan(j0, j1, M.itemsize, MAX_TILE_FOUR): gather_two_rows_planned for
+    four rows at once (gather_four_rows_tiles)."""
+    lanes = vbytes // M.itemsize
+    nv, wide, narrow = plan
+    gather_four_rows_tile(nv + 1, V, vs, lo, hi, M, Out, rows, j0, wide, accumulate, transposed, vbytes)
+    k = j0 + wide * (nv + 1) * lanes
+    gather_four_rows_tile(nv, V, vs, lo, hi, M, Out, rows, k, narrow, accumulate, transposed, vbytes)
+    k1 = k + narrow * nv * lanes
+    for m in range(4):
+        row, v = rows[m], vs[m]
         for j in range(k1, j1):
             if not accumulate:
                 Out[row, j] = 0

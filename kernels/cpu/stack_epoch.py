@@ -6,7 +6,7 @@ Each of T Python threads runs `_worker` (compiled, without the GIL) for the whol
   A. thread t computes its slice bounds[t]:bounds[t + 1] of the first layer's units for every row of the batch
      (a gather of W's rows at the stored pixels, as the `fast` epoch does) and regroups its share of the rows
      by pairs of adjacent pixels for the weight gradient; the threads meet (barrier.wait);
-  B. thread t takes its share of the batch's rows through every dense layer (cpu/dense_rows.py: two rows at a
+  B. thread t takes its share of the batch's rows through every dense layer (cpu/dense_rows.py: four rows at a
      time, register-tiled), the loss, and back down to dZ of the first layer: rows need no other thread's rows,
      so the whole stack runs without meeting; the threads meet again;
   C. thread t computes and applies (with the optimiser) the gradient of the first layer's columns it owns
@@ -33,7 +33,7 @@ from numba import njit
 from . import barrier
 from ..codes import RELU
 from .activation import activate, code_runs, times_derivative_runs
-from .dense_rows import forward_rows, forward_rows_narrow, input_grad_rows, weight_grad_pair, weight_grad_pair_narrow
+from .dense_rows import forward_rows, forward_rows_narrow, input_grad_rows, weight_grad_block, weight_grad_block_narrow
 from .loss import row_loss
 from .minibatch_epoch import MB_WIDTH, _gather_pair_add, _regroup_pairs, _unit_slices, _update_row
 from . import simd
@@ -230,13 +230,13 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
         WT = WTf[wa:wa + k * n].reshape((n, k))
         D = Df[ha:ha + batch * n].reshape((batch, n))
         p0, p1 = (bounds[t], bounds[t + 1]) if d == 0 else (t * k // T, (t + 1) * k // T)
-        ga, gb = 2 * t, 2 * t + 1
+        ga = 4 * t                                  # thread t's rows of g_dense: 4t:4t + 4
         if meta[d, NARROW]:
             VT, ST = vWf[wa:wa + k * n].reshape((n, k)), sWf[wa:wa + k * n].reshape((n, k))
-            for c in range(0, n, 2):
-                e = c + 1 if c + 1 < n else c
-                weight_grad_pair_narrow(Ain, D, g_dense, c, e, ga, gb, p0, p1, batch)
-                for m in range(2 if e > c else 1):
+            for c in range(0, n, 4):
+                e = min(c + 4, n)
+                weight_grad_block_narrow(Ain, D, g_dense, c, e, ga, p0, p1, batch)
+                for m in range(e - c):
                     unit, g = c + m, ga + m
                     if meta[d, HAS_L2]:
                         f = l2f[ua + unit]
@@ -247,10 +247,10 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
             for p in range(p0, p1):
                 for c in range(n):
                     W[p, c] = WT[c, p]
-        for p in range(p0 if not meta[d, NARROW] else p1, p1, 2):
-            q = p + 1 if p + 1 < p1 else p
-            weight_grad_pair(Ain, D, g_dense, p, q, ga, gb, batch)
-            for m in range(2 if q > p else 1):
+        for p in range(p0 if not meta[d, NARROW] else p1, p1, 4):
+            e = min(p + 4, p1)
+            weight_grad_block(Ain, D, g_dense, p, e, ga, batch)
+            for m in range(e - p):
                 row, g = p + m, ga + m
                 if meta[d, HAS_L2]:
                     for j in range(n):
@@ -324,7 +324,7 @@ def run(compressed, order, labels, batch, first, dense, opt, loss_kind, loss_eps
             buf((T, k0), dtype), buf((2 * T, k0), dtype),                                      # g_rows g_pairs
             np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),            # colptr pair_rows
             buf((2, T, 2 * cap), dtype),                                                       # pair_values
-            buf((2 * T, widest), dtype), buf((T, max(units, 1)), dtype))                       # g_dense g_bias
+            buf((4 * T, widest), dtype), buf((T, max(units, 1)), dtype))                       # g_dense g_bias
     runs0 = code_runs(codes0)
     relu0 = bool(np.all(codes0 == RELU))
     first_k = (W0, bias0, has_b0, codes0, runs0, relu0, kept0, drop0, fscale0, bscale0, l2_0, state0)
