@@ -10,6 +10,26 @@ from __future__ import annotations
 import numpy
 
 
+def draw_dropout_mask(rng, rows, keep_probs, kind):
+    """One layer's dropout masks as float64 host arrays, drawn from `rng` (a numpy RandomState) in the order
+    every backend draws them. `keep_probs` is a host vector with one keep probability per unit.
+
+    unit: one value per unit per step, (1, units), kept units scaled by 1/keep both ways (seed 004); the two
+    masks are one array. element: one value per element, (rows, units); keep 0.5 draws rng.randint(2) as seed
+    000 does; kept units scaled by 1/keep forwards only. Returns (forward mask, backward mask).
+    """
+    keep = numpy.asarray(keep_probs, dtype=numpy.float64)
+    if kind == "unit":
+        kept = rng.random_sample(keep.shape[0]) < keep
+        fwd = (kept / keep).reshape(1, -1)
+        return fwd, fwd
+    if kind == "element":
+        shape = (rows, keep.shape[0])
+        kept = rng.randint(2, size=shape) if numpy.all(keep == 0.5) else rng.random_sample(shape) < keep
+        return kept / keep, kept.astype(numpy.float64)
+    raise ValueError(f"unknown dropout kind {kind!r}")
+
+
 class ReferenceBackend:
     name = "numpy"
     device = "cpu"
@@ -135,24 +155,11 @@ class ReferenceBackend:
     # -- dropout ----------------------------------------------------------------------------------
     def dropout_mask(self, rng, rows, keep_probs, kind, dtype):
         """Masks for one layer, drawn on the host from `rng` (a numpy RandomState) so every CPU backend
-        draws the same numbers. `keep_probs` is a host vector with one keep probability per unit.
-
-        unit: one value per unit per step, (1, units), kept units scaled by 1/keep both ways (seed 004).
-        element: one value per element, (rows, units); keep 0.5 draws rng.randint(2) as seed 000 does;
-        kept units scaled by 1/keep forwards only.
-        Returns (forward mask, backward mask).
-        """
-        keep = numpy.asarray(keep_probs, dtype=numpy.float64)
-        if kind == "unit":
-            kept = rng.random_sample(keep.shape[0]) < keep
-            fwd = (kept / keep).reshape(1, -1)
-            m = self.asarray(fwd, dtype)
-            return m, m
-        if kind == "element":
-            shape = (rows, keep.shape[0])
-            kept = rng.randint(2, size=shape) if numpy.all(keep == 0.5) else rng.random_sample(shape) < keep
-            return self.asarray(kept / keep, dtype), self.asarray(kept, dtype)
-        raise ValueError(f"unknown dropout kind {kind!r}")
+        draws the same numbers (draw_dropout_mask); returns (forward mask, backward mask) as this backend's
+        arrays of `dtype`."""
+        fwd, bwd = draw_dropout_mask(rng, rows, keep_probs, kind)
+        m = self.asarray(fwd, dtype)
+        return (m, m) if bwd is fwd else (m, self.asarray(bwd, dtype))
 
     # -- optimisers -------------------------------------------------------------------------------
     def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):

@@ -255,7 +255,7 @@ def test_column_blocks_are_refused_for_a_batch_that_is_not_every_row_in_order():
     net = small_net(be, rng, np.float64)
     for rows in (rng.permutation(40), np.arange(39)):
         with pytest.raises(ValueError, match="every row"):
-            sparse_train_step(be, net, c, rows, y[rows], np.random.RandomState(1), blocks)
+            sparse_train_step(net, c, rows, y[rows], np.random.RandomState(1), blocks)
 
 
 def test_cached_compressed_input_follows_the_array_object():

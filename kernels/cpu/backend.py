@@ -538,7 +538,7 @@ class NumbaCpuBackend(ReferenceBackend):
         from .sparse_step import sparse_train_step
         labels = _labels(labels, rows.shape[0], net.weights[-1].shape[1])
         with threads.parallel_section():
-            return sparse_train_step(self, net, compressed, rows, labels, rng, blocks)
+            return sparse_train_step(net, compressed, rows, labels, rng, blocks)
 
 
 def _flat_inplace(a, shape, dtype):

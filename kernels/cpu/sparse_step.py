@@ -12,12 +12,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import dense, head, simd, sparse
+from . import dense, head, loss, optim, simd, sparse, threads
 from .activation import layer_codes
 from ..codes import LOSS_CODES
+from ..reference import draw_dropout_mask
 
 
-def _kept_units(backend, net, rng, rows):
+def _kept_units(net, rng, rows):
     """Per layer: (indices of the kept units, their scales), or (None, None) without dropout."""
     out = []
     for li, W in enumerate(net.weights):
@@ -25,8 +26,8 @@ def _kept_units(backend, net, rng, rows):
         if keep is None:
             out.append((None, None))
             continue
-        fwd, _ = backend.dropout_mask(rng, rows, keep, net.dropout, W.dtype)
-        scale = np.asarray(fwd).reshape(-1)
+        fwd, _ = draw_dropout_mask(rng, rows, keep, net.dropout)
+        scale = fwd.astype(W.dtype).reshape(-1)
         kept = np.flatnonzero(scale)
         out.append((kept, np.ascontiguousarray(scale[kept])))
     return out
@@ -110,7 +111,7 @@ def _fused_head_fits(layers) -> bool:
     return len(layers) == 3 and layers[2][2] is None
 
 
-def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
+def sparse_train_step(net, compressed, rows, labels, rng, blocks=None):
     """Forward, loss, backward and update on the samples `rows` of a compressed input.
     `blocks`: the input's sparse.ColumnBlocks when `rows` is every row in order (the first layer's weight
     gradient then gathers instead of scattering), else None. Returns (summed loss, number correct)."""
@@ -124,7 +125,7 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
     if blocks is not None and (blocks.shape != compressed.shape or n != compressed.shape[0]
                                or not np.array_equal(rows, np.arange(n))):
         raise ValueError("sparse_train_step: column blocks serve only a batch of every row of their input")
-    kept = _kept_units(backend, net, rng, n)
+    kept = _kept_units(net, rng, n)
     empty_mask = np.zeros((0, 0), dtype)
     empty = np.zeros(0, dtype)
     layers = []                                   # per layer: (compact W, codes, scale or None, compact b)
@@ -165,7 +166,11 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
             dense.bias_activate_mask(Z, empty if b is None else b, codes, mask, A)
             acts.append(Z if scale is None else A)
             hs.append(Z)
-        total, correct, dA = backend.loss(net.loss, acts[-1], labels, net.loss_eps)
+        out = acts[-1]
+        dA = simd.scratch(out.shape, dtype)
+        with threads.parallel_section():
+            total, correct = loss.loss_and_grad(out, labels, LOSS_CODES[net.loss], dtype.type(net.loss_eps),
+                                                dtype.type(n), dA, True)
         for li in range(len(layers) - 1, 0, -1):
             Wc, codes, scale, b = layers[li]
             dbs[li] = simd.scratch(Wc.shape[1], dtype)
@@ -192,6 +197,21 @@ def sparse_train_step(backend, net, compressed, rows, labels, rng, blocks=None):
         if net.biases[li] is not None:
             grads.append(_full_bias_grad(dbc, W.shape[1], cols))
     net.step += 1
-    backend.update(net.optimizer, net.params(), grads, net.state, lr=net.lr, beta1=net.beta1,
-                   beta2=net.beta2, eps=net.eps, step=net.step)
+    _update(net, grads)
     return total, correct
+
+
+def _update(net, grads):
+    """The optimiser's step on every parameter (all C-contiguous, as the backend keeps them)."""
+    t = net.dtype.type
+    P = tuple(p.reshape(-1) for p in net.params())
+    G = tuple(np.ascontiguousarray(g, dtype=net.dtype).reshape(-1) for g in grads)
+    with threads.parallel_section():
+        if net.optimizer == "sgd":
+            optim.sgd(P, G, t(net.lr))
+            return
+        V = tuple(v.reshape(-1) for v, _ in net.state)
+        S = tuple(m.reshape(-1) for _, m in net.state)
+        b1, b2 = net.beta1, net.beta2
+        c1, c2 = (1 - b1 ** net.step, 1 - b2 ** net.step) if net.optimizer == "adam" else (1.0, 1.0)
+        optim.adam(P, G, V, S, t(net.lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(net.eps), t(c1), t(c2))
