@@ -333,13 +333,11 @@ class NumbaCpuBackend(ReferenceBackend):
             (W1, W2), (b1, b2) = net.weights, net.biases
             dtype = W1.dtype
             return minibatch_epoch.evaluate(
-                (compressed.indptr, compressed.indices, compressed.values),
-                _labels(labels, X.shape[0], W2.shape[1]),
-                (np.ascontiguousarray(W1), _EMPTY_VECTOR[dtype] if b1 is None else b1, b1 is not None,
-                 _codes(net.segments[0], W1.shape[1])),
-                (np.ascontiguousarray(W2), _EMPTY_VECTOR[dtype] if b2 is None else b2, b2 is not None,
-                 _codes(net.segments[1], W2.shape[1])),
-                (LOSS_CODES[net.loss], dtype.type(net.loss_eps)), numba.get_num_threads())
+                compressed.indptr, compressed.indices, compressed.values, _labels(labels, X.shape[0], W2.shape[1]),
+                np.ascontiguousarray(W1), _EMPTY_VECTOR[dtype] if b1 is None else b1, b1 is not None,
+                _codes(net.segments[0], W1.shape[1]), np.ascontiguousarray(W2),
+                _EMPTY_VECTOR[dtype] if b2 is None else b2, b2 is not None, _codes(net.segments[1], W2.shape[1]),
+                LOSS_CODES[net.loss], dtype.type(net.loss_eps), numba.get_num_threads())
         with threads.serial_blas():
             out = self.forward(net, X, chunk)
         total, correct, _ = self.loss(net.loss, out, labels, net.loss_eps, need_grad=False)
@@ -502,12 +500,14 @@ class NumbaCpuBackend(ReferenceBackend):
         kind = OPTIMIZER_CODES[net.optimizer]
         with threads.parallel_section():
             total, correct, done = minibatch_epoch.minibatch_epoch(
-                (compressed.indptr, compressed.indices, compressed.values), rows, labels, batch_size,
-                (W1, b1, has_b1, _codes(net.segments[0], W1.shape[1]), masks[0], l2[0], state1),
-                (W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state2),
-                (kind, t(net.lr), t(net.beta1), t(1 - net.beta1), t(net.beta2), t(1 - net.beta2), t(net.eps),
-                 minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype)),
-                (LOSS_CODES[net.loss], t(net.loss_eps)), numba.get_num_threads())
+                compressed.indptr, compressed.indices, compressed.values, rows, labels, batch_size,
+                W1, b1, has_b1, _codes(net.segments[0], W1.shape[1]), masks[0], l2[0],
+                W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
+                kind, t(net.lr), t(net.beta1), t(1 - net.beta1),
+                t(net.beta2), t(1 - net.beta2), t(net.eps),
+                minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype),
+                LOSS_CODES[net.loss],
+                t(net.loss_eps), numba.get_num_threads())
         net.step += done
         return total, correct
 

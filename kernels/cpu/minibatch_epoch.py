@@ -59,11 +59,10 @@ def _dot(a, w, zero):
 
 
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
-def _forward_slice(data, first, W2T, start, count, m1, j0, j1, H1, A1, part):
-    """Units j0:j1 of the hidden layer for the input rows order[start:start + count] (H1, A1 rows 0:count), and
-    their share of the output layer's sums (part[i, c]); m1: the units' dropout scales."""
-    indptr, indices, values, rows = data[:4]
-    W1, b1, has_b1, codes1, relu1 = first[:5]
+def _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
+                   H1, A1, part):
+    """Units j0:j1 of the hidden layer for the input rows rows[start:start + count] (H1, A1 rows 0:count), and
+    their share of the output layer's sums (part[i, c])."""
     zero = W1.dtype.type(0)
     plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     classes = W2T.shape[0]
@@ -151,13 +150,10 @@ def _gather_pair_add(plan, rows, vals, lo, hi, M, Out, ra, rb, j0, j1, accumulat
 
 
 @njit(cache=CACHE, error_model="numpy")
-def _output_rows(part, data, start, i0, i1, second, m2, nd, outs, need_grad):
+def _output_rows(part, rows, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps, nd, H2, A2, dZ2,
+                 dZ2T, need_grad):
     """Rows i0:i1 of a batch's outputs, from the threads' partial sums, their loss and (need_grad) dZ2 and its
-    transpose; m2: the output units' dropout scales; outs: (H2, A2, dZ2, dZ2T). Returns (summed loss, number
-    correct)."""
-    rows, labels, loss_kind, loss_eps = data[3], data[4], data[6], data[7]
-    b2, has_b2, codes2 = second[1], second[2], second[3]
-    H2, A2, dZ2, dZ2T = outs
+    transpose; returns (summed loss, number correct)."""
     T, _, classes = part.shape
     total, correct = 0.0, 0
     for i in range(i0, i1):
@@ -179,19 +175,14 @@ def _output_rows(part, data, start, i0, i1, second, m2, nd, outs, need_grad):
 
 
 # Inlined into the worker by Numba (its only caller): compiled once there, not also as a function of its own
-# that LLVM would optimise and emit a second time. (Numba's inliner takes no call of more than 30 arguments,
-# which reaches it as *args: the grouped arguments keep every call short.)
+# that LLVM would optimise and emit a second time. The optimiser's settings come as one tuple, `opt`: a call
+# of more than 30 arguments reaches Numba as *args, which its inliner does not take.
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
-def _backward_slice(t, j0, j1, first, second, bufs, parity, m1, opt):
+def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2, g_rows,
+                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, opt):
     """Thread t's units j0:j1: dZ1, the gradient and the optimiser step of W2's rows and W1's columns j0:j1
-    (and of b1's). W2's rows are updated after dZ1 has read them. m1: the hidden units' dropout scales; opt:
-    (kind, lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, c1, c2), this batch's bias corrections last."""
-    W1, b1, has_b1, codes1, relu1 = first[:5]
-    l2_1, state1, bias1 = first[6], first[7], first[8]     # state1: (v_W1, s_W1); bias1: (b1, v_b1, s_b1) as rows
-    W2, l2_2, rows2 = second[0], second[5], second[7]       # rows2: (W2, G2, v_W2, s_W2), each as one row
-    H1, A1, dZ1, dZ2, dZ2T, W2T, G2T, G2 = bufs[0], bufs[1], bufs[2], bufs[6], bufs[7], bufs[8], bufs[9], bufs[10]
-    g_rows, g_pairs = bufs[11], bufs[12]
-    colptr, pair_rows, pair_values = bufs[13][parity], bufs[14][parity], bufs[15][parity]
+    (and of b1's). W2's rows are updated after dZ1 has read them. state1: (v_W1, s_W1); bias1: (b1, v_b1, s_b1)
+    and rows2: (W2, G2, v_W2, s_W2), each viewed as one row."""
     batch, classes = dZ2.shape
     n_in = W1.shape[0]
     T = colptr.shape[0]
@@ -251,29 +242,18 @@ def _backward_slice(t, j0, j1, first, second, bufs, parity, m1, opt):
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
-def _epoch_worker(t, T, sync, data, first, second, opt, bufs, need_grad, results):
+def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, relu1,
+                  masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, bias1, bias2, kind, lr, beta1, omb1,
+                  beta2, omb2, eps, corrections, loss_kind, loss_eps, H1, A1, dZ1, part, H2, A2, dZ2, dZ2T, W2T, G2T,
+                  G2, g_rows, g_pairs, colptr, pair_rows, pair_values, ones1, ones2, gb2, rows2, need_grad, results):
     """Thread t of T: units bounds[t]:bounds[t + 1] of every batch, and the batch's rows t*batch//T:(t+1)*batch//T
     for the regrouping and the loss. Writes (summed loss, number correct) of its rows into results[t].
-
-    sync: (barrier state, bounds); data: (indptr, indices, values, order, labels, batch, loss_kind, loss_eps);
-    first: (W1, b1, has_b1, codes1, relu1, masks1, l2_1, (v_W1, s_W1), b1 and its moments as rows, ones);
-    second: (W2, b2, has_b2, codes2, masks2, l2_2, b2 and its moments as rows, W2/G2/v_W2/s_W2 as rows, ones);
-    opt: (kind, lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, corrections); bufs: as _run_epoch_worker makes them.
 
     Without need_grad (an evaluation) thread t instead takes whole batches t, t + T, ... (the last may be
     short) through every unit, in its own rows of H1, A1, part, H2, A2 and dZ2 (T times a batch's, for the
     loss's scratch), with no meeting points; the parameters are not touched and the training-only arguments
     are not read."""
-    state, bounds = sync
-    order, batch = data[3], data[5]
-    masks1, ones1 = first[5], first[9]
-    masks2, bias2, ones2 = second[4], second[6], second[8]
-    kind, lr, beta1, omb1, beta2, omb2, eps, corrections = opt
-    H1, A1, part, H2, A2, dZ2, dZ2T, W2T, gb2 = bufs[0], bufs[1], bufs[3], bufs[4], bufs[5], bufs[6], bufs[7], \
-        bufs[8], bufs[16]
-    colptr, pair_rows, pair_values = bufs[13], bufs[14], bufs[15]
-    indptr, indices, values = data[:3]
-    dtype = H1.dtype
+    dtype = W1.dtype
     n = order.shape[0]
     total, correct = 0.0, 0
     if not need_grad:
@@ -282,9 +262,11 @@ def _epoch_worker(t, T, sync, data, first, second, opt, bufs, need_grad, results
         for bi in range(t, (n + batch - 1) // batch, T):
             start = bi * batch
             count = min(batch, n - start)
-            _forward_slice(data, first, W2T, start, count, ones1, k0, k1, H1[r0:r1], A1[r0:r1], part[t])
-            loss_sum, ok = _output_rows(part[t:t + 1], data, start, count - count, count, second, ones2,
-                                        dtype.type(1), (H2[r0:r1], A2[r0:r1], dZ2[r0:r1], dZ2T), need_grad)
+            _forward_slice(indptr, indices, values, order, start, count, W1, b1, has_b1, codes1, relu1, ones1, W2T, k0,
+                           k1, H1[r0:r1], A1[r0:r1], part[t])
+            loss_sum, ok = _output_rows(part[t:t + 1], order, start, labels, count - count, count, b2, has_b2, codes2,
+                                        ones2, loss_kind, loss_eps, dtype.type(1), H2[r0:r1], A2[r0:r1], dZ2[r0:r1],
+                                        dZ2T, need_grad)
             total += loss_sum
             correct += ok
         results[t, 0] = total
@@ -299,17 +281,21 @@ def _epoch_worker(t, T, sync, data, first, second, opt, bufs, need_grad, results
         parity = bi & 1
         m1 = masks1[bi] if masks1.shape[0] else ones1
         m2 = masks2[bi] if masks2.shape[0] else ones2
-        _forward_slice(data, first, W2T, start, batch, m1, j0, j1, H1, A1, part[t])
+        _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
+                       H1, A1, part[t])
         _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
                        pair_values[parity, t])
         barrier.wait(state, T)
-        loss_sum, ok = _output_rows(part, data, start, i0, i1, second, m2, nd, (H2, A2, dZ2, dZ2T), need_grad)
+        loss_sum, ok = _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps,
+                                    nd, H2, A2, dZ2, dZ2T, need_grad)
         total += loss_sum
         correct += ok
         barrier.wait(state, T)
         c1, c2 = corrections[bi, 0], corrections[bi, 1]
-        _backward_slice(t, j0, j1, first, second, bufs, parity, m1, (kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2))
-        if t == 0 and second[2]:
+        _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
+                        g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
+                        bias1, rows2, (kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2))
+        if t == 0 and has_b2:
             classes = gb2.shape[1]
             for c in range(classes):
                 gb2[0, c] = dZ2[0, c]
@@ -348,44 +334,47 @@ def _one_row(*arrays):
     return tuple(a.reshape(1, -1) for a in arrays)
 
 
-def minibatch_epoch(compressed, order, labels, batch, layer1, layer2, opt, loss, threads):
+def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
+                    W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
+                    one_minus_beta2, eps, corrections, loss_kind, loss_eps, threads):
     """Trains on len(order) // batch batches, rows order[b * batch:(b + 1) * batch] of the compressed input
     (indptr, indices, values), on `threads` threads; returns (summed loss, number correct, batches).
 
-    layer1, layer2: (W, b, has_b, codes, masks, l2, state) per layer: the bias b read and updated only when
-    has_b; masks (batches, units) per-unit dropout scales, or (0, units) for none; l2 per-unit L2
-    coefficients (dW += l2 * W), or empty; state the optimiser moments (v_W, s_W, v_b, s_b) (any arrays of the
-    right shapes for SGD, which reads none). opt: (kind, lr, beta1, 1 - beta1, beta2, 1 - beta2, eps,
-    corrections), corrections (batches, 2) Adam's bias corrections of each batch's step (`adam_corrections`).
-    loss: (loss kind, eps). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
+    b1, b2: the biases, read and updated only when has_b1, has_b2. masks1/masks2: (batches, units) per-unit
+    dropout scales, or (0, units) for none. l2_1/l2_2: per-unit L2 coefficients (dW += l2 * W), or empty.
+    corrections: (batches, 2) Adam's bias corrections of each batch's step (`adam_corrections`).
+    state1/state2: the optimiser moments (v_W, s_W, v_b, s_b) of each layer (any arrays of the right
+    shapes for SGD, which reads none). Scalars have the weights' dtype, as optim's. All arrays C-contiguous.
     """
-    total, correct = _run_epoch_worker(compressed, order, labels, batch, layer1, layer2, opt, loss, threads, True)
+    total, correct = _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1,
+                                       masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1, state2, kind, lr,
+                                       beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections, loss_kind,
+                                       loss_eps, threads, True)
     return total, correct, order.shape[0] // batch
 
 
-def evaluate(compressed, labels, layer1, layer2, loss, threads):
+def evaluate(indptr, indices, values, labels, W1, b1, has_b1, codes1, W2, b2, has_b2, codes2, loss_kind, loss_eps,
+             threads):
     """(summed loss, number correct) of a one-hidden-layer network on every row of a compressed input, without
     dropout: the epoch's own worker without its training steps (one compiled function for both), EVAL_ROWS
-    rows at a time, each thread taking whole batches. layer1, layer2: (W, b, has_b, codes); loss: (kind, eps)."""
-    (W1, b1, has_b1, codes1), (W2, b2, has_b2, codes2) = layer1, layer2
-    n = compressed[0].shape[0] - 1
+    rows at a time, each thread taking whole batches."""
+    n = indptr.shape[0] - 1
     k, classes = W2.shape
     dtype = W1.dtype
     batch = min(EVAL_ROWS, max(1, n))
     zero = dtype.type(0)
     none = np.zeros(0, dtype)
     b1, b2 = np.ascontiguousarray(b1), np.ascontiguousarray(b2)        # viewed as rows below; no copy if they are
-    return _run_epoch_worker(compressed, np.arange(n), labels, batch,
-                             (W1, b1, has_b1, codes1, np.empty((0, k), dtype), none, (W1, W1, b1, b1)),
-                             (W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none, (W2, W2, b2, b2)),
-                             (SGD, zero, zero, zero, zero, zero, zero, np.ones(((n + batch - 1) // batch, 2), dtype)),
-                             loss, threads, False)
+    return _run_epoch_worker(indptr, indices, values, np.arange(n), labels, batch, W1, b1, has_b1, codes1,
+                             np.empty((0, k), dtype), none, W2, b2, has_b2, codes2, np.empty((0, classes), dtype), none,
+                             (W1, W1, b1, b1), (W2, W2, b2, b2), SGD, zero, zero, zero, zero, zero, zero,
+                             np.ones(((n + batch - 1) // batch, 2), dtype), loss_kind, loss_eps, threads, False)
 
 
-def _run_epoch_worker(compressed, order, labels, batch, layer1, layer2, opt, loss, threads, need_grad):
+def _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1, W2, b2,
+                      has_b2, codes2, masks2, l2_2, state1, state2, kind, lr, beta1, one_minus_beta1, beta2,
+                      one_minus_beta2, eps, corrections, loss_kind, loss_eps, threads, need_grad):
     """_epoch_worker on T threads with its buffers; (summed loss, number correct)."""
-    W1, b1, has_b1, codes1, masks1, l2_1, state1 = layer1
-    W2, b2, has_b2, codes2, masks2, l2_2, state2 = layer2
     dtype = W1.dtype
     n_in, k = W1.shape
     classes = W2.shape[1]
@@ -400,21 +389,20 @@ def _run_epoch_worker(compressed, order, labels, batch, layer1, layer2, opt, los
         m, pairs, cap = T * batch, 1, 1
     rows = lambda n: simd.aligned_empty((n, k), dtype)  # noqa: E731
     small = lambda *shape: simd.aligned_empty(shape, dtype)  # noqa: E731
-    bufs = (rows(m), rows(m), rows(batch if need_grad else 1), small(T, batch, classes),       # H1 A1 dZ1 part
-            small(m, classes), small(m, classes),                                            # H2 A2
-            small(m, classes), small(classes, batch),                                        # dZ2 dZ2T
-            np.ascontiguousarray(W2.T), rows(classes), small(k, classes),                    # W2T G2T G2
-            rows(T), rows(2 * T),                                                            # g_rows g_pairs
-            np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
-            small(2, T, 2 * cap),                                                            # pair_values
-            small(1, classes))                                                               # gb2
-    relu1 = bool(np.all(codes1 == RELU))
-    first = (W1, b1, has_b1, codes1, relu1, masks1, l2_1, state1[:2], _one_row(b1, state1[2], state1[3]),
-             np.ones(k, dtype))
-    second = (W2, b2, has_b2, codes2, masks2, l2_2, _one_row(b2, state2[2], state2[3]),
-              _one_row(W2, bufs[10], state2[0], state2[1]), np.ones(classes, dtype))
-    data = (*compressed, order, labels, batch, *loss)
+    buffers = (rows(m), rows(m), rows(batch if need_grad else 1), small(T, batch, classes),    # H1 A1 dZ1 part
+               small(m, classes), small(m, classes),                                            # H2 A2
+               small(m, classes), small(classes, batch),                                        # dZ2 dZ2T
+               np.ascontiguousarray(W2.T), rows(classes), small(k, classes),                    # W2T G2T G2
+               rows(T), rows(2 * T),                                                            # g_rows g_pairs
+               np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
+               small(2, T, 2 * cap),                                                            # pair_values
+               np.ones(k, dtype), np.ones(classes, dtype), small(1, classes))                   # ones1 ones2 gb2
+    rows2 = _one_row(W2, buffers[10], state2[0], state2[1])
+    bias1, bias2 = _one_row(b1, state1[2], state1[3]), _one_row(b2, state2[2], state2[3])
     results = np.zeros((T, 2))
-    run_workers(_epoch_worker, T, ((barrier.new_state(), bounds), data, first, second, opt, bufs, need_grad,
-                                   results))
+    relu1 = bool(np.all(codes1 == RELU))
+    run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,
+                            has_b1, codes1, relu1, masks1, l2_1, W2, b2, has_b2, codes2, masks2, l2_2, state1[:2],
+                            bias1, bias2, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, corrections,
+                            loss_kind, loss_eps) + buffers + (rows2, need_grad, results))
     return float(results[:, 0].sum()), int(results[:, 1].sum())
