@@ -6,9 +6,9 @@ A recipe is plain data: it can be written to JSON, stored inside a saved model a
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
+import threading
 from dataclasses import dataclass, field, replace
 
 from . import checks
@@ -66,6 +66,20 @@ class Optimizer:
     eps: float = 1e-8
 
 
+# lr * decay * decay * ..., one multiplication at a time, kept per (lr, decay): a run asks for every iteration in
+# turn, and forming each product afresh would cost a number of multiplications quadratic in the run's length
+_DECAYED: dict[tuple[float, float], list[float]] = {}
+_DECAYED_LOCK = threading.Lock()
+
+
+def _decayed(lr: float, decay: float, iteration: int) -> float:
+    with _DECAYED_LOCK:
+        products = _DECAYED.setdefault((lr, decay), [lr])
+        while len(products) <= iteration:
+            products.append(products[-1] * decay)
+        return products[iteration]
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -115,7 +129,7 @@ class Recipe:
         lr = self.optimizer.lr
         if self.lr_decay == 1.0:
             return lr
-        return math.prod(itertools.repeat(self.lr_decay, iteration), start=lr)
+        return _decayed(lr, self.lr_decay, iteration)
 
     def l2_multiplier(self, iteration: int) -> float:
         """Factor applied to every L2 factor after the update of `iteration` (seed 004's schedule)."""

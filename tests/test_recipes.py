@@ -38,6 +38,11 @@ def test_lr_at_is_the_decayed_rate_of_each_iteration_and_a_pure_function():
     assert fast.lr_at(5) == fast.lr_at(5) and fast == get_preset("fast")     # no state kept or changed
     other = fast.with_overrides(lr=0.01, lr_decay=0.5)
     assert [other.lr_at(i) for i in range(4)] == [0.01, 0.005, 0.0025, 0.00125]
+    long = fast.with_overrides(lr=0.003, lr_decay=0.999)    # asked out of order, far along: the same products
+    want = [0.003]
+    for _ in range(5000):
+        want.append(want[-1] * 0.999)
+    assert [long.lr_at(i) for i in (5000, 17, 4999, 0)] == [want[5000], want[17], want[4999], 0.003]
     flat = get_preset("branchnet")
     assert flat.lr_decay == 1.0 and {flat.lr_at(i) for i in (0, 1, 9999)} == {flat.optimizer.lr}
 
