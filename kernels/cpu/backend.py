@@ -29,7 +29,8 @@ from collections import OrderedDict
 import numba
 import numpy as np
 
-from . import batch1_epoch, dense, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, stack_path, threads
+from . import (batch1_epoch, dense, epoch_parts, loss, minibatch_epoch, optim, repeat_epoch, simd, sparse, stack_path,
+               threads)
 from .activation import layer_codes
 from ..codes import LOSS_CODES, OPTIMIZER_CODES
 from ..reference import ReferenceBackend
@@ -505,7 +506,7 @@ class NumbaCpuBackend(ReferenceBackend):
                 W2, b2, has_b2, _codes(net.segments[1], W2.shape[1]), masks[1], l2[1], state1, state2,
                 kind, t(net.lr), t(net.beta1), t(1 - net.beta1),
                 t(net.beta2), t(1 - net.beta2), t(net.eps),
-                minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype),
+                epoch_parts.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype),
                 LOSS_CODES[net.loss],
                 t(net.loss_eps), numba.get_num_threads())
         net.step += done

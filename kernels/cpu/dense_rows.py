@@ -18,6 +18,7 @@ from __future__ import annotations
 from numba import njit
 
 from .activation import activate_runs
+from .epoch_parts import dot
 from .simd import CACHE, MAX_TILE_FOUR, gather_four_rows_planned, tile_plan, width_for
 
 _width = width_for("head")      # the fused head's products are the same kind: dense rows of a few hundred columns
@@ -90,15 +91,6 @@ def weight_grad_rows(A, D, G, p0, p1, rows):
         weight_grad_block(A, D, G, p, e, p, rows)
 
 
-@njit(cache=CACHE, fastmath={"contract", "reassoc"})
-def _dot(a, w, zero):
-    """a @ w in whatever order vectorises (its own function: inlined, it would take its caller's fastmath flags)."""
-    z = zero
-    for j in range(a.shape[0]):
-        z += a[j] * w[j]
-    return z
-
-
 @njit(cache=CACHE, fastmath={"contract"})
 def forward_rows_narrow(A, WT, b, has_b, runs, H, i0, i1):
     """forward_rows for a layer too narrow for one vector of units (an output layer of 10 classes), from the
@@ -108,7 +100,7 @@ def forward_rows_narrow(A, WT, b, has_b, runs, H, i0, i1):
     for i in range(i0, i1):
         h, a = H[i], A[i]
         for c in range(n):
-            h[c] = _dot(a, WT[c], zero)
+            h[c] = dot(a, WT[c], zero)
         if has_b:
             for c in range(n):
                 h[c] += b[c]

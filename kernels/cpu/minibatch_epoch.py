@@ -29,33 +29,11 @@ from . import barrier, simd
 from .threads import run_workers
 from .activation import activate, derivative
 from .loss import row_loss
-from .optim import adam_row, sgd_row
-from .simd import CACHE, MAX_TILE, gather_pair_tile, gather_planned, tile_plan, width
-from ..codes import ADAM, RELU, SGD
+from .epoch_parts import MB_WIDTH, dot, gather_pair_add, one_row, regroup_pairs, unit_slices, update_row
+from .simd import CACHE, MAX_TILE, gather_planned, tile_plan
+from ..codes import RELU, SGD
 
 EVAL_ROWS = 256         # rows per batch of an evaluation
-MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in this module's gathers
-
-
-@njit(cache=CACHE, fastmath={"contract"})
-def _update_row(P, row, G, grow, V, S, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """The optimiser step of P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim's row forms).
-    Every update of the epoch goes through this one form (W2 and the biases as 2-D views of one row), so that
-    no other form of the optimiser is compiled into the epoch."""
-    if kind == SGD:
-        sgd_row(P, row, G, grow, lr, j0, j1)
-    else:
-        adam_row(P, row, G, grow, V, S, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2, j0, j1)
-
-
-@njit(cache=CACHE, fastmath={"contract", "reassoc"})
-def _dot(a, w, zero):
-    """a @ w in whatever order vectorises (its own function: inlined, it would take its caller's fastmath
-    flags, without reassoc, and not vectorise)."""
-    z = zero
-    for j in range(a.shape[0]):
-        z += a[j] * w[j]
-    return z
 
 
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy")
@@ -85,68 +63,7 @@ def _forward_slice(indptr, indices, values, rows, start, count, W1, b1, has_b1, 
                 h1[j] = h
                 a1[j] = h * ms[j]
         for c in range(classes):
-            part[i, c] = _dot(a1, W2T[c, j0:j1], zero)
-
-
-@njit(cache=CACHE, error_model="numpy")
-def _regroup_pairs(indptr, indices, values, rows, start, i0, i1, cp, pair_rows, pair_values):
-    """Batch rows i0:i1 (input rows rows[start + i]) regrouped by pairs of adjacent pixels (2q, 2q + 1): one
-    entry per row that has either, holding the batch row and both values (0 for a missing one), so that one
-    read of a dZ1 row serves two rows of the weight gradient. cp[q]:cp[q + 1] are pair q's entries."""
-    cp[:] = 0
-    for i in range(i0, i1):
-        r = rows[start + i]
-        p, hi = indptr[r], indptr[r + 1]
-        while p < hi:
-            c = indices[p]
-            p += 2 if c % 2 == 0 and p + 1 < hi and indices[p + 1] == c + 1 else 1
-            cp[(c >> 1) + 1] += 1
-    pairs = cp.shape[0] - 1
-    for q in range(pairs):
-        cp[q + 1] += cp[q]
-    for i in range(i0, i1):
-        r = rows[start + i]
-        p, hi = indptr[r], indptr[r + 1]
-        while p < hi:
-            c = indices[p]
-            e = cp[c >> 1]
-            pair_rows[e] = i
-            if c % 2 == 0:
-                pair_values[2 * e] = values[p]
-                if p + 1 < hi and indices[p + 1] == c + 1:
-                    pair_values[2 * e + 1] = values[p + 1]
-                    p += 2
-                else:
-                    pair_values[2 * e + 1] = 0
-                    p += 1
-            else:
-                pair_values[2 * e] = 0
-                pair_values[2 * e + 1] = values[p]
-                p += 1
-            cp[c >> 1] = e + 1
-    for q in range(pairs, 0, -1):                   # back to starts: cp[q] is now pair q's end
-        cp[q] = cp[q - 1]
-    cp[0] = 0
-
-
-@njit(cache=CACHE, fastmath={"contract"}, inline="always")
-def _gather_pair_add(plan, rows, vals, lo, hi, M, Out, ra, rb, j0, j1, accumulate):
-    """Out[ra, j0:j1] (+)= sum over e in lo:hi of vals[2e] M[rows[e], j0:j1], Out[rb] likewise with vals[2e + 1]."""
-    lanes = MB_WIDTH // M.itemsize
-    zero = Out.dtype.type(0)
-    nv, wide, narrow = plan
-    gather_pair_tile(nv + 1, rows, vals, lo, hi, M, Out, ra, rb, j0, wide, accumulate, MB_WIDTH)
-    k = j0 + wide * (nv + 1) * lanes
-    gather_pair_tile(nv, rows, vals, lo, hi, M, Out, ra, rb, k, narrow, accumulate, MB_WIDTH)
-    for j in range(k + narrow * nv * lanes, j1):
-        sa = Out[ra, j] if accumulate else zero      # not Out * 0: Out may hold NaN from before
-        sb = Out[rb, j] if accumulate else zero
-        for e in range(lo, hi):
-            m = M[rows[e], j]
-            sa += vals[2 * e] * m
-            sb += vals[2 * e + 1] * m
-        Out[ra, j] = sa
-        Out[rb, j] = sb
+            part[i, c] = dot(a1, W2T[c, j0:j1], zero)
 
 
 @njit(cache=CACHE, error_model="numpy")
@@ -212,7 +129,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
     r0 = t - t                                      # row 0, not a literal (see the module's docstring)
-    _update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1,
+    update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1,
                 beta2, omb2, eps, c1, c2)
     for j in range(j0, j1):
         for c in range(classes):
@@ -225,10 +142,10 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             d1 = dZ1[i, j0:j1]
             for j in range(gb1.shape[0]):
                 gb1[j] += d1[j]
-        _update_row(B1, r0, g_rows, t, VB1, SB1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        update_row(B1, r0, g_rows, t, VB1, SB1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
     for q in range(colptr.shape[1] - 1):            # W1's columns j0:j1, two of its rows (pixels) at a time
         for u in range(T):
-            _gather_pair_add(plan, pair_rows[u], pair_values[u], colptr[u, q], colptr[u, q + 1], dZ1, g_pairs, 2 * t,
+            gather_pair_add(plan, pair_rows[u], pair_values[u], colptr[u, q], colptr[u, q + 1], dZ1, g_pairs, 2 * t,
                              2 * t + 1, j0, j1, u > 0)
         for m in range(2):
             row = 2 * q + m
@@ -238,7 +155,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
                 gs, w, ls = g_pairs[2 * t + m, j0:j1], W1[row, j0:j1], l2_1[j0:j1]
                 for j in range(gs.shape[0]):
                     gs[j] += w[j] * ls[j]
-            _update_row(W1, row, g_pairs, 2 * t + m, vW1, sW1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+            update_row(W1, row, g_pairs, 2 * t + m, vW1, sW1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -283,7 +200,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         m2 = masks2[bi] if masks2.shape[0] else ones2
         _forward_slice(indptr, indices, values, order, start, batch, W1, b1, has_b1, codes1, relu1, m1, W2T, j0, j1,
                        H1, A1, part[t])
-        _regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
+        regroup_pairs(indptr, indices, values, order, start, i0, i1, colptr[parity, t], pair_rows[parity, t],
                        pair_values[parity, t])
         barrier.wait(state, T)
         loss_sum, ok = _output_rows(part, order, start, labels, i0, i1, b2, has_b2, codes2, m2, loss_kind, loss_eps,
@@ -303,35 +220,10 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                 for c in range(classes):
                     gb2[0, c] += dZ2[i, c]
             r0 = t - t                              # not a literal 0 (see the module's docstring)
-            _update_row(bias2[0], r0, gb2, r0, bias2[1], bias2[2], r0, classes, kind, lr, beta1, omb1, beta2, omb2,
+            update_row(bias2[0], r0, gb2, r0, bias2[1], bias2[2], r0, classes, kind, lr, beta1, omb1, beta2, omb2,
                         eps, c1, c2)
     results[t, 0] = total
     results[t, 1] = correct
-
-
-def adam_corrections(kind, beta1, beta2, step0, batches, dtype) -> np.ndarray:
-    """(batches, 2): 1 - beta1**step and 1 - beta2**step for steps step0 + 1 ... step0 + batches (ones for the
-    other optimisers), from the betas as Python floats, as the reference computes them: from the betas
-    rounded to float32, 1 - beta2**step would be off by 1e-5 relative in the first steps."""
-    steps = step0 + 1 + np.arange(batches, dtype=np.float64)
-    if kind != ADAM:
-        return np.ones((batches, 2), dtype)
-    return np.stack([1 - float(beta1) ** steps, 1 - float(beta2) ** steps], axis=1).astype(dtype)
-
-
-def _unit_slices(k: int, itemsize: int, threads: int, rows: int) -> np.ndarray:
-    """Bounds of T near-equal slices of k units, each starting on a whole vector."""
-    lanes = MB_WIDTH // itemsize
-    vectors = k // lanes
-    T = max(1, min(threads, vectors, rows))
-    return np.array([lanes * (t * vectors // T) for t in range(T)] + [k], np.int64)
-
-
-def _one_row(*arrays):
-    """Each array viewed as one row (1, size) of a 2-D array, for the optimiser's row form; never a copy."""
-    if not all(a.flags.c_contiguous for a in arrays):
-        raise ValueError("minibatch_epoch: the parameters and their optimiser state must be C-contiguous")
-    return tuple(a.reshape(1, -1) for a in arrays)
 
 
 def minibatch_epoch(indptr, indices, values, order, labels, batch, W1, b1, has_b1, codes1, masks1, l2_1,
@@ -379,7 +271,7 @@ def _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has
     n_in, k = W1.shape
     classes = W2.shape[1]
     if need_grad:
-        bounds = _unit_slices(k, W1.itemsize, threads, batch)
+        bounds = unit_slices(k, W1.itemsize, threads, batch)
         T = bounds.shape[0] - 1
         m, pairs = batch, (n_in + 1) // 2               # rows of the per-row buffers; pixel pairs
         cap = (batch // T + 1) * pairs                  # regrouped entries per thread
@@ -397,8 +289,8 @@ def _run_epoch_worker(indptr, indices, values, order, labels, batch, W1, b1, has
                np.empty((2, T, pairs + 1), np.int64), np.empty((2, T, cap), np.int32),          # colptr pair_rows
                small(2, T, 2 * cap),                                                            # pair_values
                np.ones(k, dtype), np.ones(classes, dtype), small(1, classes))                   # ones1 ones2 gb2
-    rows2 = _one_row(W2, buffers[10], state2[0], state2[1])
-    bias1, bias2 = _one_row(b1, state1[2], state1[3]), _one_row(b2, state2[2], state2[3])
+    rows2 = one_row(W2, buffers[10], state2[0], state2[1])
+    bias1, bias2 = one_row(b1, state1[2], state1[3]), one_row(b2, state2[2], state2[3])
     results = np.zeros((T, 2))
     relu1 = bool(np.all(codes1 == RELU))
     run_workers(_epoch_worker, T, (barrier.new_state(), bounds, indptr, indices, values, order, labels, batch, W1, b1,

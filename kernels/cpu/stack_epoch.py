@@ -35,7 +35,7 @@ from ..codes import RELU
 from .activation import activate, code_runs, times_derivative_runs
 from .dense_rows import forward_rows, forward_rows_narrow, input_grad_rows, weight_grad_block, weight_grad_block_narrow
 from .loss import row_loss
-from .minibatch_epoch import MB_WIDTH, _gather_pair_add, _regroup_pairs, _unit_slices, _update_row
+from .epoch_parts import MB_WIDTH, gather_pair_add, regroup_pairs, unit_slices, update_row
 from . import simd
 from .simd import CACHE, MAX_TILE, gather_planned, tile_plan
 from .threads import run_workers
@@ -192,11 +192,11 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
             d0 = dZ0[i, j0:j1]
             for j in range(gb.shape[0]):
                 gb[j] += d0[j]
-        _update_row(B0, r0, g_rows, t, VB0, SB0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        update_row(B0, r0, g_rows, t, VB0, SB0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
     cp, pr, pv = colptr[parity], pair_rows[parity], pair_values[parity]
     for q in range(cp.shape[1] - 1):                # W0's columns j0:j1, two of its rows (pixels) at a time
         for u in range(T):
-            _gather_pair_add(plan, pr[u], pv[u], cp[u, q], cp[u, q + 1], dZ0, g_pairs, 2 * t, 2 * t + 1, j0, j1,
+            gather_pair_add(plan, pr[u], pv[u], cp[u, q], cp[u, q + 1], dZ0, g_pairs, 2 * t, 2 * t + 1, j0, j1,
                              u > 0)
         for m in range(2):
             row = 2 * q + m
@@ -206,7 +206,7 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
                 gs, w, ls = g_pairs[2 * t + m, j0:j1], W0[row, j0:j1], l2_0[j0:j1]
                 for j in range(gs.shape[0]):
                     gs[j] += w[j] * ls[j]
-            _update_row(W0, row, g_pairs, 2 * t + m, vW0, sW0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
+            update_row(W0, row, g_pairs, 2 * t + m, vW0, sW0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
                         c2)
 
 
@@ -242,7 +242,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                         f = l2f[ua + unit]
                         for p in range(p0, p1):
                             g_dense[g, p] += WT[unit, p] * f
-                    _update_row(WT, unit, g_dense, g, VT, ST, p0, p1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
+                    update_row(WT, unit, g_dense, g, VT, ST, p0, p1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
                                 c2)
             for p in range(p0, p1):
                 for c in range(n):
@@ -255,7 +255,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                 if meta[d, HAS_L2]:
                     for j in range(n):
                         g_dense[g, j] += W[row, j] * l2f[ua + j]
-                _update_row(W, row, g_dense, g, V, S, r0, n, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+                update_row(W, row, g_dense, g, V, S, r0, n, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
                 for j in range(n):
                     WT[j, row] = W[row, j]
         if meta[d, HAS_B]:
@@ -265,7 +265,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                 for i in range(1, batch):
                     s += D[i, c]
                 g_bias[t, ua + c] = s
-            _update_row(B2, r0, g_bias, t, VB2, SB2, ua + c0, ua + c1_, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
+            update_row(B2, r0, g_bias, t, VB2, SB2, ua + c0, ua + c1_, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
                         c2)
         H = Hf[ha:ha + batch * n].reshape((batch, n))
         Ain = H if meta[d, DROP] == NONE else Af[ha:ha + batch * n].reshape((batch, n))
@@ -285,7 +285,7 @@ def _worker(t, T, sync, data, first, dense, opt, bufs, results):
     for bi in range(batches):
         parity = bi & 1
         _first_forward(data, first, bi, j0, j1, H0, A0)
-        _regroup_pairs(indptr, indices, values, order, bi * batch, i0, i1, colptr[parity, t], pair_rows[parity, t],
+        regroup_pairs(indptr, indices, values, order, bi * batch, i0, i1, colptr[parity, t], pair_rows[parity, t],
                        pair_values[parity, t])
         barrier.wait(state, T)
         loss, ok = _rows_phase(data, first, dense, bufs, bi, i0, i1)
@@ -311,7 +311,7 @@ def run(compressed, order, labels, batch, first, dense, opt, loss_kind, loss_eps
     dtype = W0.dtype
     n_in, k0 = W0.shape
     meta = dense[12]
-    bounds = _unit_slices(k0, W0.itemsize, threads, batch)
+    bounds = unit_slices(k0, W0.itemsize, threads, batch)
     T = bounds.shape[0] - 1
     pairs = (n_in + 1) // 2
     cap = (batch // T + 1) * pairs

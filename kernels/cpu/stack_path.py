@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import minibatch_epoch, stack_epoch, threads
+from . import epoch_parts, stack_epoch, threads
 from ..codes import LOSS_CODES, OPTIMIZER_CODES
 from .activation import code_runs, layer_codes
 from . import simd
@@ -175,7 +175,7 @@ def run(backend, net, compressed, labels, batch, rng, order):
     (vW0, sW0), mb0 = moments[0]
     bias = np.zeros(k0, dtype) if b0 is None else b0
     vb0, sb0 = (bias, bias) if mb0 is None else mb0
-    bias0 = minibatch_epoch._one_row(bias, vb0, sb0)
+    bias0 = epoch_parts.one_row(bias, vb0, sb0)
     l2_0 = net.l2_coefficients(0, batch)
     fscale0, bscale0 = _scales(net, 0, k0, dtype)
     drop0 = stack_epoch.NONE if _keep(net, 0) is None else stack_epoch.DROPOUT_CODES[net.dropout]
@@ -184,7 +184,7 @@ def run(backend, net, compressed, labels, batch, rng, order):
     dense, back = _pack_dense(net, kept, batch, moments)
     kind = OPTIMIZER_CODES[net.optimizer]
     opt = (kind, t(net.lr), t(net.beta1), t(1 - net.beta1), t(net.beta2), t(1 - net.beta2), t(net.eps),
-           minibatch_epoch.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype))
+           epoch_parts.adam_corrections(kind, net.beta1, net.beta2, net.step, batches, dtype))
     with threads.parallel_section():
         total, correct = stack_epoch.run((compressed.indptr, compressed.indices, compressed.values), rows, labels,
                                          batch, first, dense, opt, LOSS_CODES[net.loss], t(net.loss_eps),
