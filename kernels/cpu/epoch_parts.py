@@ -19,10 +19,12 @@ MB_WIDTH = width("minibatch_epoch")     # bytes per SIMD vector in the first lay
 
 
 @njit(cache=CACHE, fastmath={"contract"})
-def update_row(P, row, G, grow, V, S, j0, j1, kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2):
-    """The optimiser step of P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim's row forms).
-    Every update of the epoch goes through this one form (W2 and the biases as 2-D views of one row), so that
+def update_row(P, row, G, grow, V, S, j0, j1, step):
+    """The optimiser step of P[row, j0:j1] from G[grow, j0:j1] (2-D arrays), making no views (optim's row forms);
+    step: (kind, lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, c1, c2), c1 and c2 this step's bias corrections.
+    Every update of an epoch goes through this one form (W2 and the biases as 2-D views of one row), so that
     no other form of the optimiser is compiled into the epoch."""
+    kind, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2 = step
     if kind == SGD:
         sgd_row(P, row, G, grow, lr, j0, j1)
     else:

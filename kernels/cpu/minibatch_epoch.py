@@ -92,20 +92,19 @@ def _output_rows(part, rows, start, labels, i0, i1, b2, has_b2, codes2, m2, loss
 
 
 # Inlined into the worker by Numba (its only caller): compiled once there, not also as a function of its own
-# that LLVM would optimise and emit a second time. The optimiser's settings come as one tuple, `opt`: a call
-# of more than 30 arguments reaches Numba as *args, which its inliner does not take.
+# that LLVM would optimise and emit a second time. The optimiser's settings come as one tuple, `step` (as
+# update_row takes them): a call of more than 30 arguments reaches Numba as *args, which its inliner does not take.
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
 def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2, g_rows,
-                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, opt):
+                    g_pairs, colptr, pair_rows, pair_values, l2_1, l2_2, state1, bias1, rows2, step):
     """Thread t's units j0:j1: dZ1, the gradient and the optimiser step of W2's rows and W1's columns j0:j1
     (and of b1's). W2's rows are updated after dZ1 has read them. state1: (v_W1, s_W1); bias1: (b1, v_b1, s_b1)
-    and rows2: (W2, G2, v_W2, s_W2), each viewed as one row."""
+    and rows2: (W2, G2, v_W2, s_W2), each viewed as one row; step: this batch's optimiser step (update_row's)."""
     batch, classes = dZ2.shape
     n_in = W1.shape[0]
     T = colptr.shape[0]
     zero = W1.dtype.type(0)
     vW1, sW1 = state1
-    kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2 = opt
     B1, VB1, SB1 = bias1
     plan = tile_plan(j0, j1, W1.itemsize, MAX_TILE, MB_WIDTH)
     cs, ms = codes1[j0:j1], m1[j0:j1]
@@ -129,8 +128,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
         for c in range(classes):
             G2[j, c] = G2T[c, j] + W2[j, c] * l2_2[c] if l2_2.shape[0] else G2T[c, j]
     r0 = t - t                                      # row 0, not a literal (see the module's docstring)
-    update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, kind, lr, beta1, omb1,
-                beta2, omb2, eps, c1, c2)
+    update_row(rows2[0], r0, rows2[1], r0, rows2[2], rows2[3], j0 * classes, j1 * classes, step)
     for j in range(j0, j1):
         for c in range(classes):
             W2T[c, j] = W2[j, c]
@@ -142,7 +140,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
             d1 = dZ1[i, j0:j1]
             for j in range(gb1.shape[0]):
                 gb1[j] += d1[j]
-        update_row(B1, r0, g_rows, t, VB1, SB1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        update_row(B1, r0, g_rows, t, VB1, SB1, j0, j1, step)
     for q in range(colptr.shape[1] - 1):            # W1's columns j0:j1, two of its rows (pixels) at a time
         for u in range(T):
             gather_pair_add(plan, pair_rows[u], pair_values[u], colptr[u, q], colptr[u, q + 1], dZ1, g_pairs, 2 * t,
@@ -155,7 +153,7 @@ def _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1
                 gs, w, ls = g_pairs[2 * t + m, j0:j1], W1[row, j0:j1], l2_1[j0:j1]
                 for j in range(gs.shape[0]):
                     gs[j] += w[j] * ls[j]
-            update_row(W1, row, g_pairs, 2 * t + m, vW1, sW1, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+            update_row(W1, row, g_pairs, 2 * t + m, vW1, sW1, j0, j1, step)
 
 
 @njit(cache=CACHE, nogil=True, fastmath={"contract"}, error_model="numpy")
@@ -208,10 +206,10 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
         total += loss_sum
         correct += ok
         barrier.wait(state, T)
-        c1, c2 = corrections[bi, 0], corrections[bi, 1]
+        step = (kind, lr, beta1, omb1, beta2, omb2, eps, corrections[bi, 0], corrections[bi, 1])
         _backward_slice(t, j0, j1, H1, A1, dZ1, dZ2, dZ2T, codes1, relu1, m1, W1, b1, has_b1, W2, W2T, G2T, G2,
                         g_rows, g_pairs, colptr[parity], pair_rows[parity], pair_values[parity], l2_1, l2_2, state1,
-                        bias1, rows2, (kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2))
+                        bias1, rows2, step)
         if t == 0 and has_b2:
             classes = gb2.shape[1]
             for c in range(classes):
@@ -220,8 +218,7 @@ def _epoch_worker(t, T, state, bounds, indptr, indices, values, order, labels, b
                 for c in range(classes):
                     gb2[0, c] += dZ2[i, c]
             r0 = t - t                              # not a literal 0 (see the module's docstring)
-            update_row(bias2[0], r0, gb2, r0, bias2[1], bias2[2], r0, classes, kind, lr, beta1, omb1, beta2, omb2,
-                        eps, c1, c2)
+            update_row(bias2[0], r0, gb2, r0, bias2[1], bias2[2], r0, classes, step)
     results[t, 0] = total
     results[t, 1] = correct
 

@@ -175,7 +175,7 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
     W0, bias0, has_b0 = first[0], first[1], first[2]
     l2_0, state0 = first[10], first[11]
     kind, lr, beta1, omb1, beta2, omb2, eps, corrections = opt
-    c1, c2 = corrections[bi, 0], corrections[bi, 1]
+    step = (kind, lr, beta1, omb1, beta2, omb2, eps, corrections[bi, 0], corrections[bi, 1])     # update_row's
     dZ0, g_rows, g_pairs, colptr, pair_rows, pair_values = bufs[2], bufs[6], bufs[7], bufs[8], bufs[9], bufs[10]
     batch = dZ0.shape[0]
     n_in = W0.shape[0]
@@ -192,7 +192,7 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
             d0 = dZ0[i, j0:j1]
             for j in range(gb.shape[0]):
                 gb[j] += d0[j]
-        update_row(B0, r0, g_rows, t, VB0, SB0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+        update_row(B0, r0, g_rows, t, VB0, SB0, j0, j1, step)
     cp, pr, pv = colptr[parity], pair_rows[parity], pair_values[parity]
     for q in range(cp.shape[1] - 1):                # W0's columns j0:j1, two of its rows (pixels) at a time
         for u in range(T):
@@ -206,8 +206,7 @@ def _first_update(t, T, first, opt, bufs, parity, bi, j0, j1):
                 gs, w, ls = g_pairs[2 * t + m, j0:j1], W0[row, j0:j1], l2_0[j0:j1]
                 for j in range(gs.shape[0]):
                     gs[j] += w[j] * ls[j]
-            update_row(W0, row, g_pairs, 2 * t + m, vW0, sW0, j0, j1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
-                        c2)
+            update_row(W0, row, g_pairs, 2 * t + m, vW0, sW0, j0, j1, step)
 
 
 @njit(cache=CACHE, fastmath={"contract"}, error_model="numpy", inline="always")
@@ -217,7 +216,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
     Wf, WTf, vWf, sWf, Bf, vBf, sBf, l2f = dense[:8]
     meta = dense[12]
     kind, lr, beta1, omb1, beta2, omb2, eps, corrections = opt
-    c1, c2 = corrections[bi, 0], corrections[bi, 1]
+    step = (kind, lr, beta1, omb1, beta2, omb2, eps, corrections[bi, 0], corrections[bi, 1])     # update_row's
     A0, Hf, Af, Df, g_dense, g_bias = bufs[1], bufs[3], bufs[4], bufs[5], bufs[11], bufs[12]
     batch = A0.shape[0]
     r0 = t - t
@@ -242,8 +241,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                         f = l2f[ua + unit]
                         for p in range(p0, p1):
                             g_dense[g, p] += WT[unit, p] * f
-                    update_row(WT, unit, g_dense, g, VT, ST, p0, p1, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
-                                c2)
+                    update_row(WT, unit, g_dense, g, VT, ST, p0, p1, step)
             for p in range(p0, p1):
                 for c in range(n):
                     W[p, c] = WT[c, p]
@@ -255,7 +253,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                 if meta[d, HAS_L2]:
                     for j in range(n):
                         g_dense[g, j] += W[row, j] * l2f[ua + j]
-                update_row(W, row, g_dense, g, V, S, r0, n, kind, lr, beta1, omb1, beta2, omb2, eps, c1, c2)
+                update_row(W, row, g_dense, g, V, S, r0, n, step)
                 for j in range(n):
                     WT[j, row] = W[row, j]
         if meta[d, HAS_B]:
@@ -265,8 +263,7 @@ def _dense_update(t, T, dense, opt, bufs, bounds, bi):
                 for i in range(1, batch):
                     s += D[i, c]
                 g_bias[t, ua + c] = s
-            update_row(B2, r0, g_bias, t, VB2, SB2, ua + c0, ua + c1_, kind, lr, beta1, omb1, beta2, omb2, eps, c1,
-                        c2)
+            update_row(B2, r0, g_bias, t, VB2, SB2, ua + c0, ua + c1_, step)
         H = Hf[ha:ha + batch * n].reshape((batch, n))
         Ain = H if meta[d, DROP] == NONE else Af[ha:ha + batch * n].reshape((batch, n))
 
