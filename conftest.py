@@ -23,7 +23,11 @@ for _name in ("SIGHUP", "SIGTERM", "SIGXCPU"):
 
 # Under pytest-xdist (the test command's `-n auto`) the workers compile into one Numba cache at once, which
 # fastmnist.kernels.cache_lock makes safe (Numba alone could hand one worker another's machine code); so a kernel
-# that one worker compiled, the other loads.
+# that one worker compiled, the other loads. With a worker per core, numpy's BLAS gets one thread in each: its
+# idle threads spin, and beside the other worker's kernels a numpy epoch's benchmark body took 18-21 s instead of
+# under 2. Set before anything imports numpy; the CLI subprocesses a test starts inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # numba-cuda kernels run in numba-cuda's CPU simulator unless a real GPU is asked for (FASTMNIST_REAL_GPU=1).
 # numba.cuda reads the variable when it is first imported, so it is set here, before anything imports it.
