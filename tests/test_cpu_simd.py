@@ -279,56 +279,46 @@ def test_gather_pair_tile_propagates_nan_to_its_own_row_only(vbytes):
     assert np.isnan(Out[0]).all() and np.array_equal(Out[1], np.full(lanes, 2, np.float32))
 
 
-@by_width
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("j0", [0, 5])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_gather_two_rows_planned_writes_or_adds_two_rows_of_a_dense_product(dtype, j0, transposed, vbytes):
-    rng = np.random.default_rng()
-    two_rows = at_width(simd.gather_two_rows_planned, vbytes)
-    for width in widths(dtype, vbytes):
-        cols = j0 + width + 2
-        M = rng.standard_normal((40, cols)).astype(dtype)
-        U = rng.standard_normal((4, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
-        V = np.ascontiguousarray(U.T) if transposed else U
-        for (lo, hi), add, (va, vb, ra, rb) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False),
-                                                                 ((0, 1, 1, 2), (3, 1, 4, 0), (2, 2, 3, 3))):
-            Out = rng.standard_normal((5, cols)).astype(dtype)
-            before = Out.copy()
-            plan = simd.tile_plan(j0, j0 + width, M.itemsize, simd.MAX_TILE, vbytes)
-            two_rows(plan, V, va, vb, lo, hi, M, Out, ra, rb, j0, j0 + width, add, transposed)
-            span = slice(j0, j0 + width)
-            want = before.astype(np.float64)
-            for r, v in dict(((ra, va), (rb, vb))).items():       # one row asked for twice: once
-                want[r, span] = (want[r, span] if add else 0) + U[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
-            magnitude = np.abs(before[[ra, rb], span]) * add + np.abs(U[[va, vb], lo:hi]) @ np.abs(M[lo:hi, span])
-            assert np.linalg.norm(Out - want) <= TOL[dtype] * np.linalg.norm(magnitude), (width, lo, hi, add)
-            outside = np.ones(Out.shape, bool)
-            outside[[ra, rb], span] = False
-            assert np.array_equal(Out[outside], before[outside]), "changed elements outside its rows' columns"
+# (the rows summed, the output rows) of each call: distinct rows, rows out of order, and for two rows one row
+# asked for twice (an odd row count's last), which is summed once
+ROW_CHOICES = {2: (((0, 1), (1, 2)), ((3, 1), (4, 0)), ((2, 2), (3, 3))),
+               4: (((0, 1, 2, 3), (1, 2, 3, 4)), ((4, 0, 2, 1), (5, 0, 3, 2)))}
+
+
+def rows_at_once(count, vbytes):
+    """(compiled call taking tuples of rows, its max tile) of gather_two_rows_planned or gather_four_rows_planned."""
+    if count == 4:
+        return at_width(simd.gather_four_rows_planned, vbytes), simd.MAX_TILE_FOUR
+    two = at_width(simd.gather_two_rows_planned, vbytes)
+
+    def call(plan, V, vs, lo, hi, M, Out, rows, j0, j1, add, transposed):
+        two(plan, V, vs[0], vs[1], lo, hi, M, Out, rows[0], rows[1], j0, j1, add, transposed)
+    return call, simd.MAX_TILE
 
 
 @by_width
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("j0", [0, 5])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_gather_four_rows_planned_writes_or_adds_four_rows_of_a_dense_product(dtype, j0, transposed, vbytes):
+@pytest.mark.parametrize("count", [2, 4])
+def test_gather_rows_planned_writes_or_adds_rows_of_a_dense_product(count, dtype, j0, transposed, vbytes):
+    """gather_two_rows_planned / gather_four_rows_planned: rows of U @ M (U = V or V.T), written or added."""
     rng = np.random.default_rng()
-    four_rows = at_width(simd.gather_four_rows_planned, vbytes)
+    product, max_tile = rows_at_once(count, vbytes)
     for width in widths(dtype, vbytes):
         cols = j0 + width + 2
         M = rng.standard_normal((40, cols)).astype(dtype)
         U = rng.standard_normal((5, 40)).astype(dtype)           # the rows summed: V, or V.T when transposed
         V = np.ascontiguousarray(U.T) if transposed else U
-        pairings = (((0, 1, 2, 3), (1, 2, 3, 4)), ((4, 0, 2, 1), (5, 0, 3, 2)))      # (vs, rows)
-        for (lo, hi), add, (vs, rows) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False), pairings):
+        for (lo, hi), add, (vs, rows) in itertools.product(((3, 38), (7, 7), (0, 1)), (True, False),
+                                                           ROW_CHOICES[count]):
             Out = rng.standard_normal((6, cols)).astype(dtype)
             before = Out.copy()
-            plan = simd.tile_plan(j0, j0 + width, M.itemsize, simd.MAX_TILE_FOUR, vbytes)
-            four_rows(plan, V, vs, lo, hi, M, Out, rows, j0, j0 + width, add, transposed)
+            plan = simd.tile_plan(j0, j0 + width, M.itemsize, max_tile, vbytes)
+            product(plan, V, vs, lo, hi, M, Out, rows, j0, j0 + width, add, transposed)
             span = slice(j0, j0 + width)
             want = before.astype(np.float64)
-            for r, v in zip(rows, vs):
+            for r, v in dict(zip(rows, vs)).items():
                 want[r, span] = (want[r, span] if add else 0) + U[v, lo:hi].astype(np.float64) @ M[lo:hi, span]
             magnitude = (np.abs(before[list(rows), span]) * add
                          + np.abs(U[list(vs), lo:hi]) @ np.abs(M[lo:hi, span]))
