@@ -329,28 +329,18 @@ def test_gather_rows_planned_writes_or_adds_rows_of_a_dense_product(count, dtype
 
 
 @by_width
-def test_gather_four_rows_propagates_nan_to_its_own_row_only(vbytes):
+@pytest.mark.parametrize("count", [2, 4])
+def test_gather_rows_propagate_nan_to_their_own_row_only(count, vbytes):
     cols = simd.lanes(np.dtype(np.float32), vbytes) + 3        # a whole vector and a scalar tail
     M = np.ones((3, cols), np.float32)
-    V = np.ones((4, 3), np.float32)
-    V[2, 1] = np.nan
-    Out = np.zeros((4, cols), np.float32)
-    plan = simd.tile_plan(0, cols, 4, simd.MAX_TILE_FOUR, vbytes)
-    at_width(simd.gather_four_rows_planned, vbytes)(plan, V, (0, 1, 2, 3), 0, 3, M, Out, (0, 1, 2, 3), 0, cols,
-                                                    False, False)
-    assert np.isnan(Out[2]).all() and np.array_equal(Out[[0, 1, 3]], np.full((3, cols), 3, np.float32))
-
-
-@by_width
-def test_gather_two_rows_propagates_nan_to_its_own_row_only(vbytes):
-    cols = simd.lanes(np.dtype(np.float32), vbytes) + 3        # a whole vector and a scalar tail
-    M = np.ones((3, cols), np.float32)
-    V = np.ones((2, 3), np.float32)
+    V = np.ones((count, 3), np.float32)
     V[1, 2] = np.nan
-    Out = np.zeros((2, cols), np.float32)
-    plan = simd.tile_plan(0, cols, 4, simd.MAX_TILE, vbytes)
-    at_width(simd.gather_two_rows_planned, vbytes)(plan, V, 0, 1, 0, 3, M, Out, 0, 1, 0, cols, False, False)
-    assert np.array_equal(Out[0], np.full(cols, 3, np.float32)) and np.isnan(Out[1]).all()
+    Out = np.zeros((count, cols), np.float32)
+    product, max_tile = rows_at_once(count, vbytes)
+    rows = tuple(range(count))
+    product(simd.tile_plan(0, cols, 4, max_tile, vbytes), V, rows, 0, 3, M, Out, rows, 0, cols, False, False)
+    others = np.delete(Out, 1, axis=0)
+    assert np.isnan(Out[1]).all() and np.array_equal(others, np.full(others.shape, 3, np.float32))
 
 
 def test_work_buffers_start_as_nan_under_the_test_hook_and_start_on_a_cache_line():
