@@ -259,11 +259,8 @@ class NumbaCpuBackend(ReferenceBackend):
         dtype = _float_dtype(out)
         out = _matrix(out, dtype, "out")
         labels = _labels(labels, out.shape[0], out.shape[1])
-        grad = simd.scratch(out.shape, out.dtype)
         with threads.parallel_section():
-            total, correct = loss.loss_and_grad(out, labels, LOSS_CODES[kind], dtype.type(eps),
-                                                    dtype.type(out.shape[0]), grad, need_grad)
-        return total, correct, (grad if need_grad else None)
+            return loss.loss_with_grad(out, labels, LOSS_CODES[kind], eps, need_grad)
 
     # -- optimisers -------------------------------------------------------------------------------
     def update(self, kind, params, grads, state, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, step=1):
@@ -280,15 +277,9 @@ class NumbaCpuBackend(ReferenceBackend):
         inplace = [params] if kind == "sgd" else [params, [v for v, _ in state], [s for _, s in state]]
         flat = [[_flat_inplace(a, p.shape, dtype) for a, p in zip(arrays, params)] for arrays in inplace]
         g = tuple(_flat_grad(gr, p.shape, dtype) for gr, p in zip(grads, params))
-        t = dtype.type
         P, V, S = (tuple(f for f, _ in arrays) for arrays in (flat + [[], []])[:3])
         with threads.parallel_section():
-            if kind == "sgd":
-                optim.sgd(P, g, t(lr))
-            else:
-                c1, c2 = (1 - beta1 ** step, 1 - beta2 ** step) if kind == "adam" else (1.0, 1.0)
-                optim.adam(P, g, V, S, t(lr), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
-                               t(c1), t(c2))
+            optim.step(kind, P, g, V, S, lr, beta1, beta2, eps, step, dtype)
         for arrays, originals in zip(flat, inplace):
             for (f, copied), original in zip(arrays, originals):
                 if copied:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import simd
 from .threads import chunk_bounds, chunks_for
 from ..codes import MSE
 
@@ -88,3 +89,12 @@ def loss_and_grad(out, labels, kind, eps, nd, grad, need_grad):
     totals, corrects = np.zeros(chunks), np.zeros(chunks, dtype=np.int64)
     _loss_parallel(out, labels, kind, eps, nd, grad, need_grad, totals, corrects)
     return float(totals.sum()), int(corrects.sum())
+
+
+def loss_with_grad(out, labels, kind, eps, need_grad=True):
+    """(summed loss, number correct, gradient of the mean loss or None) of out (n, k), C-contiguous, with a
+    loss code `kind` and the loss epsilon `eps` (a Python float)."""
+    grad = simd.scratch(out.shape, out.dtype)       # through the module: the tests poison it
+    d = out.dtype.type
+    total, correct = loss_and_grad(out, labels, kind, d(eps), d(out.shape[0]), grad, need_grad)
+    return total, correct, (grad if need_grad else None)

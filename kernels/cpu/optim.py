@@ -108,3 +108,15 @@ def adam(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_bet
     """v = beta1 v + (1 - beta1) g; s = beta2 s + (1 - beta2) g^2; p -= lr (v / c1) / (sqrt(s / c2) + eps)."""
     _adam_all(params, grads, vs, ss, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, c1, c2,
               _chunks(params))
+
+
+def step(kind, params, grads, vs, ss, lr, beta1, beta2, eps, t, dtype):
+    """One optimiser step ("sgd", "adam_like" or "adam") of flat parameters (vs, ss unread by SGD), t the step's
+    number from 1: the settings made `dtype` scalars and Adam's bias corrections formed from the Python floats,
+    as the reference forms them."""
+    d = dtype.type
+    if kind == "sgd":
+        sgd(params, grads, d(lr))
+        return
+    c1, c2 = (1 - beta1 ** t, 1 - beta2 ** t) if kind == "adam" else (1.0, 1.0)
+    adam(params, grads, vs, ss, d(lr), d(beta1), d(1 - beta1), d(beta2), d(1 - beta2), d(eps), d(c1), d(c2))

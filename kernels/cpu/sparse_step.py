@@ -166,11 +166,8 @@ def sparse_train_step(net, compressed, rows, labels, rng, blocks=None):
             dense.bias_activate_mask(Z, empty if b is None else b, codes, mask, A)
             acts.append(Z if scale is None else A)
             hs.append(Z)
-        out = acts[-1]
-        dA = simd.scratch(out.shape, dtype)
         with threads.parallel_section():
-            total, correct = loss.loss_and_grad(out, labels, LOSS_CODES[net.loss], dtype.type(net.loss_eps),
-                                                dtype.type(n), dA, True)
+            total, correct, dA = loss.loss_with_grad(acts[-1], labels, LOSS_CODES[net.loss], net.loss_eps)
         for li in range(len(layers) - 1, 0, -1):
             Wc, codes, scale, b = layers[li]
             dbs[li] = simd.scratch(Wc.shape[1], dtype)
@@ -203,15 +200,9 @@ def sparse_train_step(net, compressed, rows, labels, rng, blocks=None):
 
 def _update(net, grads):
     """The optimiser's step on every parameter (all C-contiguous, as the backend keeps them)."""
-    t = net.dtype.type
     P = tuple(p.reshape(-1) for p in net.params())
     G = tuple(np.ascontiguousarray(g, dtype=net.dtype).reshape(-1) for g in grads)
+    moments = () if net.optimizer == "sgd" else net.state
+    V, S = tuple(v.reshape(-1) for v, _ in moments), tuple(s.reshape(-1) for _, s in moments)
     with threads.parallel_section():
-        if net.optimizer == "sgd":
-            optim.sgd(P, G, t(net.lr))
-            return
-        V = tuple(v.reshape(-1) for v, _ in net.state)
-        S = tuple(m.reshape(-1) for _, m in net.state)
-        b1, b2 = net.beta1, net.beta2
-        c1, c2 = (1 - b1 ** net.step, 1 - b2 ** net.step) if net.optimizer == "adam" else (1.0, 1.0)
-        optim.adam(P, G, V, S, t(net.lr), t(b1), t(1 - b1), t(b2), t(1 - b2), t(net.eps), t(c1), t(c2))
+        optim.step(net.optimizer, P, G, V, S, net.lr, net.beta1, net.beta2, net.eps, net.step, net.dtype)
